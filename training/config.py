@@ -1,0 +1,89 @@
+"""Every knob of a training run, with its default, in one place.
+
+The CLI builds a ``TrainConfig`` from its flags; the Python API takes one directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+TASKS = ("digits", "mnist", "mnist32", "cifar10", "synthetic")
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("none", "step", "plateau", "onecycle")
+
+
+@dataclass
+class TrainConfig:
+    task: str = "digits"
+    # "full", an integer number of training images, or a fraction in (0, 1).
+    regime: str | int | float = "full"
+    val_size: int | None = None  # None: 5000 for mnist/cifar10, 300 for digits
+    epochs: int = 5
+    batch_size: int = 64
+    eval_batch_size: int = 1024
+    model: str | None = None  # None: the task's default model
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "none"
+    step_size: int = 5
+    gamma: float = 0.1
+    plateau_patience: int = 2
+    dropout: float | None = None  # None: keep the model's own dropout
+    alpha: float = 0.0
+    seed: int = 0
+    data_dir: str = "data"
+    download: bool = False
+    num_threads: int | None = None
+    device: str = "auto"
+    augment: bool = False  # random crop + flip for CIFAR-shaped inputs
+    checkpoint_dir: str | None = None
+    keep_checkpoints: int = 3
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task={self.task!r} is not one of {TASKS}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer={self.optimizer!r} is not one of {OPTIMIZERS}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule={self.schedule!r} is not one of {SCHEDULES}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs={self.epochs} must be >= 1")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha={self.alpha} is out of range [0, 1]")
+
+    def as_params(self) -> dict[str, str]:
+        """Flat string form, for MLflow params."""
+        out = {}
+        for key, value in asdict(self).items():
+            if key == "extra":
+                out.update({f"extra.{k}": str(v) for k, v in value.items()})
+            else:
+                out[key] = str(value)
+        return out
+
+    def resolved_checkpoint_dir(self) -> Path | None:
+        return Path(self.checkpoint_dir) if self.checkpoint_dir else None
+
+
+def parse_regime(regime: str | int | float) -> str | int | float:
+    """'full' stays 'full'; '600' -> 600; '0.1' -> 0.1."""
+    if isinstance(regime, (int, float)) and not isinstance(regime, bool):
+        return regime
+    text = str(regime).strip().lower()
+    if text == "full":
+        return "full"
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise ValueError(f"regime={regime!r}: use 'full', an integer count or a fraction in (0, 1)") from exc
+    if not 0 < value < 1:
+        raise ValueError(f"regime={regime!r}: a fraction must lie in (0, 1)")
+    return value

@@ -1,0 +1,459 @@
+"""A plain PyTorch training loop whose unit of work is one epoch, paused between epochs.
+
+    trainer = Trainer.from_config(TrainConfig(task="digits", epochs=5))
+    for _ in range(trainer.config.epochs):
+        report = trainer.run_epoch()       # train one epoch, evaluate on validation
+        # --- PAUSE POINT: the trainer is idle; look at `report`, change knobs ---
+        trainer.set_lr(report.lr * 0.5)    # takes effect from the next epoch
+    print(trainer.test())                  # test split: reported, never used for decisions
+
+Knobs changeable between epochs: learning rate, dropout, weight decay, alpha, and a pending weight delta.
+
+Learning rate and schedules
+    * StepLR / ReduceLROnPlateau step once per epoch and are chainable: a set lr becomes the current lr
+      and the schedule's later factors multiply it (StepLR's next decay multiplies the new value).
+    * OneCycleLR steps per batch: setting lr rescales the remainder of the cycle by new/current
+      (the cycle's initial, max and min lr are all multiplied by that factor).
+
+Modulated update (the MIMIC-Learn paper's mechanism, done per step)
+    A delta ``d`` for a parameter is the total change wanted over the coming epoch. On each of the
+    epoch's N optimizer steps the parameter moves by ``(1 - alpha) * base_step + alpha * d / N`` where
+    ``base_step`` is what the base optimizer (with its own state, on the current gradient) would do.
+    ``d`` may be a tensor (shape-checked) or a function ``d(grad, param) -> tensor`` evaluated at
+    every step. Parameters with no delta, or alpha == 0, take the base optimizer's step unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TrainConfig
+from .data import TaskData, augment_crop_flip, iterate_batches, load_task
+from .models import DEFAULT_MODEL, build_model, dropout_modules
+
+DeltaFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class KnobError(ValueError):
+    """A knob value the trainer cannot take; the trainer is left unchanged."""
+
+
+class ShapeMismatchError(KnobError):
+    """A weight delta whose shape does not match its parameter."""
+
+
+@dataclass
+class EpochReport:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    per_class_val_acc: list[float]
+    grad_norms: dict[str, float]
+    lr: float
+    dropout: float | None
+    weight_decay: float
+    alpha: float
+    wall_time: float
+    steps: int
+    delta_layers: list[str] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+
+    @property
+    def finite(self) -> bool:
+        return all(math.isfinite(v) for v in (self.train_loss, self.val_loss))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    acc: float
+    per_class_acc: list[float]
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _clone_tree(obj):
+    """Deep copy of a state_dict-like tree, tensors detached and cloned."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: _clone_tree(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clone_tree(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_clone_tree(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, data: TaskData, config: TrainConfig | None = None):
+        self.config = config or TrainConfig()
+        cfg = self.config
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        self.device = _resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.model = model.to(self.device)
+        self.data = data
+        self.num_classes = data.num_classes
+        if cfg.dropout is not None:
+            self._set_dropout_now(cfg.dropout)
+        self.optimizer = self._build_optimizer()
+        self.steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
+        self.scheduler = self._build_scheduler()
+        self.alpha = cfg.alpha
+        self.epoch = 0
+        self.history: list[EpochReport] = []
+        self.events: list[dict] = []  # knob changes, rollbacks: what happened between epochs
+        self._data_gen = torch.Generator().manual_seed(cfg.seed)
+        self._deltas: dict[str, torch.Tensor | DeltaFn] = {}
+        self._named_params = dict(self.model.named_parameters())
+        self.init_params = {k: v.detach().clone() for k, v in self._named_params.items()}
+        # Retention (see checkpoint()): pre-decision checkpoints by boundary, and the newest finite one.
+        self.pre_decision: dict[int, dict] = {}
+        self.last_good: dict | None = None
+        self._pending_events: list[str] = []
+        self._at_boundary()  # boundary 0: before the first epoch
+
+    @classmethod
+    def from_config(cls, config: TrainConfig) -> Trainer:
+        data = load_task(
+            config.task, config.regime, config.val_size, config.seed, config.data_dir, config.download
+        )
+        torch.manual_seed(config.seed)  # same initial weights for every arm of a seed
+        model = build_model(config.model or DEFAULT_MODEL[config.task], data.num_classes, config.dropout)
+        return cls(model, data, config)
+
+    # ------------------------------------------------------------------ construction
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.config
+        params = self.model.parameters()
+        if cfg.optimizer == "adam":
+            return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+    def _build_scheduler(self):
+        cfg = self.config
+        if cfg.schedule == "step":
+            return torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+        if cfg.schedule == "plateau":
+            return torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer, factor=cfg.gamma if cfg.gamma < 1 else 0.1, patience=cfg.plateau_patience
+            )
+        if cfg.schedule == "onecycle":
+            return torch.optim.lr_scheduler.OneCycleLR(
+                self.optimizer, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=self.steps_per_epoch
+            )
+        return None
+
+    # ------------------------------------------------------------------ the loop
+    def run_epoch(self) -> EpochReport:
+        """Train one epoch on the train split, evaluate on validation, pause. Returns the epoch's report."""
+        cfg = self.config
+        start = time.perf_counter()
+        self.model.train()
+        params = list(self._named_params.values())
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        norm_sum = torch.zeros(len(params), device=self.device)
+        steps = 0
+        delta_layers = sorted(self._deltas) if self.alpha > 0 else []
+        onecycle = isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR)
+        for x, y in iterate_batches(self.data.train, cfg.batch_size, self._data_gen):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            if cfg.augment:
+                x = augment_crop_flip(x, self._data_gen)
+            logits = self.model(x)
+            loss = F.cross_entropy(logits, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            norm_sum += torch.stack(torch._foreach_norm(grads))
+            self._optimizer_step()
+            if onecycle and self.scheduler.last_epoch < self.scheduler.total_steps:
+                self.scheduler.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            steps += 1
+        n = max(len(self.data.train), 1)
+        val = self.evaluate("val")
+        self._deltas = {}  # a delta is for one epoch only
+        if self.scheduler is not None and not onecycle:
+            if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                self.scheduler.step(val.loss if math.isfinite(val.loss) else float("inf"))
+            else:
+                self.scheduler.step()
+        self.epoch += 1
+        names = list(self._named_params)
+        norms = (norm_sum / max(steps, 1)).tolist()
+        report = EpochReport(
+            epoch=self.epoch,
+            train_loss=(loss_sum / n).item(),
+            train_acc=correct.item() / n,
+            val_loss=val.loss,
+            val_acc=val.acc,
+            per_class_val_acc=val.per_class_acc,
+            grad_norms=dict(zip(names, norms, strict=True)),
+            lr=self.lr,
+            dropout=self.dropout,
+            weight_decay=self.weight_decay,
+            alpha=self.alpha,
+            wall_time=time.perf_counter() - start,
+            steps=steps,
+            delta_layers=delta_layers,
+            events=self._pending_events,
+        )
+        self._pending_events = []
+        self.history.append(report)
+        self._at_boundary()
+        return report
+
+    def _optimizer_step(self) -> None:
+        if not self._deltas or self.alpha == 0.0:
+            self.optimizer.step()
+            return
+        targets = [(self._named_params[name], d) for name, d in self._deltas.items()]
+        with torch.no_grad():
+            before = [p.detach().clone() for p, _ in targets]
+            grads = [
+                p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p, _ in targets
+            ]
+        self.optimizer.step()
+        a, n = self.alpha, self.steps_per_epoch
+        with torch.no_grad():
+            for (p, d), old, g in zip(targets, before, grads, strict=True):
+                base_step = p - old
+                delta = d(g, old) if callable(d) else d
+                p.copy_(old + (1.0 - a) * base_step + a * delta / n)
+
+    @torch.no_grad()
+    def evaluate(self, split: str = "val") -> EvalResult:
+        data = {"train": self.data.train, "val": self.data.val, "test": self.data.test}[split]
+        was_training = self.model.training
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        hits = torch.zeros(self.num_classes, device=self.device)
+        counts = torch.zeros(self.num_classes, device=self.device)
+        for x, y in iterate_batches(data, self.config.eval_batch_size):
+            x, y = x.to(self.device), y.to(self.device)
+            logits = self.model(x)
+            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            ok = (logits.argmax(1) == y).float()
+            hits += torch.bincount(y, weights=ok, minlength=self.num_classes)[: self.num_classes]
+            counts += torch.bincount(y, minlength=self.num_classes)[: self.num_classes].float()
+        self.model.train(was_training)
+        n = max(len(data), 1)
+        per_class = torch.where(counts > 0, hits / counts.clamp(min=1), torch.zeros_like(hits))
+        return EvalResult(
+            loss=(loss_sum / n).item(), acc=hits.sum().item() / n, per_class_acc=per_class.tolist()
+        )
+
+    def test(self) -> EvalResult:
+        """Accuracy on the test split. Reported as *test*; never feed it to a controller."""
+        return self.evaluate("test")
+
+    # ------------------------------------------------------------------ knobs
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    @property
+    def weight_decay(self) -> float:
+        return float(self.optimizer.param_groups[0].get("weight_decay", 0.0))
+
+    @property
+    def dropout(self) -> float | None:
+        mods = dropout_modules(self.model)
+        return float(mods[0].p) if mods else None
+
+    @property
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(v.shape) for k, v in self._named_params.items()}
+
+    @property
+    def pending_delta_layers(self) -> list[str]:
+        return sorted(self._deltas)
+
+    def _event(self, text: str) -> None:
+        self._pending_events.append(text)
+        self.events.append({"after_epoch": self.epoch, "event": text})
+
+    @staticmethod
+    def _finite_number(name: str, value, low: float, high: float, current) -> float:
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise KnobError(
+                f"{name}={value!r} is not a number; allowed range [{low}, {high}]; current {name} is {current}"
+            ) from None
+        if not math.isfinite(value) or not low <= value <= high:
+            raise KnobError(f"{name}={value} is out of range [{low}, {high}]; current {name} is {current}")
+        return value
+
+    def set_lr(self, lr: float) -> None:
+        lr = self._finite_number("lr", lr, 1e-12, 10.0, self.lr)
+        if lr <= 0:
+            raise KnobError(f"lr={lr} must be > 0; current lr is {self.lr}")
+        factor = lr / self.lr
+        for group in self.optimizer.param_groups:
+            if isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR):
+                for key in ("initial_lr", "max_lr", "min_lr"):
+                    if key in group:
+                        group[key] *= factor
+                group["lr"] *= factor
+            else:
+                group["lr"] = lr
+        if self.scheduler is not None and hasattr(self.scheduler, "_last_lr"):
+            self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+        self._event(f"lr -> {lr:.3g}")
+
+    def set_dropout(self, p: float) -> None:
+        if not dropout_modules(self.model):
+            raise KnobError(f"this model ({type(self.model).__name__}) has no dropout modules to change")
+        p = self._finite_number("dropout", p, 0.0, 0.99, self.dropout)
+        self._set_dropout_now(p)
+        self._event(f"dropout -> {p:.3g}")
+
+    def _set_dropout_now(self, p: float) -> None:
+        for m in dropout_modules(self.model):
+            m.p = float(p)
+
+    def set_weight_decay(self, wd: float) -> None:
+        wd = self._finite_number("weight_decay", wd, 0.0, 1.0, self.weight_decay)
+        for group in self.optimizer.param_groups:
+            group["weight_decay"] = wd
+        self._event(f"weight_decay -> {wd:.3g}")
+
+    def set_alpha(self, alpha: float) -> None:
+        self.alpha = self._finite_number("alpha", alpha, 0.0, 1.0, self.alpha)
+        self._event(f"alpha -> {self.alpha:.3g}")
+
+    def set_delta(self, deltas: dict[str, torch.Tensor | DeltaFn | list]) -> None:
+        """Stage weight deltas for the next epoch: ``{param_name: tensor | nested list | fn(grad, param)}``.
+
+        All entries are checked first (known name, exact shape, finite values); on any error nothing changes.
+        """
+        checked: dict[str, torch.Tensor | DeltaFn] = {}
+        for name, delta in deltas.items():
+            if name not in self._named_params:
+                raise KnobError(
+                    f"unknown parameter {name!r}; known parameters: {', '.join(self._named_params)}"
+                )
+            param = self._named_params[name]
+            if callable(delta):
+                checked[name] = delta
+                continue
+            try:
+                tensor = torch.as_tensor(delta, dtype=param.dtype, device=param.device)
+            except (TypeError, ValueError) as exc:
+                raise ShapeMismatchError(
+                    f"delta for {name!r} is not a rectangular numeric array ({exc}); expected shape {tuple(param.shape)}"
+                ) from None
+            if tuple(tensor.shape) != tuple(param.shape):
+                raise ShapeMismatchError(
+                    f"delta for {name!r} has shape {tuple(tensor.shape)}, expected shape {tuple(param.shape)}"
+                )
+            if not torch.isfinite(tensor).all():
+                raise KnobError(f"delta for {name!r} contains NaN or inf values")
+            checked[name] = tensor
+        self._deltas.update(checked)
+        if checked:
+            self._event(f"delta staged for {', '.join(sorted(checked))}")
+
+    def clear_delta(self) -> None:
+        self._deltas = {}
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint(self) -> dict:
+        """Everything needed to continue exactly: model, optimizer, scheduler, RNG states, knobs, history."""
+        return {
+            "epoch": self.epoch,
+            "model": _clone_tree(self.model.state_dict()),
+            "optimizer": _clone_tree(self.optimizer.state_dict()),
+            "scheduler": _clone_tree(self.scheduler.state_dict()) if self.scheduler is not None else None,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "data": self._data_gen.get_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+            "knobs": {"alpha": self.alpha, "dropout": self.dropout},
+            "history": [r.to_dict() for r in self.history],
+            "events": copy.deepcopy(self.events),
+        }
+
+    def restore(self, ckpt: dict) -> None:
+        """Full restore: the trainer continues exactly as from the moment ``ckpt`` was taken."""
+        self.restore_weights(ckpt, reason=None)
+        self.epoch = ckpt["epoch"]
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        self._data_gen.set_state(ckpt["rng"]["data"])
+        if ckpt["rng"].get("cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        self.history = [EpochReport(**r) for r in ckpt["history"]]
+        self.events = copy.deepcopy(ckpt.get("events", []))
+        self._pending_events = []
+        self._deltas = {}
+
+    def restore_weights(self, ckpt: dict, reason: str | None = "rollback") -> None:
+        """Roll back model, optimizer, scheduler and knobs; epoch count, history and RNG go on forward."""
+        self.model.load_state_dict(_clone_tree(ckpt["model"]))
+        self.optimizer.load_state_dict(_clone_tree(ckpt["optimizer"]))
+        if self.scheduler is not None and ckpt["scheduler"] is not None:
+            self.scheduler.load_state_dict(_clone_tree(ckpt["scheduler"]))
+        self.alpha = ckpt["knobs"]["alpha"]
+        if ckpt["knobs"]["dropout"] is not None:
+            self._set_dropout_now(ckpt["knobs"]["dropout"])
+        self._deltas = {}
+        if reason:
+            self._event(f"{reason}: restored the state of epoch {ckpt['epoch']}")
+
+    def save_checkpoint(self, path: str | Path, ckpt: dict | None = None) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(ckpt or self.checkpoint(), tmp)
+        tmp.replace(path)  # atomic: a killed process never leaves a half-written checkpoint
+        return path
+
+    @staticmethod
+    def load_checkpoint(path: str | Path) -> dict:
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    def _at_boundary(self) -> None:
+        """Retention at each epoch boundary, before any decision: pre-decision (last 2 boundaries in memory),
+        last good (newest boundary with finite losses), and the last K boundaries on disk."""
+        ckpt = self.checkpoint()
+        self.pre_decision[self.epoch] = ckpt
+        for old in sorted(self.pre_decision)[:-2]:
+            del self.pre_decision[old]
+        if not self.history or self.history[-1].finite:
+            self.last_good = ckpt
+        ckpt_dir = self.config.resolved_checkpoint_dir()
+        if ckpt_dir is not None:
+            self.save_checkpoint(ckpt_dir / f"epoch_{self.epoch:04d}.pt", ckpt)
+            files = sorted(ckpt_dir.glob("epoch_*.pt"))
+            for old in files[: max(0, len(files) - self.config.keep_checkpoints)]:
+                old.unlink(missing_ok=True)
+
+    def latest_disk_checkpoint(self) -> Path | None:
+        ckpt_dir = self.config.resolved_checkpoint_dir()
+        files = sorted(ckpt_dir.glob("epoch_*.pt")) if ckpt_dir else []
+        return files[-1] if files else None

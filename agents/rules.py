@@ -1,0 +1,92 @@
+"""``rules``: a deterministic, LLM-free controller that speaks the same tool protocol as an LLM.
+
+It is a real control arm for experiments and the fallback when a provider fails. One decision per epoch:
+
+1. a non-finite loss           -> rollback, and lr / 10
+2. overfitting (val loss up for 2 epochs while train loss goes down, or val-train loss gap > 0.5 and growing)
+                               -> dropout + 0.1 (weight decay x 3 when the model has no dropout)
+3. plateau (best val loss not improved by 1% over the last ``patience`` epochs) -> lr x 0.5
+4. otherwise                   -> keep_current
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+
+from .protocol import decision_context, tool_call
+
+
+def rules_decision(report: dict, patience: int = 2) -> list[dict]:
+    history = report.get("history") or []
+    lr, dropout, wd = report.get("lr"), report.get("dropout"), report.get("weight_decay") or 0.0
+    if not history or lr is None:
+        return [tool_call("keep_current", {"reason": "no metrics yet"})]
+    last = history[-1]
+    if not all(math.isfinite(last[k]) for k in ("train_loss", "val_loss")):
+        return [
+            tool_call("rollback", {"reason": "loss is not finite"}),
+            tool_call("set_lr", {"lr": lr / 10, "reason": "loss diverged: lower the learning rate tenfold"}),
+        ]
+    if len(history) >= 3:
+        v = [h["val_loss"] for h in history[-3:]]
+        t = [h["train_loss"] for h in history[-3:]]
+        gaps = [a - b for a, b in zip(v, t, strict=True)]
+        rising = v[2] > v[1] > v[0] and t[2] < t[0]
+        if rising or (gaps[2] > 0.5 and gaps[2] > gaps[1] > gaps[0]):
+            why = "validation loss rises while training loss falls: overfitting"
+            if dropout is not None and dropout + 0.1 <= 0.9:
+                return [tool_call("set_dropout", {"dropout": round(dropout + 0.1, 4), "reason": why})]
+            new_wd = wd * 3 if wd > 0 else 1e-4
+            if new_wd <= 0.1:
+                return [tool_call("set_weight_decay", {"weight_decay": new_wd, "reason": why})]
+    if len(history) > patience:
+        best_before = min(h["val_loss"] for h in history[:-patience])
+        recent = min(h["val_loss"] for h in history[-patience:])
+        if recent > best_before * 0.99 and lr / 2 >= 1e-6:
+            return [
+                tool_call(
+                    "set_lr",
+                    {
+                        "lr": lr / 2,
+                        "reason": f"validation loss has not improved for {patience} epochs: halve the learning rate",
+                    },
+                )
+            ]
+    return [tool_call("keep_current", {"reason": "validation loss still improving"})]
+
+
+class RulesChatModel(BaseChatModel):
+    """The rules above as a chat model: first turn emits tool calls, the next turn ends the decision."""
+
+    patience: int = 2
+
+    @property
+    def _llm_type(self) -> str:
+        return "mimic-rules"
+
+    def bind_tools(self, tools: Any, **kwargs: Any):
+        return self
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        report, turn, replies = decision_context(messages)
+        meta = {"controller": "rules"}
+        if turn == 0:
+            calls = rules_decision(report, self.patience)
+            message = AIMessage(content="", tool_calls=calls, response_metadata=meta)
+        else:
+            errors = [r.content for r in replies if getattr(r, "status", "success") == "error"]
+            text = "done" if not errors else f"done; rejected: {errors[0]}"
+            message = AIMessage(content=text, response_metadata=meta)
+        return ChatResult(generations=[ChatGeneration(message=message)])

@@ -1,0 +1,292 @@
+"""The controller graph, invoked at every epoch boundary while the trainer is paused.
+
+    observe -> reflect -> decide <-> tools -> apply -> END
+                            |__________________^   (route: tool calls? budget left?)
+
+* observe  takes the epoch's report and starts a fresh decision (earlier epochs' messages are dropped;
+           what persists is the reflection policy's memory and the previous decision)
+* reflect  the reflection policy judges the previous decision (and may revert it)
+* decide   the chat model with the tools bound (retries, fallback, a decision timeout)
+* tools    LangGraph ToolNode, one call at a time in the model's order (mutations stay ordered); calls
+           beyond the budget are refused before any runs, each with an error ToolMessage
+* apply    commits the staged decision to the paused trainer
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, RemoveMessage, SystemMessage, ToolMessage
+from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import ContextThreadPoolExecutor
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.message import REMOVE_ALL_MESSAGES
+from langgraph.prebuilt import ToolNode
+
+from ..agents.protocol import human_with_report
+from ..agents.providers import ProviderOptions, build_controller, load_chat_model
+from ..agents.reflection import ReflectionContext, get_policy
+from ..agents.reflection.base import describe_changes
+from ..prompts.templates import render, system_prompt
+from ..tools.controls import TrainerControls, _show
+from ..tools.registry import as_langchain_tools
+from .state import AgentState
+
+
+@dataclass
+class AgentConfig:
+    prompt: str = "full"
+    reflection: str = "log_only"
+    budget: int = 8  # tool calls per decision, counted per call
+    decision_timeout_s: float = 120.0
+    max_tokens_per_decision: int | None = None
+    max_tokens_per_run: int | None = None
+    llm_critic: bool = False  # let the controller model write the reflection's critique
+
+
+class _ErrorCollector(BaseCallbackHandler):
+    """Collects provider errors seen during one decide call (retries and the failure before a fallback)."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def on_llm_error(self, error: BaseException, **kwargs) -> None:
+        self.errors.append(f"{type(error).__name__}: {error}"[:300])
+
+
+def _invoke_with_timeout(runnable, messages, config: RunnableConfig, timeout_s: float):
+    pool = ContextThreadPoolExecutor(max_workers=1)
+    try:
+        return pool.submit(runnable.invoke, messages, config).result(timeout=timeout_s)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)  # a hung provider call is abandoned, not awaited
+
+
+def _decision_record(messages: list, epoch: int) -> list[dict]:
+    """Every tool call of the decision, paired with its reply."""
+    replies = {m.tool_call_id: m for m in messages if isinstance(m, ToolMessage)}
+    calls = []
+    for m in messages:
+        if not isinstance(m, AIMessage):
+            continue
+        for call in list(m.tool_calls) + list(m.invalid_tool_calls):
+            reply = replies.get(call.get("id"))
+            calls.append(
+                {
+                    "epoch": epoch,
+                    "tool": call.get("name"),
+                    "args": call.get("args"),
+                    "accepted": reply is not None and reply.status != "error",
+                    "reply": str(reply.content) if reply is not None else "no reply",
+                }
+            )
+    return calls
+
+
+def build_graph(
+    controls: TrainerControls,
+    model: BaseChatModel,
+    agent: AgentConfig | None = None,
+    provider: ProviderOptions | None = None,
+    checkpointer=None,
+):
+    agent = agent or AgentConfig()
+    provider = provider or ProviderOptions()
+    tools = as_langchain_tools(controls)
+    controller = build_controller(model, tools, provider)
+    timeout_fallback = (
+        load_chat_model(provider.fallback, provider).bind_tools(tools) if provider.fallback else None
+    )
+    tool_node = ToolNode(tools, handle_tool_errors=True)
+    policy = get_policy(agent.reflection)
+    critic = model if agent.llm_critic else None
+
+    def observe(state: AgentState) -> dict:
+        controls.new_decision()
+        return {
+            "messages": [RemoveMessage(id=REMOVE_ALL_MESSAGES)],
+            "tool_calls_used": 0,
+            "invalid_calls": 0,
+            "refused_calls": 0,
+            "fallbacks": [],
+            "model_turns": 0,
+            "tokens_in": 0,
+            "tokens_out": 0,
+            "decide_seconds": 0.0,
+            "started_at": time.time(),
+            "reverted": False,
+            "inject": "",
+        }
+
+    def reflect(state: AgentState) -> dict:
+        ctx = ReflectionContext(
+            previous=state.get("last_decision"),
+            report=state["report"],
+            controls=controls,
+            memory=list(state.get("memory") or []),
+            critic=critic,
+        )
+        outcome = policy.reflect(ctx)
+        update = {"reflection": outcome.critique, "inject": outcome.inject, "reverted": outcome.reverted}
+        if outcome.memory is not None:
+            update["memory"] = outcome.memory
+        return update
+
+    def decide(state: AgentState, config: RunnableConfig) -> dict:
+        new = []
+        if not state.get("messages"):
+            report = dict(state["report"])
+            last = state.get("last_decision")
+            report["previous_decision"] = describe_changes(last["changes"]) if last else None
+            text = render(agent.prompt, report, state.get("inject", ""))
+            new = [SystemMessage(system_prompt(agent.budget)), human_with_report(text, report)]
+        messages = list(state.get("messages") or []) + new
+        collector = _ErrorCollector()
+        cfg = {**config, "callbacks": _with_handler(config.get("callbacks"), collector)}
+        fallbacks = list(state.get("fallbacks") or [])
+        start = time.perf_counter()
+        try:
+            ai = _invoke_with_timeout(controller, messages, cfg, agent.decision_timeout_s)
+        except Exception as exc:  # timeout, or a failure with no fallback configured
+            reason = "timeout" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"[:300]
+            fallbacks.append(f"controller failed ({reason})")
+            if timeout_fallback is not None:
+                ai = timeout_fallback.invoke(messages, config)
+            else:
+                ai = AIMessage(
+                    content=f"controller failed ({reason}); no fallback configured, nothing changes"
+                )
+        elapsed = time.perf_counter() - start
+        if ai.response_metadata.get("fallback"):
+            fallbacks.append(
+                "fell back to "
+                + str(provider.fallback)
+                + ": "
+                + ("; ".join(collector.errors) or "provider error")
+            )
+        usage = getattr(ai, "usage_metadata", None) or {}
+        return {
+            "messages": new + [ai],
+            "model_turns": state.get("model_turns", 0) + 1,
+            "tokens_in": state.get("tokens_in", 0) + usage.get("input_tokens", 0),
+            "tokens_out": state.get("tokens_out", 0) + usage.get("output_tokens", 0),
+            "total_tokens": state.get("total_tokens", 0) + usage.get("total_tokens", 0),
+            "decide_seconds": state.get("decide_seconds", 0.0) + elapsed,
+            "fallbacks": fallbacks,
+        }
+
+    def run_tools(state: AgentState, config: RunnableConfig) -> dict:
+        ai: AIMessage = state["messages"][-1]
+        used = state.get("tool_calls_used", 0)
+        remaining = max(0, agent.budget - used)
+        calls = list(ai.tool_calls)
+        allowed, refused = calls[:remaining], calls[remaining:]
+        out: list[ToolMessage] = []
+        for call in allowed:  # one at a time, in the model's order: staged mutations stay ordered
+            result = tool_node.invoke({"messages": [AIMessage(content="", tool_calls=[call])]}, config)
+            out.extend(result["messages"])
+        for call in refused:
+            out.append(
+                ToolMessage(
+                    content=f"refused: the budget of {agent.budget} tool calls for this decision is spent; nothing changed",
+                    tool_call_id=call["id"],
+                    name=call["name"],
+                    status="error",
+                )
+            )
+        for bad in ai.invalid_tool_calls:
+            out.append(
+                ToolMessage(
+                    content=f"invalid tool call {bad.get('name')!r}: {bad.get('error') or 'arguments are not valid JSON'}; nothing changed",
+                    tool_call_id=bad.get("id") or f"invalid_{uuid.uuid4().hex[:8]}",
+                    name=bad.get("name") or "invalid",
+                    status="error",
+                )
+            )
+        invalid = sum(m.status == "error" for m in out[: len(allowed)]) + len(ai.invalid_tool_calls)
+        return {
+            "messages": out,
+            "tool_calls_used": used + len(allowed) + len(ai.invalid_tool_calls),
+            "invalid_calls": state.get("invalid_calls", 0) + invalid,
+            "refused_calls": state.get("refused_calls", 0) + len(refused),
+        }
+
+    def apply(state: AgentState) -> dict:
+        error = None
+        try:
+            result = controls.commit()
+            changes = [
+                {"key": c.key, "value": _show(c.value), "reason": c.reason, "tool": c.tool}
+                for c in result.applied
+            ]
+            kept = result.kept
+        except Exception as exc:  # nothing is applied; the run goes on
+            controls.discard()
+            error, changes, kept = f"{type(exc).__name__}: {exc}", [], []
+        messages = state.get("messages") or []
+        final = next((m for m in reversed(messages) if isinstance(m, AIMessage)), None)
+        report = state["report"]
+        reverted = state.get("reverted") and state.get("last_decision")
+        base = state["last_decision"]["base_report"] if reverted else report
+        decision = {
+            "epoch": state["epoch"],
+            "changes": changes,
+            "kept": kept,
+            "calls": _decision_record(messages, state["epoch"]),
+            "commit_error": error,
+            "final_text": str(final.content)[:500] if final is not None else "",
+            "reflection": state.get("reflection", ""),
+            "reverted": bool(state.get("reverted")),
+            "fallbacks": list(state.get("fallbacks") or []),
+        }
+        return {
+            "decision": decision,
+            "last_decision": {
+                "epoch": state["epoch"],  # the boundary whose pre-decision checkpoint undoes this decision
+                "changes": changes,
+                "base_report": {k: base[k] for k in ("epoch", "val_acc", "val_loss", "train_loss")},
+            },
+        }
+
+    def route(state: AgentState) -> str:
+        """The one router: after decide -> tools if the model called any; after tools -> decide while budget,
+        tokens and time remain; otherwise -> apply."""
+        last = state["messages"][-1]
+        if isinstance(last, AIMessage):
+            return "tools" if (last.tool_calls or last.invalid_tool_calls) else "apply"
+        out_of_budget = state.get("tool_calls_used", 0) >= agent.budget
+        out_of_time = time.time() - state.get("started_at", time.time()) > agent.decision_timeout_s
+        tokens = state.get("tokens_in", 0) + state.get("tokens_out", 0)
+        out_of_tokens = (agent.max_tokens_per_decision and tokens >= agent.max_tokens_per_decision) or (
+            agent.max_tokens_per_run and state.get("total_tokens", 0) >= agent.max_tokens_per_run
+        )
+        too_many_turns = state.get("model_turns", 0) > agent.budget + 1
+        return "apply" if (out_of_budget or out_of_time or out_of_tokens or too_many_turns) else "decide"
+
+    builder = StateGraph(AgentState)
+    builder.add_node("observe", observe)
+    builder.add_node("reflect", reflect)
+    builder.add_node("decide", decide)
+    builder.add_node("tools", run_tools)
+    builder.add_node("apply", apply)
+    builder.add_edge(START, "observe")
+    builder.add_edge("observe", "reflect")
+    builder.add_edge("reflect", "decide")
+    builder.add_conditional_edges("decide", route, ["tools", "apply"])
+    builder.add_conditional_edges("tools", route, ["decide", "apply"])
+    builder.add_edge("apply", END)
+    return builder.compile(checkpointer=checkpointer, name="mimic_controller")
+
+
+def _with_handler(callbacks, handler: BaseCallbackHandler):
+    if callbacks is None:
+        return [handler]
+    if isinstance(callbacks, list):
+        return [*callbacks, handler]
+    manager = callbacks.copy()
+    manager.add_handler(handler, inherit=True)
+    return manager

@@ -70,14 +70,17 @@ def _decision_record(messages: list, epoch: int) -> list[dict]:
     """Every tool call of the decision, paired with its reply."""
     replies = {m.tool_call_id: m for m in messages if isinstance(m, ToolMessage)}
     calls = []
+    turn = -1
     for m in messages:
         if not isinstance(m, AIMessage):
             continue
+        turn += 1
         for call in list(m.tool_calls) + list(m.invalid_tool_calls):
             reply = replies.get(call.get("id"))
             calls.append(
                 {
                     "epoch": epoch,
+                    "turn": turn,
                     "tool": call.get("name"),
                     "args": call.get("args"),
                     "accepted": reply is not None and reply.status != "error",

@@ -1,0 +1,444 @@
+"""The ``mimic-learn`` command line. ``mimic-learn --help`` lists the commands; each has its own ``--help``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(
+    help="MIMIC-Learn: an LLM agent steers a PyTorch training run at every epoch boundary, through typed "
+    "tools, with every step tracked in MLflow.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+
+class Task(str, Enum):
+    digits = "digits"
+    mnist = "mnist"
+    mnist32 = "mnist32"
+    cifar10 = "cifar10"
+    synthetic = "synthetic"
+
+
+class Optim(str, Enum):
+    adam = "adam"
+    sgd = "sgd"
+
+
+class Schedule(str, Enum):
+    none = "none"
+    step = "step"
+    plateau = "plateau"
+    onecycle = "onecycle"
+
+
+TaskOpt = Annotated[
+    Task,
+    typer.Option(
+        help="digits: sklearn 8x8 digits (offline); mnist/cifar10: torchvision; synthetic: CIFAR-shaped random data."
+    ),
+]
+RegimeOpt = Annotated[
+    str, typer.Option(help="Training-set size: 'full', a count (6000, 600, 100, 10) or a fraction (0.1).")
+]
+EpochsOpt = Annotated[int, typer.Option(min=1, help="Epochs to train.")]
+DataDirOpt = Annotated[
+    str, typer.Option(help="Folder holding the dataset (for MNIST: the folder with MNIST/raw/).")
+]
+TrackingOpt = Annotated[str, typer.Option(help="MLflow tracking URI (a server URL or sqlite:///file.db).")]
+
+
+def _train_config(
+    task,
+    regime,
+    epochs,
+    optimizer,
+    schedule,
+    lr,
+    weight_decay,
+    batch_size,
+    seed,
+    data_dir,
+    download,
+    threads,
+    val_size,
+    checkpoint_dir,
+):
+    from .training import TrainConfig, parse_regime
+
+    return TrainConfig(
+        task=task.value,
+        regime=parse_regime(regime),
+        epochs=epochs,
+        optimizer=optimizer.value,
+        schedule=schedule.value,
+        lr=lr,
+        weight_decay=weight_decay,
+        batch_size=batch_size,
+        seed=seed,
+        data_dir=data_dir,
+        download=download,
+        num_threads=threads,
+        val_size=val_size,
+        checkpoint_dir=checkpoint_dir,
+    )
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(2)
+
+
+def _describe_decision(decision: dict | None) -> str:
+    if decision is None:
+        return ""
+    parts = []
+    for call in decision["calls"]:
+        args = (
+            {k: v for k, v in (call["args"] or {}).items() if k != "reason"}
+            if isinstance(call["args"], dict)
+            else call["args"]
+        )
+        mark = "[green]ok[/]" if call["accepted"] else "[red]rejected[/]"
+        parts.append(
+            f"{call['tool']}({', '.join(f'{k}={v}' for k, v in args.items()) if isinstance(args, dict) else args}) {mark}"
+        )
+    text = "; ".join(parts) or "no tool call"
+    if decision.get("fallbacks"):
+        text += f" [yellow](fallback: {decision['fallbacks'][0][:80]})[/]"
+    if decision.get("reverted"):
+        text += " [yellow](previous decision reverted)[/]"
+    return text
+
+
+class ConsoleObserver:
+    """Prints one line per epoch, one per decision and one per reflection, under a progress bar."""
+
+    def __init__(self, total: int):
+        self.progress = Progress(
+            TextColumn("[bold]training"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self.task = self.progress.add_task("epochs", total=total)
+
+    def on_start(self, runner) -> None:
+        self.progress.start()
+
+    def on_epoch(self, runner, outcome) -> None:
+        r = outcome.report
+        dropout = "-" if r.dropout is None else f"{r.dropout:.2f}"
+        self.progress.console.print(
+            f"epoch {r.epoch:>3}/{runner.spec.train.epochs}  train loss {r.train_loss:.4f} acc {r.train_acc:.4f} | "
+            f"val loss {r.val_loss:.4f} acc {r.val_acc:.4f} | lr {r.lr:.3g} dropout {dropout} alpha {r.alpha:.2f} | {r.wall_time:.1f}s"
+        )
+        if outcome.decision is not None:
+            self.progress.console.print(f"   reflect: {outcome.decision['reflection'][:200]}")
+            self.progress.console.print(f"   decide:  {_describe_decision(outcome.decision)}")
+        self.progress.advance(self.task)
+
+    def on_end(self, runner, result) -> None:
+        self.progress.stop()
+        console.print(
+            f"[bold]test accuracy {result.test.acc:.4f}[/] (test split, reported only; never used for decisions)"
+        )
+
+
+def _run(
+    spec,
+    arm: str,
+    tracking_uri: str | None,
+    experiment: str | None,
+    log_model: bool,
+    traces: bool,
+    track: bool,
+):
+    from . import tracking
+    from .graphs.runner import AgentRunner
+    from .training import DataUnavailableError
+
+    try:
+        observer = ConsoleObserver(spec.train.epochs)
+        runner = AgentRunner(spec, observers=[observer])
+    except DataUnavailableError as exc:
+        _fail(str(exc))
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    except Exception as exc:
+        from .agents.local import LocalModelMissingError
+
+        if isinstance(exc, LocalModelMissingError):
+            _fail(str(exc))
+        raise
+    console.print(
+        f"data: {runner.trainer.data.source} | train {len(runner.trainer.data.train)} / val {len(runner.trainer.data.val)} / test {len(runner.trainer.data.test)} | controller: {spec.controller}"
+    )
+    try:
+        if not track:
+            return runner.run(), None
+        tracking.setup(tracking_uri, experiment or f"mimic-{spec.train.task}")
+        with tracking.parent_run(f"run {arm}") as parent:
+            tracker = tracking.MlflowTracker(arm=arm, log_model=log_model, traces=traces)
+            runner.observers.append(tracker)
+            result = runner.run()
+        uri = tracking_uri or tracking.DEFAULT_TRACKING_URI
+        console.print(
+            f"MLflow: parent run {parent.info.run_id}, child run {tracker.run_id} in {uri}. "
+            f"See it: [bold]mimic-learn ui --tracking-uri {uri}[/]"
+        )
+        return result, tracker.run_id
+    finally:
+        runner.close()
+
+
+@app.command()
+def train(
+    task: TaskOpt = Task.digits,
+    regime: RegimeOpt = "full",
+    epochs: EpochsOpt = 5,
+    optimizer: Annotated[
+        Optim, typer.Option(help="adam (the paper) or sgd with momentum 0.9 (the blog).")
+    ] = Optim.adam,
+    schedule: Annotated[Schedule, typer.Option(help="Learning-rate schedule.")] = Schedule.none,
+    lr: Annotated[float, typer.Option(help="Initial learning rate.")] = 1e-3,
+    weight_decay: Annotated[float, typer.Option(help="Optimizer weight decay.")] = 0.0,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    seed: int = 0,
+    data_dir: DataDirOpt = "data",
+    download: Annotated[bool, typer.Option(help="Download the dataset if missing (needs internet).")] = False,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
+    val_size: Annotated[
+        int | None, typer.Option(help="Validation images held out from the train split.")
+    ] = None,
+    track: Annotated[bool, typer.Option(help="Log to MLflow.")] = True,
+    tracking_uri: TrackingOpt = "sqlite:///mlflow.db",
+    experiment: Annotated[str | None, typer.Option(help="MLflow experiment (default mimic-<task>).")] = None,
+) -> None:
+    """Train without an agent (a baseline arm): one summary line per epoch, test accuracy at the end."""
+    from .graphs.runner import RunSpec
+
+    cfg = _train_config(
+        task,
+        regime,
+        epochs,
+        optimizer,
+        schedule,
+        lr,
+        weight_decay,
+        batch_size,
+        seed,
+        data_dir,
+        download,
+        threads,
+        val_size,
+        None,
+    )
+    _run(
+        RunSpec(train=cfg, controller="none"),
+        f"baseline-s{seed}",
+        tracking_uri,
+        experiment,
+        True,
+        False,
+        track,
+    )
+
+
+@app.command()
+def run(
+    task: TaskOpt = Task.digits,
+    regime: RegimeOpt = "full",
+    epochs: EpochsOpt = 5,
+    controller: Annotated[
+        str | None,
+        typer.Option(
+            help="Who decides: local (embedded SmolLM2, offline), rules, scripted:<file>, openai:gpt-4o, google_genai:gemini-2.5-flash, openai-compatible:<model>@<url>, none. Default: local if installed, else rules."
+        ),
+    ] = None,
+    reflection: Annotated[
+        str, typer.Option(help="Reflection policy: log_only (the paper's), memory, revert_on_harm.")
+    ] = "log_only",
+    prompt: Annotated[
+        str,
+        typer.Option(
+            help="Prompt template: full, paper, losses, losses+lr_history, losses+grad_norms, losses+per_class."
+        ),
+    ] = "full",
+    every: Annotated[int, typer.Option(min=1, help="Invoke the agent every k epochs.")] = 1,
+    budget: Annotated[int, typer.Option(min=1, help="Tool calls allowed per decision.")] = 8,
+    decision_timeout: Annotated[
+        float, typer.Option(help="Seconds before a decision falls back to the fallback controller.")
+    ] = 120.0,
+    fallback: Annotated[
+        str, typer.Option(help="Controller used when the primary fails ('none' to disable).")
+    ] = "rules",
+    model_path: Annotated[
+        str | None, typer.Option(help="For --controller local: any GGUF chat model file.")
+    ] = None,
+    tools_module: Annotated[
+        list[str] | None, typer.Option(help="Import extra tools from this .py file or module (repeatable).")
+    ] = None,
+    optimizer: Annotated[
+        Optim, typer.Option(help="adam (the paper) or sgd with momentum 0.9 (the blog).")
+    ] = Optim.adam,
+    schedule: Annotated[Schedule, typer.Option(help="Learning-rate schedule.")] = Schedule.none,
+    lr: Annotated[float, typer.Option(help="Initial learning rate.")] = 1e-3,
+    weight_decay: Annotated[float, typer.Option(help="Optimizer weight decay.")] = 0.0,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    seed: int = 0,
+    data_dir: DataDirOpt = "data",
+    download: Annotated[bool, typer.Option(help="Download the dataset if missing (needs internet).")] = False,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
+    val_size: Annotated[
+        int | None, typer.Option(help="Validation images held out from the train split.")
+    ] = None,
+    track: Annotated[bool, typer.Option(help="Log to MLflow.")] = True,
+    tracking_uri: TrackingOpt = "sqlite:///mlflow.db",
+    experiment: Annotated[str | None, typer.Option(help="MLflow experiment (default mimic-<task>).")] = None,
+    traces: Annotated[bool, typer.Option(help="Record LangGraph traces in MLflow.")] = True,
+    log_model: Annotated[bool, typer.Option(help="Log the final model as an MLflow model.")] = True,
+    state_db: Annotated[
+        str, typer.Option(help="SQLite file for the graph's checkpointer (memory across epochs/restarts).")
+    ] = ".mimic/graph_state.sqlite",
+) -> None:
+    """Train with the agent deciding at every epoch boundary; prints each decision and reflection."""
+    from .agents.providers import ProviderOptions, default_controller
+    from .graphs.graph import AgentConfig
+    from .graphs.runner import RunSpec
+    from .tools import load_tools_module
+
+    for module in tools_module or []:
+        try:
+            load_tools_module(module)
+        except Exception as exc:
+            _fail(f"could not import tools from {module}: {exc}")
+    controller = controller or default_controller()
+    cfg = _train_config(
+        task,
+        regime,
+        epochs,
+        optimizer,
+        schedule,
+        lr,
+        weight_decay,
+        batch_size,
+        seed,
+        data_dir,
+        download,
+        threads,
+        val_size,
+        None,
+    )
+    spec = RunSpec(
+        train=cfg,
+        controller=controller,
+        agent=AgentConfig(
+            prompt=prompt, reflection=reflection, budget=budget, decision_timeout_s=decision_timeout
+        ),
+        provider=ProviderOptions(fallback=None if fallback == "none" else fallback, model_path=model_path),
+        every=every,
+        state_db=state_db,
+    )
+    arm = f"{controller.split('/')[-1]}-{reflection}-{prompt}-s{seed}"
+    _run(spec, arm, tracking_uri, experiment, log_model, traces, track)
+
+
+@app.command("tools")
+def list_tools(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the schemas as JSON.")] = False,
+) -> None:
+    """List the registered tools and their argument schemas."""
+    from .tools import discover
+
+    registry = discover()
+    if as_json:
+        out = {
+            n: {"description": s.description, "mutating": s.mutating, "args": s.json_schema()}
+            for n, s in sorted(registry.items())
+        }
+        print(json.dumps(out, indent=2))
+        return
+    table = Table("tool", "kind", "arguments", "description")
+    for name, spec in sorted(registry.items()):
+        props = spec.json_schema().get("properties", {})
+        args = ", ".join(f"{k}: {v.get('type', v.get('enum', '?'))}" for k, v in props.items())
+        table.add_row(
+            name, "mutating" if spec.mutating else "read", args, spec.description.split("\n")[0][:90]
+        )
+    console.print(table)
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+    tracking_uri: TrackingOpt = "sqlite:///mlflow.db",
+) -> None:
+    """Start the MLflow UI on 127.0.0.1 against the same store, and print its URL."""
+    mlflow_bin = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
+    cmd = [
+        mlflow_bin,
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        tracking_uri,
+        "--workers",
+        "1",
+    ]
+    console.print(f"MLflow UI: [bold]http://127.0.0.1:{port}[/]  (Ctrl-C to stop)", highlight=False)
+    sys.stdout.flush()
+    try:
+        subprocess.run(cmd, check=False, env=os.environ.copy())
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command("export-decisions")
+def export_decisions(
+    run_id: Annotated[str, typer.Argument(help="The MLflow child run whose decisions to export.")],
+    out: Annotated[
+        Path, typer.Argument(help="Output file (.json or .yaml), usable as --controller scripted:<out>.")
+    ],
+    tracking_uri: TrackingOpt = "sqlite:///mlflow.db",
+) -> None:
+    """Write a logged run's decisions as a scripted controller file, to replay the run without the model."""
+    import mlflow
+    import yaml
+
+    from .tracking import decisions_to_script, load_decisions
+
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        rows = load_decisions(run_id)
+    except Exception as exc:
+        _fail(f"could not read the decisions of run {run_id} from {tracking_uri}: {exc}")
+    script = decisions_to_script(rows)
+    out.write_text(
+        yaml.safe_dump(script, sort_keys=False)
+        if out.suffix in (".yaml", ".yml")
+        else json.dumps(script, indent=2)
+    )
+    console.print(
+        f"wrote {len(script['decisions'])} decisions to {out}; replay with --controller scripted:{out}"
+    )
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,44 @@
+"""Plots as PNG files: validation accuracy/loss per epoch and lr/dropout/alpha trajectories, arms overlaid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+PANELS = (
+    ("val_acc", "validation accuracy", "linear"),
+    ("val_loss", "validation loss", "linear"),
+    ("lr", "learning rate", "log"),
+    ("dropout", "dropout", "linear"),
+    ("alpha", "alpha", "linear"),
+)
+
+
+def plot_run(arms: dict[str, list[dict]], out_dir: Path) -> list[Path]:
+    """``arms`` maps an arm name to its epoch reports (dicts). Returns the PNG files written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for groups, name in (((PANELS[0], PANELS[1]), "validation.png"), (PANELS[2:], "knobs.png")):
+        fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.6), squeeze=False)
+        for ax, (key, label, scale) in zip(axes[0], groups, strict=True):
+            for arm, reports in arms.items():
+                points = [(r["epoch"], r[key]) for r in reports if r.get(key) is not None]
+                if points:
+                    xs, ys = zip(*points, strict=True)
+                    ax.plot(xs, ys, marker="o", markersize=3, label=arm)
+            ax.set_xlabel("epoch")
+            ax.set_title(label)
+            if scale == "log" and any(ln.get_ydata().min() > 0 for ln in ax.get_lines()):
+                ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        path = out_dir / name
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        paths.append(path)
+    return paths

@@ -1,0 +1,231 @@
+"""MLflow tracking: params, per-epoch metrics, LangGraph traces, decisions table, plots, the final model.
+
+Structure: one parent run per command (``run``, ``reproduce``), one nested child run per arm x seed.
+Traces come from ``mlflow.langchain.autolog()`` (no ``@mlflow.trace`` on top: that would duplicate spans);
+each graph invocation is one trace, linked to the child run and tagged with its epoch.
+Secrets: only the run's config is logged; API keys live in the environment and are never read here.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+import mlflow.pytorch
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+def setup(tracking_uri: str | None, experiment: str) -> None:
+    mlflow.set_tracking_uri(tracking_uri or DEFAULT_TRACKING_URI)
+    mlflow.set_experiment(experiment)
+
+
+def version_tags() -> dict[str, str]:
+    import langgraph
+    import torch
+
+    from . import __version__
+
+    tags = {
+        "mimic_learn.version": __version__,
+        "torch.version": torch.__version__,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "python": platform.python_version(),
+    }
+    try:
+        from importlib.metadata import version
+
+        tags["langgraph.version"] = version("langgraph")
+        tags["mlflow.version"] = version("mlflow")
+    except Exception:  # pragma: no cover - metadata missing in odd installs
+        tags["langgraph.version"] = getattr(langgraph, "__version__", "unknown")
+    try:
+        import subprocess
+
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+        if sha:
+            tags["code.version"] = sha
+    except Exception:
+        pass
+    return tags
+
+
+@contextmanager
+def parent_run(name: str, params: dict | None = None) -> Iterator[mlflow.ActiveRun]:
+    with mlflow.start_run(run_name=name) as run:
+        mlflow.set_tags(version_tags() | {"mimic.role": "parent"})
+        if params:
+            mlflow.log_params(params)
+        yield run
+
+
+def epoch_metrics(outcome) -> dict[str, float]:
+    r = outcome.report
+    metrics = {
+        "train_loss": r.train_loss,
+        "train_acc": r.train_acc,
+        "val_loss": r.val_loss,
+        "val_acc": r.val_acc,
+        "lr": r.lr,
+        "weight_decay": r.weight_decay,
+        "alpha": r.alpha,
+        "epoch_seconds": r.wall_time,
+    }
+    if r.dropout is not None:
+        metrics["dropout"] = r.dropout
+    metrics.update({f"grad_norm/{k}": v for k, v in r.grad_norms.items()})
+    metrics.update({f"val_acc_class/{c}": v for c, v in enumerate(r.per_class_val_acc)})
+    state = outcome.state
+    if state is not None:
+        metrics.update(
+            {
+                "tool_calls": state.get("tool_calls_used", 0),
+                "invalid_calls": state.get("invalid_calls", 0),
+                "refused_calls": state.get("refused_calls", 0),
+                "fallbacks": len(state.get("fallbacks") or []),
+                "decision_latency_s": state.get("decide_seconds", 0.0),
+                "tokens_in": state.get("tokens_in", 0),
+                "tokens_out": state.get("tokens_out", 0),
+                "reverted": float(bool(state.get("reverted"))),
+            }
+        )
+    # MLflow stores floats; a NaN loss is kept as NaN (that is the information)
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def decision_rows(outcome) -> list[dict]:
+    """One row per tool call (or one row for a decision with none), for the decisions table."""
+    d, r = outcome.decision, outcome.report
+    if d is None:
+        return []
+    base = {
+        "epoch": r.epoch,
+        "reflection": d.get("reflection", ""),
+        "val_acc_before": r.val_acc,
+        "val_loss_before": r.val_loss,
+        "changes": json.dumps(d.get("changes", [])),
+        "fallbacks": "; ".join(d.get("fallbacks", [])),
+        "reverted": bool(d.get("reverted")),
+        "final_text": d.get("final_text", ""),
+    }
+    calls = d.get("calls") or [
+        {"tool": "", "args": {}, "accepted": False, "reply": "no tool call", "turn": 0}
+    ]
+    return [
+        base
+        | {
+            "turn": c.get("turn", 0),
+            "tool": c.get("tool") or "",
+            "arguments": json.dumps(c.get("args"), default=str),
+            "accepted": bool(c.get("accepted")),
+            "reason": (c.get("args") or {}).get("reason", "") if isinstance(c.get("args"), dict) else "",
+            "reply": c.get("reply", ""),
+        }
+        for c in calls
+    ]
+
+
+class MlflowTracker:
+    """A ``RunObserver`` that logs one child run (arm x seed) under the active parent run."""
+
+    def __init__(self, arm: str = "arm", log_model: bool = True, traces: bool = True, nested: bool = True):
+        self.arm = arm
+        self.log_model = log_model
+        self.traces = traces
+        self.nested = nested
+        self.rows: list[dict] = []
+        self.run_id: str | None = None
+
+    def on_start(self, runner) -> None:
+        if self.traces and runner.graph is not None:
+            mlflow.langchain.autolog(silent=True)
+        run = mlflow.start_run(run_name=self.arm, nested=self.nested and mlflow.active_run() is not None)
+        self.run_id = run.info.run_id
+        mlflow.log_params(runner.spec.as_params())
+        mlflow.set_tags(
+            version_tags()
+            | {
+                "mimic.role": "child",
+                "mimic.arm": self.arm,
+                "mimic.thread_id": runner.thread_id,
+                "mimic.data": runner.trainer.data.source,
+            }
+        )
+
+    def on_epoch(self, runner, outcome) -> None:
+        epoch = outcome.report.epoch
+        mlflow.log_metrics(epoch_metrics(outcome), step=epoch)
+        self.rows.extend(decision_rows(outcome))
+        if outcome.state is not None and self.traces:
+            trace_id = mlflow.get_last_active_trace_id()
+            if trace_id:
+                mlflow.set_trace_tag(trace_id, "epoch", str(epoch))
+                mlflow.set_trace_tag(trace_id, "mimic.arm", self.arm)
+
+    def on_end(self, runner, result) -> None:
+        from .plots import plot_run
+
+        mlflow.log_metrics({"test_acc": result.test.acc, "test_loss": result.test.loss})
+        if self.rows:
+            mlflow.log_table(_columns(self.rows), artifact_file="decisions.json")
+        reports = [o.report.to_dict() for o in result.epochs]
+        with tempfile.TemporaryDirectory() as tmp:
+            for path in plot_run({self.arm: reports}, Path(tmp)):
+                mlflow.log_artifact(str(path), artifact_path="plots")
+            history = Path(tmp) / "history.json"
+            history.write_text(json.dumps(reports, indent=1))
+            mlflow.log_artifact(str(history))
+        if self.log_model:
+            model = runner.trainer.model.eval()
+            example = runner.trainer.data.val.x[:2].to(runner.trainer.device)
+            mlflow.pytorch.log_model(
+                model, name="model", input_example=example.cpu().numpy(), pip_requirements=["torch"]
+            )
+        if self.traces and runner.graph is not None:
+            mlflow.langchain.autolog(disable=True)
+        mlflow.end_run()
+
+
+def _columns(rows: list[dict]) -> dict[str, list]:
+    keys = list(rows[0])
+    return {k: [row.get(k) for row in rows] for k in keys}
+
+
+def load_decisions(run_id: str) -> list[dict]:
+    """The decisions table of a logged run, as rows."""
+    client = mlflow.MlflowClient()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(run_id, "decisions.json", tmp)
+        data = json.loads(Path(path).read_text())
+    columns, values = data["columns"], data["data"]
+    return [dict(zip(columns, row, strict=True)) for row in values]
+
+
+def decisions_to_script(rows: list[dict]) -> dict:
+    """A logged run's decisions as a ``scripted:`` file: every tool call, turn by turn, rejected ones too."""
+    by_epoch: dict[int, dict[int, list]] = {}
+    for row in rows:
+        if not row.get("tool"):
+            continue
+        args = json.loads(row["arguments"]) if row.get("arguments") else {}
+        by_epoch.setdefault(int(row["epoch"]), {}).setdefault(int(row.get("turn") or 0), []).append(
+            {"name": row["tool"], "args": args}
+        )
+    return {
+        "decisions": [
+            {"epoch": epoch, "turns": [turns[t] for t in sorted(turns)]}
+            for epoch, turns in sorted(by_epoch.items())
+        ]
+    }

@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -25,7 +25,7 @@ app = typer.Typer(
 console = Console()
 
 
-class Task(str, Enum):
+class Task(StrEnum):
     digits = "digits"
     mnist = "mnist"
     mnist32 = "mnist32"
@@ -33,12 +33,12 @@ class Task(str, Enum):
     synthetic = "synthetic"
 
 
-class Optim(str, Enum):
+class Optim(StrEnum):
     adam = "adam"
     sgd = "sgd"
 
 
-class Schedule(str, Enum):
+class Schedule(StrEnum):
     none = "none"
     step = "step"
     plateau = "plateau"

@@ -171,6 +171,7 @@ class MlflowTracker:
         if outcome.state is not None and self.traces:
             trace_id = mlflow.get_last_active_trace_id()
             if trace_id:
+                mlflow.flush_trace_async_logging()  # the trace must be in the store before it can be tagged
                 mlflow.set_trace_tag(trace_id, "epoch", str(epoch))
                 mlflow.set_trace_tag(trace_id, "mimic.arm", self.arm)
 

@@ -101,7 +101,7 @@ def build_graph(
     provider = provider or ProviderOptions()
     tools = as_langchain_tools(controls)
     controller = build_controller(model, tools, provider)
-    timeout_fallback = (
+    fallback_runnable = (
         load_chat_model(provider.fallback, provider).bind_tools(tools) if provider.fallback else None
     )
     tool_node = ToolNode(tools, handle_tool_errors=True)
@@ -151,14 +151,16 @@ def build_graph(
         collector = _ErrorCollector()
         cfg = {**config, "callbacks": _with_handler(config.get("callbacks"), collector)}
         fallbacks = list(state.get("fallbacks") or [])
+        # Once the primary failed in this decision, the fallback finishes it (no second round of retries).
+        runnable = fallback_runnable if (fallbacks and fallback_runnable is not None) else controller
         start = time.perf_counter()
         try:
-            ai = _invoke_with_timeout(controller, messages, cfg, agent.decision_timeout_s)
+            ai = _invoke_with_timeout(runnable, messages, cfg, agent.decision_timeout_s)
         except Exception as exc:  # timeout, or a failure with no fallback configured
             reason = "timeout" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"[:300]
             fallbacks.append(f"controller failed ({reason})")
-            if timeout_fallback is not None:
-                ai = timeout_fallback.invoke(messages, config)
+            if fallback_runnable is not None:
+                ai = fallback_runnable.invoke(messages, config)
             else:
                 ai = AIMessage(
                     content=f"controller failed ({reason}); no fallback configured, nothing changes"

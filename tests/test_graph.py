@@ -1,0 +1,293 @@
+"""The controller graph with fake chat models: knobs, malformed calls, budget, reflection, fallbacks, memory."""
+
+from __future__ import annotations
+
+import torch
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from mimic_learn.agents.providers import ProviderOptions
+from mimic_learn.agents.reflection.revert_on_harm import RevertOnHarm
+from mimic_learn.agents.scripted import ScriptedChatModel
+from mimic_learn.graphs.runner import agent_report
+
+from .agent_helpers import FailingChatModel, HangingChatModel, make_runner
+
+
+def call(name, **args):
+    return {"name": name, "args": args}
+
+
+def scripted(*decisions, **kwargs) -> ScriptedChatModel:
+    return ScriptedChatModel(decisions=list(decisions), **kwargs)
+
+
+def test_knobs_change_as_the_calls_say(tmp_path):
+    model = scripted(
+        {
+            "epoch": 1,
+            "tool_calls": [
+                call("set_lr", lr=0.01, reason="faster"),
+                call("set_dropout", dropout=0.35, reason="reg"),
+            ],
+        },
+        {
+            "epoch": 2,
+            "tool_calls": [
+                call("set_weight_decay", weight_decay=1e-3, reason="l2"),
+                call("set_alpha", alpha=0.2, reason="blend"),
+            ],
+        },
+    )
+    runner = make_runner(tmp_path, model=model, epochs=3)
+    first = runner.step()
+    assert first.decision["changes"] and runner.trainer.lr == 0.01 and runner.trainer.dropout == 0.35
+    second = runner.step()
+    assert [c["key"] for c in second.decision["changes"]] == ["weight_decay", "alpha"]
+    assert runner.trainer.weight_decay == 1e-3 and runner.trainer.alpha == 0.2
+    report = runner.step().report
+    assert (report.lr, report.dropout, report.weight_decay, report.alpha) == (0.01, 0.35, 1e-3, 0.2)
+
+
+def test_malformed_call_gets_an_error_message_and_the_corrected_retry_succeeds(tmp_path):
+    model = scripted(
+        {
+            "epoch": 1,
+            "turns": [
+                [call("set_lr", lr="fast", reason="bad type")],
+                [call("set_lr", lr=0.5, reason="out of trust region")],
+                [call("set_lr", lr=0.004, reason="corrected")],
+            ],
+        }
+    )
+    runner = make_runner(tmp_path, model=model)
+    outcome = runner.step()
+    tool_msgs = [m for m in outcome.state["messages"] if isinstance(m, ToolMessage)]
+    assert [m.status for m in tool_msgs] == ["error", "error", "success"]
+    assert "lr=" in tool_msgs[0].content and "current lr" in tool_msgs[0].content
+    assert "out of range" in tool_msgs[1].content and "0.003" in tool_msgs[1].content  # names the current lr
+    assert outcome.state["invalid_calls"] == 2
+    assert runner.trainer.lr == 0.004
+
+
+def test_tool_call_budget_stops_a_looping_model(tmp_path):
+    looping = scripted(
+        {"epoch": 1, "tool_calls": [call("inspect_history", last_n=3)] * 3}, repeat_last_turn=True
+    )
+    runner = make_runner(tmp_path, model=looping, budget=7)
+    outcome = runner.step()
+    state = outcome.state
+    assert state["tool_calls_used"] == 7
+    assert state["refused_calls"] == 2  # third message: 1 allowed, 2 refused before ToolNode ran them
+    refused = [m for m in state["messages"] if isinstance(m, ToolMessage) and m.content.startswith("refused")]
+    assert len(refused) == 2 and all(m.status == "error" for m in refused)
+    every_call_answered = {
+        c["id"] for m in state["messages"] if isinstance(m, AIMessage) for c in m.tool_calls
+    }
+    assert every_call_answered == {m.tool_call_id for m in state["messages"] if isinstance(m, ToolMessage)}
+
+
+def test_budget_applies_within_one_message(tmp_path):
+    many = scripted(
+        {"epoch": 1, "tool_calls": [call("set_lr", lr=0.001 * (1 + i / 100), reason="x") for i in range(20)]}
+    )
+    runner = make_runner(tmp_path, model=many, budget=4)
+    state = runner.step().state
+    assert state["tool_calls_used"] == 4 and state["refused_calls"] == 16
+    assert abs(runner.trainer.lr - 0.00103) < 1e-12  # the 4th (last allowed) call wins
+
+
+def test_invalid_tool_calls_are_answered_and_counted(tmp_path):
+    class BrokenJson(ScriptedChatModel):
+        def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+            from langchain_core.outputs import ChatGeneration, ChatResult
+
+            bad = {
+                "name": "set_lr",
+                "args": '{"lr": 0.0',
+                "id": "bad1",
+                "error": "invalid JSON",
+                "type": "invalid_tool_call",
+            }
+            if any(isinstance(m, ToolMessage) for m in messages):
+                return ChatResult(generations=[ChatGeneration(message=AIMessage(content="ok"))])
+            return ChatResult(
+                generations=[ChatGeneration(message=AIMessage(content="", invalid_tool_calls=[bad]))]
+            )
+
+    runner = make_runner(tmp_path, model=BrokenJson(decisions=[]))
+    lr = runner.trainer.lr
+    state = runner.step().state
+    assert state["invalid_calls"] == 1
+    assert runner.trainer.lr == lr
+
+
+def test_decide_sees_only_this_epochs_messages(tmp_path):
+    model = scripted(
+        {"epoch": 1, "tool_calls": [call("keep_current", reason="fine")]},
+        {"epoch": 2, "tool_calls": [call("keep_current", reason="fine")]},
+    )
+    runner = make_runner(tmp_path, model=model, epochs=3)
+    runner.step()
+    state = runner.step().state
+    humans = [m for m in state["messages"] if isinstance(m, HumanMessage)]
+    assert len(humans) == 1 and humans[0].additional_kwargs["mimic_report"]["epoch"] == 2
+
+
+def test_log_only_reflection_changes_nothing_and_adds_nothing(tmp_path):
+    model = scripted({"epoch": 1, "tool_calls": [call("set_lr", lr=0.01, reason="x")]})
+    runner = make_runner(tmp_path, model=model, reflection="log_only")
+    runner.step()
+    state = runner.step().state
+    assert "Decision after epoch 1" in state["reflection"] and "lr=0.01" in state["reflection"]
+    assert state["inject"] == "" and not state["reverted"]
+    human = next(m for m in state["messages"] if isinstance(m, HumanMessage))
+    assert "Decision after epoch 1" not in human.content
+
+
+def test_memory_reflection_reaches_the_next_prompt(tmp_path):
+    model = scripted({"epoch": 1, "tool_calls": [call("set_lr", lr=0.01, reason="x")]})
+    runner = make_runner(tmp_path, model=model, reflection="memory", epochs=4)
+    runner.step()
+    runner.step()
+    state = runner.step().state
+    human = next(m for m in state["messages"] if isinstance(m, HumanMessage))
+    assert "Your recent decisions" in human.content and "lr=0.01" in human.content
+    assert [m["epoch"] for m in state["memory"]] == [1, 2]
+
+
+def test_revert_on_harm_restores_the_pre_decision_checkpoint_exactly(tmp_path, monkeypatch):
+    monkeypatch.setattr(RevertOnHarm, "acc_threshold", -1.0)  # every change counts as harmful
+    model = scripted(
+        {
+            "epoch": 1,
+            "tool_calls": [call("set_lr", lr=0.02, reason="x"), call("set_dropout", dropout=0.5, reason="y")],
+        }
+    )
+    runner = make_runner(tmp_path, model=model, reflection="revert_on_harm", epochs=3)
+    runner.step()
+    before = {k: v.clone() for k, v in runner.trainer.pre_decision[1]["model"].items()}
+    lr_before = runner.trainer.pre_decision[1]["optimizer"]["param_groups"][0]["lr"]
+    assert runner.trainer.lr == 0.02
+    outcome = runner.step()
+    assert outcome.state["reverted"] and "reverted" in outcome.state["inject"]
+    for name, tensor in runner.trainer.model.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+    assert runner.trainer.lr == lr_before and runner.trainer.dropout == 0.2
+    human = next(m for m in outcome.state["messages"] if isinstance(m, HumanMessage))
+    assert "was reverted" in human.content
+
+
+def test_revert_on_harm_keeps_a_helpful_decision(tmp_path, monkeypatch):
+    monkeypatch.setattr(RevertOnHarm, "acc_threshold", 1.0)
+    monkeypatch.setattr(RevertOnHarm, "loss_threshold", 1e9)
+    model = scripted({"epoch": 1, "tool_calls": [call("set_lr", lr=0.01, reason="x")]})
+    runner = make_runner(tmp_path, model=model, reflection="revert_on_harm")
+    runner.step()
+    outcome = runner.step()
+    assert not outcome.state["reverted"] and runner.trainer.lr == 0.01
+
+
+def test_checkpointer_restores_graph_memory_after_a_restart(tmp_path):
+    model = scripted({"epoch": 1, "tool_calls": [call("set_lr", lr=0.01, reason="x")]})
+    first = make_runner(tmp_path, model=model, reflection="memory", epochs=4)
+    first.step()
+    first.step()
+    first.step()
+    memory = first.graph_state()["memory"]
+    thread = first.thread_id
+    first.close()
+    second = make_runner(tmp_path, model=model, reflection="memory", epochs=4)
+    second.thread_id = thread
+    assert second.graph_state()["memory"] == memory and len(memory) == 2
+    assert second.graph_state()["last_decision"]["epoch"] == 3
+
+
+def test_provider_failure_falls_back_to_rules_and_is_recorded(tmp_path):
+    failing = FailingChatModel()
+    runner = make_runner(tmp_path, model=failing, provider=ProviderOptions(retries=2, retry_wait=False))
+    outcome = runner.step()
+    assert failing.calls == 3  # first try + 2 retries
+    assert outcome.state["fallbacks"] and "connection refused" in outcome.state["fallbacks"][0]
+    assert outcome.decision["calls"], "the rules fallback made the decision"
+    assert runner.step().report.epoch == 2  # the run goes on
+
+
+def test_hanging_provider_hits_the_decision_timeout(tmp_path):
+    import time
+
+    runner = make_runner(tmp_path, model=HangingChatModel(seconds=3), decision_timeout_s=0.3)
+    start = time.perf_counter()
+    outcome = runner.step()
+    assert time.perf_counter() - start < 2.5
+    assert any("timeout" in f for f in outcome.state["fallbacks"])
+
+
+def test_rules_controller_end_to_end(tmp_path):
+    runner = make_runner(tmp_path, controller="rules", epochs=4)
+    result = runner.run()
+    assert [o.report.epoch for o in result.epochs] == [1, 2, 3, 4]
+    decisions = [o.decision for o in result.epochs if o.decision]
+    assert len(decisions) == 3 and all(d["calls"] and d["calls"][0]["accepted"] for d in decisions)
+    assert 0 < result.test.acc <= 1
+
+
+def test_rules_controller_lowers_lr_on_a_plateau():
+    from mimic_learn.agents.rules import rules_decision
+
+    hist = [
+        {
+            "epoch": i,
+            "train_loss": 0.5 - i * 0.01,
+            "val_loss": v,
+            "train_acc": 0.9,
+            "val_acc": 0.9,
+            "lr": 0.01,
+            "dropout": 0.2,
+        }
+        for i, v in enumerate([0.5, 0.4, 0.41, 0.405], 1)
+    ]
+    calls = rules_decision({"history": hist, "lr": 0.01, "dropout": 0.2, "weight_decay": 0.0})
+    assert calls[0]["name"] == "set_lr" and calls[0]["args"]["lr"] == 0.005
+    diverged = hist + [{**hist[-1], "epoch": 5, "train_loss": float("nan")}]
+    assert [c["name"] for c in rules_decision({"history": diverged, "lr": 0.01, "dropout": 0.2})] == [
+        "rollback",
+        "set_lr",
+    ]
+    overfit = [
+        {**hist[0], "epoch": i, "train_loss": t, "val_loss": v}
+        for i, (t, v) in enumerate([(0.3, 0.5), (0.2, 0.55), (0.1, 0.6)], 1)
+    ]
+    assert rules_decision({"history": overfit, "lr": 0.01, "dropout": 0.2})[0]["name"] == "set_dropout"
+
+
+def test_scripted_controller_from_file_end_to_end(tmp_path):
+    script = tmp_path / "s.yaml"
+    script.write_text(
+        "decisions:\n  - epoch: 2\n    tool_calls:\n      - {name: set_lr, args: {lr: 0.001, reason: slower}}\n"
+    )
+    runner = make_runner(tmp_path, controller=f"scripted:{script}", epochs=3)
+    result = runner.run()
+    assert result.epochs[0].decision["calls"] == []
+    assert result.epochs[1].decision["changes"][0]["key"] == "lr"
+    assert result.epochs[2].report.lr == 0.001
+
+
+def test_every_k_epochs(tmp_path):
+    runner = make_runner(tmp_path, controller="rules", epochs=5)
+    runner.spec.every = 2
+    result = runner.run()
+    assert [o.report.epoch for o in result.epochs if o.decision] == [2, 4]
+
+
+def test_prompt_templates_show_only_their_arm_signal(tmp_path):
+    from mimic_learn.prompts import render
+
+    runner = make_runner(tmp_path, controller="rules", epochs=2)
+    runner.step()
+    report = agent_report(runner.trainer, runner.trainer.history[-1], 2)
+    losses = render("losses", report)
+    assert "train loss" in losses and "per class" not in losses and "gradient" not in losses
+    assert "per class" in render("losses+per_class", report)
+    assert "gradient" in render("losses+grad_norms", report)
+    assert "Learning rate by epoch" in render("losses+lr_history", report)
+    paper = render("paper", report)
+    assert "validation accuracy" in paper and "dropout" in paper and "loss" not in paper

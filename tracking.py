@@ -164,16 +164,15 @@ class MlflowTracker:
             }
         )
 
+    def on_decision_start(self, runner, epoch: int) -> None:
+        """Called inside the graph invocation: tag the trace being recorded (no flush, no extra write)."""
+        if self.traces:
+            mlflow.update_current_trace(tags={"epoch": str(epoch), "mimic.arm": self.arm})
+
     def on_epoch(self, runner, outcome) -> None:
         epoch = outcome.report.epoch
         mlflow.log_metrics(epoch_metrics(outcome), step=epoch)
         self.rows.extend(decision_rows(outcome))
-        if outcome.state is not None and self.traces:
-            trace_id = mlflow.get_last_active_trace_id()
-            if trace_id:
-                mlflow.flush_trace_async_logging()  # the trace must be in the store before it can be tagged
-                mlflow.set_trace_tag(trace_id, "epoch", str(epoch))
-                mlflow.set_trace_tag(trace_id, "mimic.arm", self.arm)
 
     def on_end(self, runner, result) -> None:
         from .plots import plot_run

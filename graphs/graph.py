@@ -96,7 +96,9 @@ def build_graph(
     agent: AgentConfig | None = None,
     provider: ProviderOptions | None = None,
     checkpointer=None,
+    on_observe=None,
 ):
+    """``on_observe(epoch)`` runs inside the invocation (e.g. to tag the active MLflow trace)."""
     agent = agent or AgentConfig()
     provider = provider or ProviderOptions()
     tools = as_langchain_tools(controls)
@@ -110,6 +112,8 @@ def build_graph(
 
     def observe(state: AgentState) -> dict:
         controls.new_decision()
+        if on_observe is not None:
+            on_observe(state["epoch"])
         return {
             "messages": [RemoveMessage(id=REMOVE_ALL_MESSAGES)],
             "tool_calls_used": 0,

@@ -104,7 +104,15 @@ class AgentRunner:
             Path(spec.state_db).parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(spec.state_db, check_same_thread=False)
             self.checkpointer = SqliteSaver(self._conn)
-            self.graph = build_graph(self.controls, self.model, spec.agent, spec.provider, self.checkpointer)
+            self.graph = build_graph(
+                self.controls, self.model, spec.agent, spec.provider, self.checkpointer, on_observe=self._on_observe
+            )
+
+    def _on_observe(self, epoch: int) -> None:
+        for obs in self.observers:
+            hook = getattr(obs, "on_decision_start", None)
+            if hook is not None:
+                hook(self, epoch)
 
     @property
     def graph_config(self) -> dict:
@@ -119,14 +127,18 @@ class AgentRunner:
             return {}
         return dict(self.graph.get_state(self.graph_config).values)
 
+    def invoke_graph(self, payload: dict) -> dict:
+        """One decision. The checkpointer saves once, when the decision is complete (durability="exit"):
+        per-step writes cost ~50 ms a decision and a half-made decision is not worth resuming."""
+        return self.graph.invoke(payload, self.graph_config, durability="exit")
+
     def step(self) -> EpochOutcome:
         """Train one epoch; at a decision boundary (not after the last epoch) invoke the graph."""
         report = self.trainer.run_epoch()
         decision, state = None, None
         total = self.spec.train.epochs
         if self.graph is not None and report.epoch % self.spec.every == 0 and report.epoch < total:
-            payload = {"epoch": report.epoch, "report": agent_report(self.trainer, report, total)}
-            state = self.graph.invoke(payload, self.graph_config)
+            state = self.invoke_graph({"epoch": report.epoch, "report": agent_report(self.trainer, report, total)})
             decision = state.get("decision")
         outcome = EpochOutcome(report, decision, state)
         self.outcomes.append(outcome)

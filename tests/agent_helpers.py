@@ -8,6 +8,7 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
+
 from mimic_learn.agents.providers import ProviderOptions
 from mimic_learn.graphs.graph import AgentConfig
 from mimic_learn.graphs.runner import AgentRunner, RunSpec

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+
 from mimic_learn.agents.providers import ProviderOptions
 from mimic_learn.agents.reflection.revert_on_harm import RevertOnHarm
 from mimic_learn.agents.scripted import ScriptedChatModel

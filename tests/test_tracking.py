@@ -9,8 +9,9 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from mimic_learn.cli import app
 from typer.testing import CliRunner
+
+from mimic_learn.cli import app
 
 SCRIPT = {
     "decisions": [

@@ -9,6 +9,7 @@ epoch. If applying fails half-way the knobs are put back as they were.
 
 from __future__ import annotations
 
+import copy
 import math
 import threading
 from collections.abc import Callable
@@ -104,6 +105,11 @@ class TrainerControls:
             )
         if low <= value <= high:
             return value, ""
+        # The trust region's edges are products (0.0003 * 10 == 0.0029999999999999996, 0.6 + 0.3 ==
+        # 0.8999999999999999): a value at the documented edge must not be rejected for float rounding.
+        for edge in (low, high):
+            if math.isclose(value, edge, rel_tol=1e-9):
+                return edge, ""
         if self.bounds.clamp:
             clamped = min(max(value, low), high)
             return (
@@ -170,6 +176,10 @@ class TrainerControls:
         t = self.trainer
         saved_groups = [dict(g) for g in t.optimizer.param_groups]
         saved = (t.dropout, t.alpha, dict(t._deltas))
+        saved_scheduler = copy.deepcopy(t.scheduler.state_dict()) if t.scheduler is not None else None
+        saved_events = (len(t.events), len(t._pending_events))
+        # A rollback replaces weights and optimizer state: keep them so that a later failure can undo it.
+        saved_state = t.checkpoint() if any(c.key == "rollback" for c in changes) else None
         try:
             deltas = {}
             for change in changes:
@@ -191,11 +201,17 @@ class TrainerControls:
             if deltas:
                 t.set_delta(deltas)
         except Exception:
+            if saved_state is not None:
+                t.restore_weights(saved_state, reason=None)
             for group, old in zip(t.optimizer.param_groups, saved_groups, strict=True):
                 group.update({k: v for k, v in old.items() if k != "params"})
             if saved[0] is not None:
                 t._set_dropout_now(saved[0])
             t.alpha, t._deltas = saved[1], saved[2]
+            if saved_scheduler is not None:
+                t.scheduler.load_state_dict(saved_scheduler)
+            del t.events[saved_events[0] :]
+            del t._pending_events[saved_events[1] :]
             raise
         return CommitResult(applied=changes, kept=kept)
 
@@ -219,7 +235,7 @@ class TrainerControls:
         param = self.param(name)
         try:
             tensor = torch.as_tensor(delta, dtype=param.dtype)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
             raise ToolArgumentError(
                 f"delta for {name!r} is not a rectangular numeric array ({exc}); expected shape {tuple(param.shape)}",
                 "delta",

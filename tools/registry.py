@@ -137,7 +137,10 @@ def call_tool(name: str, ctl: TrainerControls, raw_args: dict | None = None) -> 
         try:
             args = spec.args.model_validate(raw_args)
         except ValidationError as exc:
-            raise ToolArgumentError(_validation_message(spec, ctl, raw_args, exc)) from None
+            first = exc.errors()[0]["loc"] if exc.errors() else ()
+            raise ToolArgumentError(
+                _validation_message(spec, ctl, raw_args, exc), str(first[0]) if first else "arguments"
+            ) from None
         reply = spec.fn(ctl, args)
     except ToolArgumentError as exc:
         ctl.record_call(name, raw_args, False, str(exc))
@@ -160,13 +163,12 @@ class TrainerTool(BaseTool):
         return tool_input
 
     def _to_args_and_kwargs(self, tool_input, tool_call_id):
-        if isinstance(tool_input, str):
-            return (), {"__raw__": tool_input}
-        return (), dict(tool_input)
+        # Positional, never spread into keyword arguments: a model-chosen key such as "self" or
+        # "run_manager" must reach call_tool (and be rejected there), not collide with _run's parameters.
+        return (tool_input,), {}
 
-    def _run(self, *args, run_manager=None, **kwargs) -> str:
-        raw = kwargs.pop("__raw__", kwargs)
-        return call_tool(self.spec.name, self.controls, raw)
+    def _run(self, tool_input, run_manager=None) -> str:
+        return call_tool(self.spec.name, self.controls, tool_input)
 
 
 def as_langchain_tools(ctl: TrainerControls, names: list[str] | None = None) -> list[BaseTool]:

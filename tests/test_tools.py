@@ -15,6 +15,7 @@ import torch
 from langchain_core.messages import AIMessage, ToolMessage
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode
+
 from mimic_learn.tools import (
     Bounds,
     ToolArgumentError,

@@ -13,6 +13,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+
 from mimic_learn.tools import Bounds, ToolArgumentError, TrainerControls, call_tool, discover
 from mimic_learn.training import TrainConfig, Trainer
 

@@ -292,3 +292,18 @@ def test_prompt_templates_show_only_their_arm_signal(tmp_path):
     assert "Learning rate by epoch" in render("losses+lr_history", report)
     paper = render("paper", report)
     assert "validation accuracy" in paper and "dropout" in paper and "loss" not in paper
+
+
+def test_langgraph_json_points_at_a_graph_factory():
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = json.loads((repo / "langgraph.json").read_text())
+    path, _, attr = spec["graphs"]["mimic_controller"].partition(":")
+    module_spec = importlib.util.spec_from_file_location("studio_graph", repo / path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    graph = getattr(module, attr)()
+    assert set(graph.get_graph().nodes) >= {"observe", "reflect", "decide", "tools", "apply"}

@@ -358,6 +358,79 @@ def run(
     _run(spec, arm, tracking_uri, experiment, log_model, traces, track)
 
 
+@app.command("eval-controller")
+def eval_controller(
+    controller: Annotated[
+        list[str],
+        typer.Option(
+            help="Controller string(s) to evaluate (repeatable), e.g. local, rules, random, openai:gpt-4o."
+        ),
+    ],
+    budget: Annotated[int, typer.Option(min=1, help="Tool calls allowed per decision.")] = 8,
+    model_path: Annotated[
+        str | None, typer.Option(help="For --controller local: any GGUF chat model file.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print per-scenario results as JSON.")] = False,
+) -> None:
+    """Score controllers on a fixed bank of training situations (diverging, plateau, overfitting, ...):
+    valid-call rate, sensible-decision rate, median latency, and which tools each one used."""
+    from dataclasses import asdict
+
+    from .agents.providers import ProviderOptions, load_chat_model
+    from .agents.scenarios import bank, evaluate_controller
+
+    scenarios = bank()
+    reports = []
+    for spec in controller:
+        try:
+            model = load_chat_model(spec, ProviderOptions(model_path=model_path))
+        except Exception as exc:
+            _fail(str(exc))
+        with Progress(
+            TextColumn(f"[bold]{spec}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
+            task = bar.add_task(spec, total=len(scenarios))
+            reports.append(
+                evaluate_controller(
+                    model, spec, scenarios, budget, progress=lambda s, r, task=task: bar.advance(task)
+                )
+            )
+    if as_json:
+        print(
+            json.dumps(
+                [{"controller": r.controller, "results": [asdict(x) for x in r.results]} for r in reports],
+                indent=2,
+            )
+        )
+        return
+    keep_bad = sum(not s.keep_acceptable for s in scenarios)
+    table = Table(
+        "controller",
+        "valid",
+        "first try",
+        "sensible",
+        "median s",
+        "tools used",
+        title=f"{len(scenarios)} scenarios; keep_current unacceptable in {keep_bad}",
+    )
+    for r in reports:
+        tools = ", ".join(f"{t} {n}" for t, n in r.tool_counts.most_common())
+        table.add_row(
+            r.controller,
+            f"{r.valid_rate:.2f}",
+            f"{r.first_try_rate:.2f}",
+            f"{r.sensible_rate:.2f}",
+            f"{r.median_seconds:.3f}",
+            tools,
+        )
+    console.print(table)
+
+
 @app.command("tools")
 def list_tools(
     as_json: Annotated[bool, typer.Option("--json", help="Print the schemas as JSON.")] = False,

@@ -2,6 +2,7 @@
 
     rules                               deterministic LLM-free policy (agents/rules.py)
     scripted:<file.yaml|json>           replay tool calls from a file (agents/scripted.py)
+    random[:seed]                       a seeded random policy (agents/random_policy.py), the floor to beat
     local[:<file.gguf>]                 the embedded offline LLM (SmolLM2-135M by default; agents/local.py)
     openai:gpt-4o, google_genai:gemini-2.5-flash, anthropic:..., ...
                                         any provider ``init_chat_model`` knows (keys from the environment)
@@ -53,6 +54,10 @@ def load_chat_model(spec: str, options: ProviderOptions | None = None) -> BaseCh
     opts = options or ProviderOptions()
     if spec == "rules":
         return RulesChatModel()
+    if spec == "random" or spec.startswith("random:"):
+        from .random_policy import RandomChatModel
+
+        return RandomChatModel(seed=int(spec.partition(":")[2] or 0))
     if spec.startswith("scripted:"):
         return ScriptedChatModel.from_file(spec.removeprefix("scripted:"))
     if spec == "local" or spec.startswith("local:"):
@@ -102,7 +107,7 @@ def build_controller(model: BaseChatModel, tools: list, options: ProviderOptions
     """Bind tools, add retries with backoff, then the fallback controller."""
     opts = options or ProviderOptions()
     bound = model.bind_tools(tools)
-    if isinstance(model, (RulesChatModel, ScriptedChatModel)):
+    if model._llm_type in ("mimic-rules", "mimic-scripted", "mimic-random"):  # deterministic: nothing to retry
         return bound
     if opts.retries > 0:
         bound = bound.with_retry(stop_after_attempt=opts.retries + 1, wait_exponential_jitter=opts.retry_wait)

@@ -1,0 +1,61 @@
+"""The controller scenario bank is not a toy: keeping settings fails most scenarios; rules beat random and keep."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from mimic_learn.agents.rules import RulesChatModel
+from mimic_learn.agents.scenarios import KEEP, LR_DOWN, ROLLBACK, bank, evaluate_controller, is_sensible, opt
+from mimic_learn.agents.scripted import ScriptedChatModel
+from mimic_learn.cli import app
+
+
+def always_keep() -> ScriptedChatModel:
+    return ScriptedChatModel(
+        decisions=[], default_turns=[[{"name": "keep_current", "args": {"reason": "hold"}}]]
+    )
+
+
+def test_bank_size_and_keep_current_is_wrong_in_at_least_half():
+    scenarios = bank()
+    assert len(scenarios) >= 20
+    assert len({s.name for s in scenarios}) == len(scenarios)
+    assert sum(not s.keep_acceptable for s in scenarios) >= len(scenarios) / 2
+
+
+def test_sensible_matching():
+    assert is_sensible(frozenset(), [KEEP])
+    assert not is_sensible(frozenset(), [opt(LR_DOWN)])
+    assert is_sensible(frozenset({LR_DOWN}), [opt(ROLLBACK, LR_DOWN)])
+    assert not is_sensible(frozenset({LR_DOWN, ("dropout", "up")}), [opt(LR_DOWN)])
+    assert not is_sensible(frozenset({("lr", "up")}), [KEEP, opt(LR_DOWN)])
+
+
+def test_always_keep_scores_far_below_rules_and_rules_beats_random():
+    from mimic_learn.agents.random_policy import RandomChatModel
+
+    keep = evaluate_controller(always_keep(), "keep")
+    rules = evaluate_controller(RulesChatModel(), "rules")
+    rand = evaluate_controller(RandomChatModel(seed=0), "random")
+    assert keep.valid_rate == 1.0 and rules.valid_rate == 1.0
+    expected_keep = sum(s.keep_acceptable for s in bank()) / len(bank())
+    assert abs(keep.sensible_rate - expected_keep) < 1e-9
+    assert rules.sensible_rate >= keep.sensible_rate + 0.3
+    assert rules.sensible_rate > rand.sensible_rate
+    assert len(rules.tool_counts) >= 3
+
+
+def test_decisions_are_judged_on_what_was_committed():
+    # A model whose set_lr is out of range (rejected) changes nothing: on a plateau that is not sensible.
+    bad = ScriptedChatModel(
+        decisions=[], default_turns=[[{"name": "set_lr", "args": {"lr": 50.0, "reason": "x"}}]]
+    )
+    plateau = [s for s in bank() if s.name == "plateau_mid"]
+    report = evaluate_controller(bad, "bad", plateau)
+    assert report.results[0].moves == [] and not report.results[0].sensible and not report.results[0].valid
+
+
+def test_eval_controller_cli_prints_the_table():
+    result = CliRunner().invoke(app, ["eval-controller", "--controller", "rules", "--controller", "random"])
+    assert result.exit_code == 0, result.output
+    assert "rules" in result.output and "random" in result.output and "sensible" in result.output

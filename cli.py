@@ -358,6 +358,91 @@ def run(
     _run(spec, arm, tracking_uri, experiment, log_model, traces, track)
 
 
+class Experiment(StrEnum):
+    paper = "paper"
+    blog = "blog"
+
+
+@app.command()
+def reproduce(
+    experiment: Annotated[
+        Experiment,
+        typer.Argument(help="paper: MIMIC-Learn MNIST table; blog: ResNet-18 CIFAR-10 LR-control table."),
+    ],
+    regimes: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated training-set sizes (paper default: full,6000,600,100,10; blog: full)."
+        ),
+    ] = "",
+    seeds: Annotated[
+        str, typer.Option(help="Comma-separated seeds (same data subset and initial weights across arms).")
+    ] = "0,1,2",
+    arms: Annotated[str, typer.Option(help="Comma-separated subset of arms (default: all).")] = "",
+    controller: Annotated[
+        str | None,
+        typer.Option(help="Controller for the LLM arms (default: local if installed, else rules)."),
+    ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            help="Override the task (paper: mnist; blog: cifar10, or mnist32 as an offline proxy, synthetic for tests)."
+        ),
+    ] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(help="Override the epochs per cell (paper: 5 for full/6000, 30 below; blog: 20)."),
+    ] = None,
+    data_dir: DataDirOpt = "data",
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads per run.")] = None,
+    force: Annotated[bool, typer.Option(help="Rerun cells already finished in the MLflow store.")] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="Markdown report path (default docs/results/<experiment>.md).")
+    ] = None,
+    tracking_uri: TrackingOpt = "sqlite:///mlflow.db",
+    mlflow_experiment: Annotated[
+        str | None, typer.Option(help="MLflow experiment (default mimic-reproduce-<experiment>).")
+    ] = None,
+    model_path: Annotated[
+        str | None, typer.Option(help="For --controller local: any GGUF chat model file.")
+    ] = None,
+) -> None:
+    """Reproduce a published experiment side by side with its numbers; resumable (finished cells are skipped)."""
+    import shlex
+
+    from . import tracking
+    from .agents.providers import ProviderOptions, default_controller
+    from .experiments import reproduce as run_reproduce
+    from .training import DataUnavailableError
+
+    kind = experiment.value
+    regime_list = [
+        r.strip()
+        for r in (regimes or ("full,6000,600,100,10" if kind == "paper" else "full")).split(",")
+        if r.strip()
+    ]
+    seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    task = task or ("mnist" if kind == "paper" else "cifar10")
+    tracking.setup(tracking_uri, mlflow_experiment or f"mimic-reproduce-{kind}")
+    command = "mimic-learn " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    try:
+        path = run_reproduce(
+            kind, regime_list, seed_list, [a for a in arms.split(",") if a] or None, controller or default_controller(),
+            data_dir, epochs, threads, force, out or Path("docs/results") / f"{kind}.md", task, command,
+            provider=ProviderOptions(model_path=model_path), echo=console.print,
+        )  # fmt: skip
+    except DataUnavailableError as exc:
+        hint = (
+            " For the blog experiment without CIFAR-10, use --task mnist32 (an offline proxy)."
+            if kind == "blog"
+            else ""
+        )
+        _fail(f"{exc}{hint}")
+    except ValueError as exc:
+        _fail(str(exc))
+    console.print(f"[bold]report written to {path}[/]")
+
+
 @app.command("eval-controller")
 def eval_controller(
     controller: Annotated[
@@ -370,6 +455,8 @@ def eval_controller(
     model_path: Annotated[
         str | None, typer.Option(help="For --controller local: any GGUF chat model file.")
     ] = None,
+    prompt: Annotated[str, typer.Option(help="Prompt template the controllers see.")] = "full",
+    tools: Annotated[str, typer.Option(help="Comma-separated tools to bind (default: all registered).")] = "",
     as_json: Annotated[bool, typer.Option("--json", help="Print per-scenario results as JSON.")] = False,
 ) -> None:
     """Score controllers on a fixed bank of training situations (diverging, plateau, overfitting, ...):
@@ -397,7 +484,13 @@ def eval_controller(
             task = bar.add_task(spec, total=len(scenarios))
             reports.append(
                 evaluate_controller(
-                    model, spec, scenarios, budget, progress=lambda s, r, task=task: bar.advance(task)
+                    model,
+                    spec,
+                    scenarios,
+                    budget,
+                    prompt=prompt,
+                    tools=[t for t in tools.split(",") if t] or None,
+                    progress=lambda s, r, task=task: bar.advance(task),
                 )
             )
     if as_json:

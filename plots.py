@@ -18,11 +18,17 @@ PANELS = (
 )
 
 
-def plot_run(arms: dict[str, list[dict]], out_dir: Path) -> list[Path]:
-    """``arms`` maps an arm name to its epoch reports (dicts). Returns the PNG files written."""
+def plot_run(arms: dict[str, list[dict]], out_dir: Path, panels: tuple[str, ...] | None = None) -> list[Path]:
+    """``arms`` maps an arm name to its epoch reports (dicts). Returns the PNG files written.
+
+    By default two figures (validation.png: accuracy and loss; knobs.png: lr, dropout, alpha); ``panels``
+    picks keys for a single figure instead."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for groups, name in (((PANELS[0], PANELS[1]), "validation.png"), (PANELS[2:], "knobs.png")):
+    figures = (((PANELS[0], PANELS[1]), "validation.png"), (PANELS[2:], "knobs.png"))
+    if panels is not None:
+        figures = ((tuple(p for p in PANELS if p[0] in panels), "_".join(panels) + ".png"),)
+    for groups, name in figures:
         fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.6), squeeze=False)
         for ax, (key, label, scale) in zip(axes[0], groups, strict=True):
             for arm, reports in arms.items():

@@ -140,8 +140,16 @@ def decision_rows(outcome) -> list[dict]:
 class MlflowTracker:
     """A ``RunObserver`` that logs one child run (arm x seed) under the active parent run."""
 
-    def __init__(self, arm: str = "arm", log_model: bool = True, traces: bool = True, nested: bool = True):
+    def __init__(
+        self,
+        arm: str = "arm",
+        log_model: bool = True,
+        traces: bool = True,
+        nested: bool = True,
+        tags: dict | None = None,
+    ):
         self.arm = arm
+        self.tags = dict(tags or {})  # extra tags for the child run (e.g. which experiment cell it is)
         self.log_model = log_model
         self.traces = traces
         self.nested = nested
@@ -162,6 +170,7 @@ class MlflowTracker:
                 "mimic.thread_id": runner.thread_id,
                 "mimic.data": runner.trainer.data.source,
             }
+            | self.tags
         )
 
     def on_decision_start(self, runner, epoch: int) -> None:

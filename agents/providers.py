@@ -107,7 +107,11 @@ def build_controller(model: BaseChatModel, tools: list, options: ProviderOptions
     """Bind tools, add retries with backoff, then the fallback controller."""
     opts = options or ProviderOptions()
     bound = model.bind_tools(tools)
-    if model._llm_type in ("mimic-rules", "mimic-scripted", "mimic-random"):  # deterministic: nothing to retry
+    if model._llm_type in (
+        "mimic-rules",
+        "mimic-scripted",
+        "mimic-random",
+    ):  # deterministic: nothing to retry
         return bound
     if opts.retries > 0:
         bound = bound.with_retry(stop_after_attempt=opts.retries + 1, wait_exponential_jitter=opts.retry_wait)

@@ -380,7 +380,14 @@ class EvalReport:
 
 
 def evaluate_controller(
-    model, name: str, scenarios: list[Scenario] | None = None, budget: int = 8, progress=None, provider=None
+    model,
+    name: str,
+    scenarios: list[Scenario] | None = None,
+    budget: int = 8,
+    progress=None,
+    provider=None,
+    prompt: str = "full",
+    tools: list[str] | None = None,
 ) -> EvalReport:
     """Run ``model`` (a chat model) once on every scenario through the real graph; score each decision."""
     from langgraph.checkpoint.memory import InMemorySaver
@@ -396,7 +403,7 @@ def evaluate_controller(
         graph = build_graph(
             controls,
             model,
-            AgentConfig(budget=budget),
+            AgentConfig(budget=budget, prompt=prompt, tools=tools),
             provider or ProviderOptions(retry_wait=False),
             InMemorySaver(),
         )

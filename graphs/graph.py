@@ -46,6 +46,7 @@ class AgentConfig:
     max_tokens_per_decision: int | None = None
     max_tokens_per_run: int | None = None
     llm_critic: bool = False  # let the controller model write the reflection's critique
+    tools: list[str] | None = None  # names of the registered tools to bind (None: all of them)
 
 
 class _ErrorCollector(BaseCallbackHandler):
@@ -101,7 +102,7 @@ def build_graph(
     """``on_observe(epoch)`` runs inside the invocation (e.g. to tag the active MLflow trace)."""
     agent = agent or AgentConfig()
     provider = provider or ProviderOptions()
-    tools = as_langchain_tools(controls)
+    tools = as_langchain_tools(controls, agent.tools)
     controller = build_controller(model, tools, provider)
     fallback_runnable = (
         load_chat_model(provider.fallback, provider).bind_tools(tools) if provider.fallback else None

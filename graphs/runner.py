@@ -105,7 +105,12 @@ class AgentRunner:
             self._conn = sqlite3.connect(spec.state_db, check_same_thread=False)
             self.checkpointer = SqliteSaver(self._conn)
             self.graph = build_graph(
-                self.controls, self.model, spec.agent, spec.provider, self.checkpointer, on_observe=self._on_observe
+                self.controls,
+                self.model,
+                spec.agent,
+                spec.provider,
+                self.checkpointer,
+                on_observe=self._on_observe,
             )
 
     def _on_observe(self, epoch: int) -> None:
@@ -138,7 +143,9 @@ class AgentRunner:
         decision, state = None, None
         total = self.spec.train.epochs
         if self.graph is not None and report.epoch % self.spec.every == 0 and report.epoch < total:
-            state = self.invoke_graph({"epoch": report.epoch, "report": agent_report(self.trainer, report, total)})
+            state = self.invoke_graph(
+                {"epoch": report.epoch, "report": agent_report(self.trainer, report, total)}
+            )
             decision = state.get("decision")
         outcome = EpochOutcome(report, decision, state)
         self.outcomes.append(outcome)

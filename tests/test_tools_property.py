@@ -8,6 +8,7 @@ One trainer (digits, one epoch trained) is restored before each example.
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args, get_origin
 
 import pytest
 import torch
@@ -53,8 +54,10 @@ JUNK = st.one_of(
 )
 
 
-def valid_value(ctl: TrainerControls, field: str) -> st.SearchStrategy:
+def valid_value(ctl: TrainerControls, field: str, annotation=None) -> st.SearchStrategy:
     """Values a correct caller could send for ``field``: inside the allowed range, known names."""
+    if get_origin(annotation) is Literal:  # an enum argument (e.g. adjust's action): any of its values
+        return st.sampled_from(get_args(annotation))
     if field in KNOBS:
         low, high = ctl.allowed_range(field)
         return st.floats(low, high)
@@ -88,7 +91,7 @@ def arguments(draw, ctl: TrainerControls, tool: str, valid_only: bool) -> dict:
         roll = 9 if valid_only else draw(st.integers(0, 9))
         if roll == 0:
             continue  # a missing argument
-        args[field] = draw(odd_value(field) if roll <= 3 else valid_value(ctl, field))
+        args[field] = draw(odd_value(field) if roll <= 3 else valid_value(ctl, field, fields[field].annotation))
     if not valid_only and draw(st.integers(0, 9)) == 0:
         args[draw(st.sampled_from(["extra", "self", "run_manager", "lr", "layer", "", "__raw__"]))] = draw(
             JUNK

@@ -167,6 +167,18 @@ class TrainerTool(BaseTool):
         # "run_manager" must reach call_tool (and be rejected there), not collide with _run's parameters.
         return (tool_input,), {}
 
+    def live_bounds(self) -> dict[str, tuple[float, float, float]]:
+        """(low, high, current) for each knob-valued argument *now* (absolute bounds within this decision's trust
+        region), for constrained decoders that can enforce it. The tool still validates every call."""
+        out = {}
+        for arg in self.spec.args.model_fields:
+            current = (
+                self.controls.current(arg) if arg in ("lr", "dropout", "weight_decay", "alpha") else None
+            )
+            if current is not None:
+                out[arg] = (*self.controls.allowed_range(arg), current)
+        return out
+
     def _run(self, tool_input, run_manager=None) -> str:
         return call_tool(self.spec.name, self.controls, tool_input)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -363,8 +364,26 @@ class Experiment(StrEnum):
     blog = "blog"
 
 
+def _command_line(ctx: typer.Context) -> str:
+    """The command with every option that differs from its default, for report headers."""
+    parts = ["mimic-learn", ctx.info_name or ""]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        value = value.value if isinstance(value, StrEnum) else value
+        default = param.default.value if isinstance(param.default, StrEnum) else param.default
+        if param.param_type_name == "argument":
+            parts.append(shlex.quote(str(value)))
+        elif value != default and value is not None:
+            if isinstance(value, bool):
+                parts.append(param.opts[0] if value else param.secondary_opts[0])
+            else:
+                parts += [param.opts[0], shlex.quote(str(value))]
+    return " ".join(parts)
+
+
 @app.command()
 def reproduce(
+    ctx: typer.Context,
     experiment: Annotated[
         Experiment,
         typer.Argument(help="paper: MIMIC-Learn MNIST table; blog: ResNet-18 CIFAR-10 LR-control table."),
@@ -408,8 +427,6 @@ def reproduce(
     ] = None,
 ) -> None:
     """Reproduce a published experiment side by side with its numbers; resumable (finished cells are skipped)."""
-    import shlex
-
     from . import tracking
     from .agents.providers import ProviderOptions, default_controller
     from .experiments import reproduce as run_reproduce
@@ -424,7 +441,7 @@ def reproduce(
     seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     task = task or ("mnist" if kind == "paper" else "cifar10")
     tracking.setup(tracking_uri, mlflow_experiment or f"mimic-reproduce-{kind}")
-    command = "mimic-learn " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = _command_line(ctx)
     try:
         path = run_reproduce(
             kind, regime_list, seed_list, [a for a in arms.split(",") if a] or None, controller or default_controller(),

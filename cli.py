@@ -415,6 +415,7 @@ def reproduce(
     data_dir: DataDirOpt = "data",
     threads: Annotated[int | None, typer.Option(help="torch CPU threads per run.")] = None,
     force: Annotated[bool, typer.Option(help="Rerun cells already finished in the MLflow store.")] = False,
+    report_only: Annotated[bool, typer.Option(help="Run nothing: rebuild the report from the cells already in the store.")] = False,
     out: Annotated[
         Path | None, typer.Option(help="Markdown report path (default docs/results/<experiment>.md).")
     ] = None,
@@ -446,7 +447,7 @@ def reproduce(
         path = run_reproduce(
             kind, regime_list, seed_list, [a for a in arms.split(",") if a] or None, controller or default_controller(),
             data_dir, epochs, threads, force, out or Path("docs/results") / f"{kind}.md", task, command,
-            provider=ProviderOptions(model_path=model_path), echo=console.print,
+            provider=ProviderOptions(model_path=model_path), echo=console.print, report_only=report_only,
         )  # fmt: skip
     except DataUnavailableError as exc:
         hint = (

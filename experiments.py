@@ -352,6 +352,7 @@ def reproduce(
     provider: ProviderOptions | None = None,
     state_db: str = ".mimic/graph_state.sqlite",
     echo=print,
+    report_only: bool = False,
 ) -> Path:
     """Run every missing cell (arm x regime x seed) under one parent run, then write the report."""
     import platform
@@ -386,6 +387,8 @@ def reproduce(
             for seed in seeds:
                 for arm in arms:
                     tag = cell_tag(kind, regime, arm.name, seed)
+                    if report_only:
+                        continue
                     if tag in done and not force:
                         skipped += 1
                         echo(f"skip {tag} (finished in run {done[tag].info.run_id[:8]})")

@@ -5,6 +5,7 @@ The CLI builds a ``TrainConfig`` from its flags; the Python API takes one direct
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -70,20 +71,29 @@ class TrainConfig:
 
 
 def parse_regime(regime: str | int | float) -> str | int | float:
-    """'full' stays 'full'; '600' -> 600; '0.1' -> 0.1."""
-    if isinstance(regime, (int, float)) and not isinstance(regime, bool):
+    """'full' stays 'full'; '600' -> 600; 600.0 -> 600; '0.1' -> 0.1."""
+    usage = f"regime={regime!r}: use 'full', an integer count >= 1 or a fraction in (0, 1)"
+    if isinstance(regime, bool):
+        raise ValueError(usage)
+    if isinstance(regime, int):
+        if regime < 1:
+            raise ValueError(usage)
         return regime
-    text = str(regime).strip().lower()
-    if text == "full":
-        return "full"
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise ValueError(f"regime={regime!r}: use 'full', an integer count or a fraction in (0, 1)") from exc
+    if isinstance(regime, float):
+        value = regime
+    else:
+        text = str(regime).strip().lower()
+        if text == "full":
+            return "full"
+        if text.lstrip("+-").isdigit():
+            return parse_regime(int(text))
+        try:
+            value = float(text)
+        except ValueError as exc:
+            raise ValueError(usage) from exc
+    # A whole-number float such as 600.0 is a count; anything else must be a fraction.
+    if math.isfinite(value) and value >= 1 and value.is_integer():
+        return int(value)
     if not 0 < value < 1:
         raise ValueError(f"regime={regime!r}: a fraction must lie in (0, 1)")
     return value

@@ -225,17 +225,16 @@ def augment_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4)
     """Random crop with zero padding and horizontal flip, on a batch tensor (standard CIFAR augmentation)."""
     n, _, h, w = x.shape
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    # Offsets and flips are drawn on the generator's device (CPU) and moved to the batch's device.
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    rows = torch.arange(h, device=x.device)
+    cols = torch.arange(w, device=x.device)
     # Crop rows, then columns, with per-image offsets.
     out = torch.gather(
-        padded,
-        2,
-        (dy.view(n, 1, 1, 1) + torch.arange(h).view(1, 1, h, 1)).expand(n, x.shape[1], h, w + 2 * pad),
+        padded, 2, (dy.view(n, 1, 1, 1) + rows.view(1, 1, h, 1)).expand(n, x.shape[1], h, w + 2 * pad)
     )
-    out = torch.gather(
-        out, 3, (dx.view(n, 1, 1, 1) + torch.arange(w).view(1, 1, 1, w)).expand(n, x.shape[1], h, w)
-    )
-    flip = torch.rand(n, generator=generator) < 0.5
+    out = torch.gather(out, 3, (dx.view(n, 1, 1, 1) + cols.view(1, 1, 1, w)).expand(n, x.shape[1], h, w))
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
     out[flip] = out[flip].flip(-1)
     return out

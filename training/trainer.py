@@ -29,6 +29,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -111,6 +112,11 @@ class Trainer:
             torch.set_num_threads(cfg.num_threads)
         self.device = _resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
+        # Dropout draws from torch's global RNG. The trainer keeps its own copy of that state and swaps it in
+        # for its epochs (see _own_rng), so code that uses the global RNG between epochs (another trainer,
+        # a tool, a benchmark's baseline) cannot change what this run does.
+        self._rng_state = torch.get_rng_state()
+        self._cuda_rng_state = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
         self.model = model.to(self.device)
         self.data = data
         self.num_classes = data.num_classes
@@ -178,22 +184,23 @@ class Trainer:
         steps = 0
         delta_layers = sorted(self._deltas) if self.alpha > 0 else []
         onecycle = isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR)
-        for x, y in iterate_batches(self.data.train, cfg.batch_size, self._data_gen):
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            if cfg.augment:
-                x = augment_crop_flip(x, self._data_gen)
-            logits = self.model(x)
-            loss = F.cross_entropy(logits, y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-            norm_sum += torch.stack(torch._foreach_norm(grads))
-            self._optimizer_step()
-            if onecycle and self.scheduler.last_epoch < self.scheduler.total_steps:
-                self.scheduler.step()
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
-            steps += 1
+        with self._own_rng():  # dropout draws from this trainer's RNG state only
+            for x, y in iterate_batches(self.data.train, cfg.batch_size, self._data_gen):
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                if cfg.augment:
+                    x = augment_crop_flip(x, self._data_gen)
+                logits = self.model(x)
+                loss = F.cross_entropy(logits, y)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+                norm_sum += torch.stack(torch._foreach_norm(grads))
+                self._optimizer_step()
+                if onecycle and self.scheduler.last_epoch < self.scheduler.total_steps:
+                    self.scheduler.step()
+                loss_sum += loss.detach() * len(y)
+                correct += (logits.detach().argmax(1) == y).sum()
+                steps += 1
         n = max(len(self.data.train), 1)
         val = self.evaluate("val")
         self._deltas = {}  # a delta is for one epoch only
@@ -226,6 +233,21 @@ class Trainer:
         self.history.append(report)
         self._at_boundary()
         return report
+
+    @contextmanager
+    def _own_rng(self):
+        """Run the block on this trainer's RNG state; the global state outside is left as it was."""
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.set_rng_state(self._rng_state)
+            if cuda:
+                torch.cuda.set_rng_state(self._cuda_rng_state, self.device)
+            try:
+                yield
+            finally:
+                self._rng_state = torch.get_rng_state()
+                if cuda:
+                    self._cuda_rng_state = torch.cuda.get_rng_state(self.device)
 
     def _optimizer_step(self) -> None:
         if not self._deltas or self.alpha == 0.0:
@@ -396,9 +418,9 @@ class Trainer:
             "optimizer": _clone_tree(self.optimizer.state_dict()),
             "scheduler": _clone_tree(self.scheduler.state_dict()) if self.scheduler is not None else None,
             "rng": {
-                "torch": torch.get_rng_state(),
+                "torch": self._rng_state.clone(),
                 "data": self._data_gen.get_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "cuda": [self._cuda_rng_state.clone()] if self._cuda_rng_state is not None else [],
             },
             "knobs": {"alpha": self.alpha, "dropout": self.dropout},
             "history": [r.to_dict() for r in self.history],
@@ -409,10 +431,10 @@ class Trainer:
         """Full restore: the trainer continues exactly as from the moment ``ckpt`` was taken."""
         self.restore_weights(ckpt, reason=None)
         self.epoch = ckpt["epoch"]
-        torch.set_rng_state(ckpt["rng"]["torch"])
+        self._rng_state = ckpt["rng"]["torch"].clone()
         self._data_gen.set_state(ckpt["rng"]["data"])
-        if ckpt["rng"].get("cuda") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        if ckpt["rng"].get("cuda") and self._cuda_rng_state is not None:
+            self._cuda_rng_state = ckpt["rng"]["cuda"][0].clone()
         self.history = [EpochReport(**r) for r in ckpt["history"]]
         self.events = copy.deepcopy(ckpt.get("events", []))
         self._pending_events = []

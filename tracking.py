@@ -4,6 +4,8 @@ Structure: one parent run per command (``run``, ``reproduce``), one nested child
 Traces come from ``mlflow.langchain.autolog()`` (no ``@mlflow.trace`` on top: that would duplicate spans);
 each graph invocation is one trace, linked to the child run and tagged with its epoch.
 Secrets: only the run's config is logged; API keys live in the environment and are never read here.
+Resume (``MlflowTracker(resume_run_id=...)``): the child run is reopened; epochs already in it are not logged
+again, and the decisions table is rebuilt from the runner's restored outcomes.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ def epoch_metrics(outcome) -> dict[str, float]:
     }
     if r.dropout is not None:
         metrics["dropout"] = r.dropout
+    metrics["guard_rollbacks"] = getattr(outcome, "guard_rollbacks", 0)
     metrics.update({f"grad_norm/{k}": v for k, v in r.grad_norms.items()})
     metrics.update({f"val_acc_class/{c}": v for c, v in enumerate(r.per_class_val_acc)})
     state = outcome.state
@@ -147,8 +150,11 @@ class MlflowTracker:
         traces: bool = True,
         nested: bool = True,
         tags: dict | None = None,
+        resume_run_id: str | None = None,
     ):
         self.arm = arm
+        self.resume_run_id = resume_run_id  # reopen this child run and log only the epochs it lacks
+        self.logged_upto = 0  # epochs up to this one are already in the run
         self.tags = dict(tags or {})  # extra tags for the child run (e.g. which experiment cell it is)
         self.log_model = log_model
         self.traces = traces
@@ -159,19 +165,31 @@ class MlflowTracker:
     def on_start(self, runner) -> None:
         if self.traces and runner.graph is not None:
             mlflow.langchain.autolog(silent=True)
-        run = mlflow.start_run(run_name=self.arm, nested=self.nested and mlflow.active_run() is not None)
+        nested = self.nested and mlflow.active_run() is not None
+        if self.resume_run_id is not None:
+            run = mlflow.start_run(run_id=self.resume_run_id, nested=nested)
+            self.run_id = run.info.run_id
+            history = mlflow.MlflowClient().get_metric_history(self.run_id, "val_loss")
+            self.logged_upto = max((m.step for m in history), default=0)
+            self.rows = [row for o in runner.outcomes for row in decision_rows(o)]
+            return
+        run = mlflow.start_run(run_name=self.arm, nested=nested)
         self.run_id = run.info.run_id
         mlflow.log_params(runner.spec.as_params())
-        mlflow.set_tags(
-            version_tags()
-            | {
-                "mimic.role": "child",
-                "mimic.arm": self.arm,
-                "mimic.thread_id": runner.thread_id,
-                "mimic.data": runner.trainer.data.source,
-            }
-            | self.tags
-        )
+        tags = {
+            "mimic.role": "child",
+            "mimic.arm": self.arm,
+            "mimic.thread_id": runner.thread_id,
+            "mimic.data": runner.trainer.data.source,
+            "mimic.log_model": str(self.log_model),
+            "mimic.traces": str(self.traces),
+        }
+        if runner.graph is not None:
+            tags["mimic.state_db"] = str(Path(runner.spec.state_db).resolve())
+        ckpt_dir = runner.spec.train.resolved_checkpoint_dir()
+        if ckpt_dir is not None:
+            tags["mimic.checkpoint_dir"] = str(ckpt_dir.resolve())
+        mlflow.set_tags(version_tags() | tags | self.tags)
 
     def on_decision_start(self, runner, epoch: int) -> None:
         """Called inside the graph invocation: tag the trace being recorded (no flush, no extra write)."""
@@ -180,7 +198,8 @@ class MlflowTracker:
 
     def on_epoch(self, runner, outcome) -> None:
         epoch = outcome.report.epoch
-        mlflow.log_metrics(epoch_metrics(outcome), step=epoch)
+        if epoch > self.logged_upto:  # a resumed run redoes at most the epoch it was killed after
+            mlflow.log_metrics(epoch_metrics(outcome), step=epoch)
         self.rows.extend(decision_rows(outcome))
 
     def on_end(self, runner, result) -> None:
@@ -203,6 +222,7 @@ class MlflowTracker:
                 model, name="model", input_example=example.cpu().numpy(), pip_requirements=["torch"]
             )
         if self.traces and runner.graph is not None:
+            mlflow.flush_trace_async_logging()  # every trace of this run is in the store before the run ends
             mlflow.langchain.autolog(disable=True)
         mlflow.end_run()
 

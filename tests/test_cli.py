@@ -1,0 +1,54 @@
+"""The command line as a user meets it: help texts, the tools listing, errors that say what to do."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from mimic_learn.cli import app
+from mimic_learn.tools import discover
+
+runner = CliRunner()
+
+
+def test_help_lists_every_command():
+    out = runner.invoke(app, ["--help"]).output
+    for command in ("train", "run", "tools", "ui", "export-decisions", "eval-controller", "reproduce"):
+        assert command in out
+
+
+def test_tools_json_lists_every_registered_tool_with_its_schema():
+    result = runner.invoke(app, ["tools", "--json"])
+    assert result.exit_code == 0
+    listed = json.loads(result.output)
+    assert set(listed) == set(discover())
+    assert listed["set_lr"]["mutating"] and not listed["inspect_grad_norms"]["mutating"]
+    assert set(listed["set_lr"]["args"]["properties"]) == {"lr", "reason"}
+    assert "current lr" not in listed["set_lr"]["description"]
+
+
+def test_tools_table():
+    result = runner.invoke(app, ["tools"])
+    assert result.exit_code == 0 and "propose_weight_delta" in result.output and "mutating" in result.output
+
+
+def test_missing_mnist_says_where_to_point(tmp_path):
+    result = runner.invoke(app, ["train", "--task", "mnist", "--data-dir", str(tmp_path), "--no-track"])
+    assert result.exit_code == 2
+    assert "--data-dir" in result.output and "--download" in result.output
+
+
+def test_unknown_controller_says_what_exists(tmp_path):
+    result = runner.invoke(
+        app, ["run", "--controller", "gpt4", "--no-track", "--state-db", str(tmp_path / "g.sqlite")]
+    )
+    assert result.exit_code == 2
+    assert "rules" in result.output and "openai:gpt-4o" in result.output
+
+
+def test_train_prints_a_line_per_epoch_and_test_accuracy():
+    result = runner.invoke(app, ["train", "--epochs", "2", "--no-track"])
+    assert result.exit_code == 0, result.output
+    assert "epoch   1/2" in result.output and "epoch   2/2" in result.output
+    assert "test accuracy" in result.output

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
+from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
 
 REPORT_KEY = "mimic_report"
 
@@ -32,3 +35,24 @@ def decision_context(messages: Sequence[BaseMessage]) -> tuple[dict, int, list[T
 
 def tool_call(name: str, args: dict) -> dict:
     return {"name": name, "args": args, "id": f"call_{uuid.uuid4().hex[:12]}", "type": "tool_call"}
+
+
+class ProtocolChatModel(BaseChatModel):
+    """Base of the LLM-free controllers (rules, scripted, random): they read the report beside the prompt and
+    answer each turn of a decision with tool calls (or none, to end it). Tools need no binding."""
+
+    def bind_tools(self, tools: Any, **kwargs: Any):
+        return self
+
+    def decide(self, report: dict, turn: int, replies: list[ToolMessage]) -> AIMessage:  # pragma: no cover
+        raise NotImplementedError
+
+    def _generate(
+        self, messages: list[BaseMessage], stop=None, run_manager=None, **kwargs: Any
+    ) -> ChatResult:
+        message = self.decide(*decision_context(messages))
+        message.response_metadata = {
+            "controller": self._llm_type.removeprefix("mimic-"),
+            **message.response_metadata,
+        }
+        return ChatResult(generations=[ChatGeneration(message=message)])

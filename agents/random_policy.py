@@ -9,11 +9,9 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.messages import AIMessage, ToolMessage
 
-from .protocol import decision_context, tool_call
+from .protocol import ProtocolChatModel, tool_call
 
 
 def random_decision(report: dict, rng: random.Random) -> list[dict]:
@@ -35,7 +33,7 @@ def random_decision(report: dict, rng: random.Random) -> list[dict]:
     return [tool_call(name, {**args, "reason": "random policy"})]
 
 
-class RandomChatModel(BaseChatModel):
+class RandomChatModel(ProtocolChatModel):
     seed: int = 0
     _rng: Any = None
 
@@ -43,17 +41,9 @@ class RandomChatModel(BaseChatModel):
     def _llm_type(self) -> str:
         return "mimic-random"
 
-    def bind_tools(self, tools: Any, **kwargs: Any):
-        return self
-
-    def _generate(
-        self, messages: list[BaseMessage], stop=None, run_manager=None, **kwargs: Any
-    ) -> ChatResult:
+    def decide(self, report: dict, turn: int, replies: list[ToolMessage]) -> AIMessage:
         if self._rng is None:
             self._rng = random.Random(self.seed)
-        report, turn, _ = decision_context(messages)
         if turn == 0:
-            message = AIMessage(content="", tool_calls=random_decision(report, self._rng))
-        else:
-            message = AIMessage(content="done")
-        return ChatResult(generations=[ChatGeneration(message=message)])
+            return AIMessage(content="", tool_calls=random_decision(report, self._rng))
+        return AIMessage(content="done")

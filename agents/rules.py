@@ -12,14 +12,10 @@ It is a real control arm for experiments and the fallback when a provider fails.
 from __future__ import annotations
 
 import math
-from typing import Any
 
-from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.messages import AIMessage, ToolMessage
 
-from .protocol import decision_context, tool_call
+from .protocol import ProtocolChatModel, tool_call
 
 
 def rules_decision(report: dict, patience: int = 2) -> list[dict]:
@@ -61,7 +57,7 @@ def rules_decision(report: dict, patience: int = 2) -> list[dict]:
     return [tool_call("keep_current", {"reason": "validation loss still improving"})]
 
 
-class RulesChatModel(BaseChatModel):
+class RulesChatModel(ProtocolChatModel):
     """The rules above as a chat model: first turn emits tool calls, the next turn ends the decision."""
 
     patience: int = 2
@@ -70,23 +66,8 @@ class RulesChatModel(BaseChatModel):
     def _llm_type(self) -> str:
         return "mimic-rules"
 
-    def bind_tools(self, tools: Any, **kwargs: Any):
-        return self
-
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        report, turn, replies = decision_context(messages)
-        meta = {"controller": "rules"}
+    def decide(self, report: dict, turn: int, replies: list[ToolMessage]) -> AIMessage:
         if turn == 0:
-            calls = rules_decision(report, self.patience)
-            message = AIMessage(content="", tool_calls=calls, response_metadata=meta)
-        else:
-            errors = [r.content for r in replies if getattr(r, "status", "success") == "error"]
-            text = "done" if not errors else f"done; rejected: {errors[0]}"
-            message = AIMessage(content=text, response_metadata=meta)
-        return ChatResult(generations=[ChatGeneration(message=message)])
+            return AIMessage(content="", tool_calls=rules_decision(report, self.patience))
+        errors = [r.content for r in replies if r.status == "error"]
+        return AIMessage(content="done" if not errors else f"done; rejected: {errors[0]}")

@@ -18,15 +18,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import yaml
-from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.messages import AIMessage, ToolMessage
 
-from .protocol import decision_context, tool_call
+from .protocol import ProtocolChatModel, tool_call
 
 
 def load_script(path: str | Path) -> list[dict]:
@@ -41,7 +37,7 @@ def load_script(path: str | Path) -> list[dict]:
     return decisions
 
 
-class ScriptedChatModel(BaseChatModel):
+class ScriptedChatModel(ProtocolChatModel):
     decisions: list[dict]
     # Turns to replay when an epoch has no entry; None means "no tool call" (a default for looping tests).
     default_turns: list[list[dict]] | None = None
@@ -55,9 +51,6 @@ class ScriptedChatModel(BaseChatModel):
     def _llm_type(self) -> str:
         return "mimic-scripted"
 
-    def bind_tools(self, tools: Any, **kwargs: Any):
-        return self
-
     def _turns_for(self, epoch: int) -> list[list[dict]]:
         for entry in self.decisions:
             if int(entry.get("epoch", -1)) == epoch:
@@ -66,21 +59,12 @@ class ScriptedChatModel(BaseChatModel):
                 return [entry.get("tool_calls", [])]
         return self.default_turns or []
 
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        report, turn, _ = decision_context(messages)
+    def decide(self, report: dict, turn: int, replies: list[ToolMessage]) -> AIMessage:
         turns = self._turns_for(int(report.get("epoch", -1)))
-        meta = {"controller": "scripted"}
         if self.repeat_last_turn and turns:
             turn = min(turn, len(turns) - 1)
         if turn < len(turns) and turns[turn]:
-            calls = [tool_call(c["name"], c.get("args", {})) for c in turns[turn]]
-            message = AIMessage(content="", tool_calls=calls, response_metadata=meta)
-        else:
-            message = AIMessage(content="script done for this epoch", response_metadata=meta)
-        return ChatResult(generations=[ChatGeneration(message=message)])
+            return AIMessage(
+                content="", tool_calls=[tool_call(c["name"], c.get("args", {})) for c in turns[turn]]
+            )
+        return AIMessage(content="script done for this epoch")

@@ -8,6 +8,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import uuid
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -329,6 +330,8 @@ def run(
         except Exception as exc:
             _fail(f"could not import tools from {module}: {exc}")
     controller = controller or default_controller()
+    # Trainer checkpoints every epoch, next to the graph's state, so that `mimic-learn resume` can continue.
+    thread_id = f"run-{uuid.uuid4().hex[:12]}"
     cfg = _train_config(
         task,
         regime,
@@ -343,7 +346,7 @@ def run(
         download,
         threads,
         val_size,
-        None,
+        str(Path(state_db).parent / "checkpoints" / thread_id),
     )
     spec = RunSpec(
         train=cfg,
@@ -354,9 +357,91 @@ def run(
         provider=ProviderOptions(fallback=None if fallback == "none" else fallback, model_path=model_path),
         every=every,
         state_db=state_db,
+        thread_id=thread_id,
     )
     arm = f"{controller.split('/')[-1]}-{reflection}-{prompt}-s{seed}"
     _run(spec, arm, tracking_uri, experiment, log_model, traces, track)
+
+
+@app.command()
+def resume(
+    run_id: Annotated[
+        str,
+        typer.Argument(help="The MLflow run of a killed `mimic-learn run` (its child run, or its parent)."),
+    ],
+    tracking_uri: TrackingOpt = "sqlite:///mlflow.db",
+    tools_module: Annotated[
+        list[str] | None,
+        typer.Option(help="Import extra tools from this .py file or module, as the run did (repeatable)."),
+    ] = None,
+) -> None:
+    """Continue a killed `mimic-learn run` from its last completed epoch, in the same MLflow run: the config comes
+    from the run's params, the trainer from its checkpoints, the graph's memory from its SQLite checkpointer."""
+    from contextlib import nullcontext
+
+    import mlflow
+
+    from . import tracking
+    from .graphs.runner import AgentRunner, spec_from_params
+    from .tools import load_tools_module
+
+    for module in tools_module or []:
+        try:
+            load_tools_module(module)
+        except Exception as exc:
+            _fail(f"could not import tools from {module}: {exc}")
+    mlflow.set_tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except Exception as exc:
+        _fail(f"run {run_id} is not in {tracking_uri}: {exc}")
+    if run.data.tags.get("mimic.role") == "parent":
+        children = client.search_runs(
+            [run.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'"
+        )
+        if len(children) != 1:
+            _fail(f"parent run {run_id} has {len(children)} child runs; name the child run to resume")
+        run = children[0]
+    tags = run.data.tags
+    if tags.get("mimic.role") != "child" or "mimic.thread_id" not in tags:
+        _fail(f"run {run.info.run_id} was not made by `mimic-learn run`")
+    if run.info.status == "FINISHED":
+        _fail(f"run {run.info.run_id} already finished; nothing to resume")
+    if "mimic.checkpoint_dir" not in tags:
+        _fail(f"run {run.info.run_id} wrote no trainer checkpoints, so it cannot be resumed")
+    spec = spec_from_params(
+        run.data.params,
+        thread_id=tags["mimic.thread_id"],
+        state_db=tags.get("mimic.state_db"),
+        checkpoint_dir=tags["mimic.checkpoint_dir"],
+    )
+    observer = ConsoleObserver(spec.train.epochs)
+    try:
+        runner = AgentRunner(spec, observers=[observer])
+    except Exception as exc:
+        _fail(f"could not rebuild the run: {exc}")
+    try:
+        done = runner.load_resume_state()
+        observer.progress.update(observer.task, completed=done)
+        console.print(
+            f"resuming run {run.info.run_id} after epoch {done} of {spec.train.epochs} "
+            f"(thread {spec.thread_id}, checkpoints in {spec.train.checkpoint_dir})"
+        )
+        mlflow.set_experiment(experiment_id=run.info.experiment_id)
+        parent_id = tags.get("mlflow.parentRunId")
+        with mlflow.start_run(run_id=parent_id) if parent_id else nullcontext():
+            tracker = tracking.MlflowTracker(
+                arm=tags.get("mimic.arm", "arm"),
+                log_model=tags.get("mimic.log_model", "True") == "True",
+                traces=tags.get("mimic.traces", "True") == "True",
+                resume_run_id=run.info.run_id,
+            )
+            runner.observers.append(tracker)
+            runner.run()
+    finally:
+        runner.close()
+    console.print(f"MLflow: run {run.info.run_id} finished in {tracking_uri}")
 
 
 class Experiment(StrEnum):
@@ -415,7 +500,9 @@ def reproduce(
     data_dir: DataDirOpt = "data",
     threads: Annotated[int | None, typer.Option(help="torch CPU threads per run.")] = None,
     force: Annotated[bool, typer.Option(help="Rerun cells already finished in the MLflow store.")] = False,
-    report_only: Annotated[bool, typer.Option(help="Run nothing: rebuild the report from the cells already in the store.")] = False,
+    report_only: Annotated[
+        bool, typer.Option(help="Run nothing: rebuild the report from the cells already in the store.")
+    ] = False,
     out: Annotated[
         Path | None, typer.Option(help="Markdown report path (default docs/results/<experiment>.md).")
     ] = None,

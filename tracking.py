@@ -199,8 +199,13 @@ class MlflowTracker:
     def on_epoch(self, runner, outcome) -> None:
         epoch = outcome.report.epoch
         if epoch > self.logged_upto:  # a resumed run redoes at most the epoch it was killed after
-            mlflow.log_metrics(epoch_metrics(outcome), step=epoch)
+            mlflow.log_metrics(epoch_metrics(outcome), step=epoch, synchronous=False)  # end_run waits for it
         self.rows.extend(decision_rows(outcome))
+
+    def on_checkpoint(self, runner) -> None:
+        """Before the runner writes a resume checkpoint: the epochs it covers must be in the store, or a resumed
+        run (which logs only epochs after the last one stored) would miss them."""
+        mlflow.flush_async_logging()
 
     def on_end(self, runner, result) -> None:
         from .plots import plot_run

@@ -27,9 +27,16 @@ def build_runner(tmp: Path):
     from mimic_learn.training import TrainConfig
 
     script = tmp / "script.yaml"
-    calls = [{"name": "set_lr", "args": {"lr": 0.001, "reason": "hold"}}, {"name": "inspect_grad_norms", "args": {}}]
+    calls = [
+        {"name": "set_lr", "args": {"lr": 0.001, "reason": "hold"}},
+        {"name": "inspect_grad_norms", "args": {}},
+    ]
     script.write_text(yaml.safe_dump({"decisions": [{"epoch": 1, "tool_calls": calls}]}))
-    spec = RunSpec(train=TrainConfig(task="digits", epochs=50, num_threads=2), controller=f"scripted:{script}", state_db=str(tmp / "g.sqlite"))
+    spec = RunSpec(
+        train=TrainConfig(task="digits", epochs=50, num_threads=2),
+        controller=f"scripted:{script}",
+        state_db=str(tmp / "g.sqlite"),
+    )
     runner = AgentRunner(spec)
     runner.trainer.run_epoch()
     return runner
@@ -79,10 +86,16 @@ def main() -> None:
         runner.close()
 
     med_off, med_on = statistics.median(off), statistics.median(on)
-    print(f"graph overhead per decision, {args.decisions} decisions, scripted model (2 tool calls), digits trainer")
+    print(
+        f"graph overhead per decision, {args.decisions} decisions, scripted model (2 tool calls), digits trainer"
+    )
     print(f"machine: {torch.get_num_threads()} torch threads, python {sys.version.split()[0]}")
-    print(f"tracking off: median {med_off:.1f} ms (p90 {sorted(off)[int(0.9 * len(off))]:.1f} ms)   target <= 50 ms")
-    print(f"tracking on : median {med_on:.1f} ms (p90 {sorted(on)[int(0.9 * len(on))]:.1f} ms)   target <= 150 ms")
+    print(
+        f"tracking off: median {med_off:.1f} ms (p90 {sorted(off)[int(0.9 * len(off))]:.1f} ms)   target <= 50 ms"
+    )
+    print(
+        f"tracking on : median {med_on:.1f} ms (p90 {sorted(on)[int(0.9 * len(on))]:.1f} ms)   target <= 150 ms"
+    )
     print(f"overhead_ms {med_off:.1f} tracked_ms {med_on:.1f}")
 
 

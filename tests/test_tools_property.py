@@ -91,7 +91,9 @@ def arguments(draw, ctl: TrainerControls, tool: str, valid_only: bool) -> dict:
         roll = 9 if valid_only else draw(st.integers(0, 9))
         if roll == 0:
             continue  # a missing argument
-        args[field] = draw(odd_value(field) if roll <= 3 else valid_value(ctl, field, fields[field].annotation))
+        args[field] = draw(
+            odd_value(field) if roll <= 3 else valid_value(ctl, field, fields[field].annotation)
+        )
     if not valid_only and draw(st.integers(0, 9)) == 0:
         args[draw(st.sampled_from(["extra", "self", "run_manager", "lr", "layer", "", "__raw__"]))] = draw(
             JUNK

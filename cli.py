@@ -198,6 +198,7 @@ def _run(
             tracker = tracking.MlflowTracker(arm=arm, log_model=log_model, traces=traces)
             runner.observers.append(tracker)
             result = runner.run()
+            tracking.log_plots({arm: [o.report.to_dict() for o in result.epochs]})  # the parent's overlay
         uri = tracking_uri or tracking.DEFAULT_TRACKING_URI
         console.print(
             f"MLflow: parent run {parent.info.run_id}, child run {tracker.run_id} in {uri}. "
@@ -289,6 +290,12 @@ def run(
     fallback: Annotated[
         str, typer.Option(help="Controller used when the primary fails ('none' to disable).")
     ] = "rules",
+    llm_critic: Annotated[
+        bool,
+        typer.Option(
+            help="Let the controller model write the reflection's critique (the paper's: the model judges its previous decision)."
+        ),
+    ] = False,
     model_path: Annotated[
         str | None, typer.Option(help="For --controller local: any GGUF chat model file.")
     ] = None,
@@ -352,7 +359,11 @@ def run(
         train=cfg,
         controller=controller,
         agent=AgentConfig(
-            prompt=prompt, reflection=reflection, budget=budget, decision_timeout_s=decision_timeout
+            prompt=prompt,
+            reflection=reflection,
+            budget=budget,
+            decision_timeout_s=decision_timeout,
+            llm_critic=llm_critic,
         ),
         provider=ProviderOptions(fallback=None if fallback == "none" else fallback, model_path=model_path),
         every=every,

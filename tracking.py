@@ -208,15 +208,13 @@ class MlflowTracker:
         mlflow.flush_async_logging()
 
     def on_end(self, runner, result) -> None:
-        from .plots import plot_run
 
         mlflow.log_metrics({"test_acc": result.test.acc, "test_loss": result.test.loss})
         if self.rows:
             mlflow.log_table(_columns(self.rows), artifact_file="decisions.json")
         reports = [o.report.to_dict() for o in result.epochs]
+        log_plots({self.arm: reports})
         with tempfile.TemporaryDirectory() as tmp:
-            for path in plot_run({self.arm: reports}, Path(tmp)):
-                mlflow.log_artifact(str(path), artifact_path="plots")
             history = Path(tmp) / "history.json"
             history.write_text(json.dumps(reports, indent=1))
             mlflow.log_artifact(str(history))
@@ -230,6 +228,15 @@ class MlflowTracker:
             mlflow.flush_trace_async_logging()  # every trace of this run is in the store before the run ends
             mlflow.langchain.autolog(disable=True)
         mlflow.end_run()
+
+
+def log_plots(arms: dict[str, list[dict]]) -> None:
+    """Plot the arms' epoch reports (overlaid) and log the PNGs to the active run under ``plots/``."""
+    from .plots import plot_run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in plot_run(arms, Path(tmp)):
+            mlflow.log_artifact(str(path), artifact_path="plots")
 
 
 def _columns(rows: list[dict]) -> dict[str, list]:

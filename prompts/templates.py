@@ -97,6 +97,8 @@ def render(template: str, report: dict, inject: str = "") -> str:
     parts = [fn(report) for fn in TEMPLATES[template]]
     if template in _ALWAYS_KNOBS:
         parts.append(f"Current learning rate {_fmt(report['lr'])}.")
+    if report.get("guard"):
+        parts.append(f"Guard: {report['guard']}")
     if inject:
         parts.append(inject)
     parts.append("Decide the changes for the next epoch now.")

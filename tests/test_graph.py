@@ -307,3 +307,25 @@ def test_langgraph_json_points_at_a_graph_factory():
     module_spec.loader.exec_module(module)
     graph = getattr(module, attr)()
     assert set(graph.get_graph().nodes) >= {"observe", "reflect", "decide", "tools", "apply"}
+
+
+def test_a_guard_note_reaches_the_prompt(tmp_path):
+    from mimic_learn.prompts import render
+
+    runner = make_runner(tmp_path, controller="rules", epochs=2)
+    runner.step()
+    report = agent_report(runner.trainer, runner.trainer.history[-1], 2)
+    assert "Guard:" not in render("losses", report)
+    report["guard"] = "loss was NaN: rolled back to epoch 1"
+    assert "Guard: loss was NaN: rolled back to epoch 1" in render("losses", report)
+
+
+def test_llm_critic_writes_the_reflection(tmp_path):
+    model = scripted({"epoch": 1, "tool_calls": [call("set_lr", lr=0.01, reason="x")]})
+    runner = make_runner(tmp_path, model=model, reflection="log_only", llm_critic=True)
+    runner.step()
+    state = runner.step().state
+    assert (
+        state["reflection"].startswith("Decision after epoch 1")
+        and "script done for this epoch" in state["reflection"]
+    )

@@ -102,6 +102,8 @@ def test_scripted_run_is_fully_tracked(store):
     assert names1.count("set_lr") == 2 and "inspect_grad_norms" in names1
     assert "set_dropout" in [s.name for s in by_epoch["2"].data.spans]
 
+    parent_plots = {a.path for a in client.list_artifacts(parent.run_id.iloc[0], "plots")}
+    assert parent_plots == {"plots/validation.png", "plots/knobs.png"}
     artifacts = {a.path for a in client.list_artifacts(child_id)}
     assert {"decisions.json", "history.json", "plots"} <= artifacts
     assert {a.path for a in client.list_artifacts(child_id, "plots")} == {

@@ -61,6 +61,19 @@ DataDirOpt = Annotated[
     str, typer.Option(help="Folder holding the dataset (for MNIST: the folder with MNIST/raw/).")
 ]
 TrackingOpt = Annotated[str, typer.Option(help="MLflow tracking URI (a server URL or sqlite:///file.db).")]
+OptimizerOpt = Annotated[Optim, typer.Option(help="adam (the paper) or sgd with momentum 0.9 (the blog).")]
+ScheduleOpt = Annotated[Schedule, typer.Option(help="Learning-rate schedule.")]
+LrOpt = Annotated[float, typer.Option(help="Initial learning rate.")]
+WeightDecayOpt = Annotated[float, typer.Option(help="Optimizer weight decay.")]
+BatchSizeOpt = Annotated[int, typer.Option(min=1, help="Training batch size.")]
+SeedOpt = Annotated[
+    int, typer.Option(help="Seed for the data subset, the initial weights and the batch order.")
+]
+DownloadOpt = Annotated[bool, typer.Option(help="Download the dataset if missing (needs internet).")]
+ThreadsOpt = Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")]
+ValSizeOpt = Annotated[int | None, typer.Option(help="Validation images held out from the train split.")]
+TrackOpt = Annotated[bool, typer.Option(help="Log to MLflow.")]
+ExperimentOpt = Annotated[str | None, typer.Option(help="MLflow experiment (default mimic-<task>).")]
 
 
 def _train_config(
@@ -214,23 +227,19 @@ def train(
     task: TaskOpt = Task.digits,
     regime: RegimeOpt = "full",
     epochs: EpochsOpt = 5,
-    optimizer: Annotated[
-        Optim, typer.Option(help="adam (the paper) or sgd with momentum 0.9 (the blog).")
-    ] = Optim.adam,
-    schedule: Annotated[Schedule, typer.Option(help="Learning-rate schedule.")] = Schedule.none,
-    lr: Annotated[float, typer.Option(help="Initial learning rate.")] = 1e-3,
-    weight_decay: Annotated[float, typer.Option(help="Optimizer weight decay.")] = 0.0,
-    batch_size: Annotated[int, typer.Option(min=1)] = 64,
-    seed: int = 0,
+    optimizer: OptimizerOpt = Optim.adam,
+    schedule: ScheduleOpt = Schedule.none,
+    lr: LrOpt = 1e-3,
+    weight_decay: WeightDecayOpt = 0.0,
+    batch_size: BatchSizeOpt = 64,
+    seed: SeedOpt = 0,
     data_dir: DataDirOpt = "data",
-    download: Annotated[bool, typer.Option(help="Download the dataset if missing (needs internet).")] = False,
-    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
-    val_size: Annotated[
-        int | None, typer.Option(help="Validation images held out from the train split.")
-    ] = None,
-    track: Annotated[bool, typer.Option(help="Log to MLflow.")] = True,
+    download: DownloadOpt = False,
+    threads: ThreadsOpt = None,
+    val_size: ValSizeOpt = None,
+    track: TrackOpt = True,
     tracking_uri: TrackingOpt = "sqlite:///mlflow.db",
-    experiment: Annotated[str | None, typer.Option(help="MLflow experiment (default mimic-<task>).")] = None,
+    experiment: ExperimentOpt = None,
 ) -> None:
     """Train without an agent (a baseline arm): one summary line per epoch, test accuracy at the end."""
     from .graphs.runner import RunSpec
@@ -302,23 +311,19 @@ def run(
     tools_module: Annotated[
         list[str] | None, typer.Option(help="Import extra tools from this .py file or module (repeatable).")
     ] = None,
-    optimizer: Annotated[
-        Optim, typer.Option(help="adam (the paper) or sgd with momentum 0.9 (the blog).")
-    ] = Optim.adam,
-    schedule: Annotated[Schedule, typer.Option(help="Learning-rate schedule.")] = Schedule.none,
-    lr: Annotated[float, typer.Option(help="Initial learning rate.")] = 1e-3,
-    weight_decay: Annotated[float, typer.Option(help="Optimizer weight decay.")] = 0.0,
-    batch_size: Annotated[int, typer.Option(min=1)] = 64,
-    seed: int = 0,
+    optimizer: OptimizerOpt = Optim.adam,
+    schedule: ScheduleOpt = Schedule.none,
+    lr: LrOpt = 1e-3,
+    weight_decay: WeightDecayOpt = 0.0,
+    batch_size: BatchSizeOpt = 64,
+    seed: SeedOpt = 0,
     data_dir: DataDirOpt = "data",
-    download: Annotated[bool, typer.Option(help="Download the dataset if missing (needs internet).")] = False,
-    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
-    val_size: Annotated[
-        int | None, typer.Option(help="Validation images held out from the train split.")
-    ] = None,
-    track: Annotated[bool, typer.Option(help="Log to MLflow.")] = True,
+    download: DownloadOpt = False,
+    threads: ThreadsOpt = None,
+    val_size: ValSizeOpt = None,
+    track: TrackOpt = True,
     tracking_uri: TrackingOpt = "sqlite:///mlflow.db",
-    experiment: Annotated[str | None, typer.Option(help="MLflow experiment (default mimic-<task>).")] = None,
+    experiment: ExperimentOpt = None,
     traces: Annotated[bool, typer.Option(help="Record LangGraph traces in MLflow.")] = True,
     log_model: Annotated[bool, typer.Option(help="Log the final model as an MLflow model.")] = True,
     state_db: Annotated[

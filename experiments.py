@@ -212,6 +212,7 @@ def collect(
             "knobs": sorted(knobs),
             "epochs": len(val),
             "run_id": run.info.run_id,
+            "seconds": ((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000.0,
             "val_curve": [x.value for x in sorted(val, key=lambda x: x.step)],
         }
     return out
@@ -412,7 +413,9 @@ def reproduce(
             f"Hardware: {torch.get_num_threads()} torch threads on {cpu}, device {'cuda' if torch.cuda.is_available() else 'cpu'}; "
             f"controller for the LLM arms: `{controller}`.",
             "",
-            f"Wall time of this sitting: {wall / 60:.1f} min ({ran} cells run, {skipped} reused from the MLflow store).",
+            "Report rebuilt from the MLflow store (--report-only): no cells were run in this sitting."
+            if report_only
+            else f"Wall time of this sitting: {wall / 60:.1f} min ({ran} cells run, {skipped} reused from the MLflow store).",
         ]
         note = ""
         if kind == "blog" and task != "cifar10":
@@ -420,6 +423,12 @@ def reproduce(
                 f"PROXY: task `{task}`, not CIFAR-10 (no copy is available offline here). ResNet-18 with the blog's "
                 "optimizer and schedule, on a smaller data set and fewer epochs; the numbers are not comparable to the blog's."
             )
+        cells_in_report = [c for arms_ in data.values() for seeds_ in arms_.values() for c in seeds_.values()]
+        header += [
+            "",
+            f"Cells in this report: {len(cells_in_report)}, {sum(c['seconds'] for c in cells_in_report) / 60:.0f} min of "
+            "run time in total (sum of their MLflow child runs, across all sittings).",
+        ]
         path = write_report(kind, data, regimes, arms, header, out, note)
         mlflow.log_artifact(str(path), artifact_path="report")
         for png in sorted(path.parent.glob(f"{path.stem}/plots_*/*.png")):

@@ -24,8 +24,23 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 
 def setup(tracking_uri: str | None, experiment: str) -> None:
+    """Point MLflow at the store and the experiment, creating it if needed.
+
+    Several runs may start at once against one server: when two create the same experiment, one gets
+    RESOURCE_ALREADY_EXISTS; we look it up again instead of letting the run fall into the Default experiment."""
+    from mlflow.exceptions import MlflowException
+
     mlflow.set_tracking_uri(tracking_uri or DEFAULT_TRACKING_URI)
-    mlflow.set_experiment(experiment)
+    client = mlflow.MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        try:
+            experiment_id = client.create_experiment(experiment)
+        except MlflowException:  # created by a concurrent run in the meantime
+            experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    else:
+        experiment_id = found.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
 
 
 def version_tags() -> dict[str, str]:

@@ -76,40 +76,18 @@ TrackOpt = Annotated[bool, typer.Option(help="Log to MLflow.")]
 ExperimentOpt = Annotated[str | None, typer.Option(help="MLflow experiment (default mimic-<task>).")]
 
 
-def _train_config(
-    task,
-    regime,
-    epochs,
-    optimizer,
-    schedule,
-    lr,
-    weight_decay,
-    batch_size,
-    seed,
-    data_dir,
-    download,
-    threads,
-    val_size,
-    checkpoint_dir,
-):
+def _train_config(params: dict, checkpoint_dir: str | None = None):
+    """The TrainConfig for a command's options (``ctx.params``): every option named like a TrainConfig field."""
+    from dataclasses import fields
+
     from .training import TrainConfig, parse_regime
 
-    return TrainConfig(
-        task=task.value,
-        regime=parse_regime(regime),
-        epochs=epochs,
-        optimizer=optimizer.value,
-        schedule=schedule.value,
-        lr=lr,
-        weight_decay=weight_decay,
-        batch_size=batch_size,
-        seed=seed,
-        data_dir=data_dir,
-        download=download,
-        num_threads=threads,
-        val_size=val_size,
-        checkpoint_dir=checkpoint_dir,
+    names = {f.name for f in fields(TrainConfig)}
+    values = {k: (v.value if isinstance(v, StrEnum) else v) for k, v in params.items() if k in names}
+    values.update(
+        regime=parse_regime(params["regime"]), num_threads=params["threads"], checkpoint_dir=checkpoint_dir
     )
+    return TrainConfig(**values)
 
 
 def _fail(message: str) -> None:
@@ -224,6 +202,7 @@ def _run(
 
 @app.command()
 def train(
+    ctx: typer.Context,
     task: TaskOpt = Task.digits,
     regime: RegimeOpt = "full",
     epochs: EpochsOpt = 5,
@@ -244,22 +223,7 @@ def train(
     """Train without an agent (a baseline arm): one summary line per epoch, test accuracy at the end."""
     from .graphs.runner import RunSpec
 
-    cfg = _train_config(
-        task,
-        regime,
-        epochs,
-        optimizer,
-        schedule,
-        lr,
-        weight_decay,
-        batch_size,
-        seed,
-        data_dir,
-        download,
-        threads,
-        val_size,
-        None,
-    )
+    cfg = _train_config(ctx.params)
     _run(
         RunSpec(train=cfg, controller="none"),
         f"baseline-s{seed}",
@@ -273,6 +237,7 @@ def train(
 
 @app.command()
 def run(
+    ctx: typer.Context,
     task: TaskOpt = Task.digits,
     regime: RegimeOpt = "full",
     epochs: EpochsOpt = 5,
@@ -344,22 +309,7 @@ def run(
     controller = controller or default_controller()
     # Trainer checkpoints every epoch, next to the graph's state, so that `mimic-learn resume` can continue.
     thread_id = f"run-{uuid.uuid4().hex[:12]}"
-    cfg = _train_config(
-        task,
-        regime,
-        epochs,
-        optimizer,
-        schedule,
-        lr,
-        weight_decay,
-        batch_size,
-        seed,
-        data_dir,
-        download,
-        threads,
-        val_size,
-        str(Path(state_db).parent / "checkpoints" / thread_id),
-    )
+    cfg = _train_config(ctx.params, str(Path(state_db).parent / "checkpoints" / thread_id))
     spec = RunSpec(
         train=cfg,
         controller=controller,

@@ -25,7 +25,17 @@ def plot_run(arms: dict[str, list[dict]], out_dir: Path, panels: tuple[str, ...]
     picks keys for a single figure instead."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    figures = (((PANELS[0], PANELS[1]), "validation.png"), (PANELS[2:], "knobs.png"))
+    # A user loop's own numbers (LoopTrainer) sit in "metrics"; its monitored one gets the validation panel.
+    arms = {arm: [r | (r.get("metrics") or {}) for r in reports] for arm, reports in arms.items()}
+    validation = (PANELS[0], PANELS[1])
+    monitors = {r.get("monitor") for reports in arms.values() for r in reports} - {
+        None,
+        "val_acc",
+        "val_loss",
+    }
+    if monitors:
+        validation = tuple((m, m, "linear") for m in sorted(monitors)) + validation[1:]
+    figures = ((validation, "validation.png"), (PANELS[2:], "knobs.png"))
     if panels is not None:
         figures = ((tuple(p for p in PANELS if p[0] in panels), "_".join(panels) + ".png"),)
     for groups, name in figures:
@@ -41,7 +51,8 @@ def plot_run(arms: dict[str, list[dict]], out_dir: Path, panels: tuple[str, ...]
             if scale == "log" and any(ln.get_ydata().min() > 0 for ln in ax.get_lines()):
                 ax.set_yscale("log")
             ax.grid(alpha=0.3)
-        axes[0][0].legend(fontsize=7)
+        if axes[0][0].get_lines():
+            axes[0][0].legend(fontsize=7)
         fig.tight_layout()
         path = out_dir / name
         fig.savefig(path, dpi=90)

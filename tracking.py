@@ -20,6 +20,8 @@ from pathlib import Path
 import mlflow
 import mlflow.pytorch
 
+from .training.trainer import metric_value
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 
@@ -91,10 +93,12 @@ def parent_run(name: str, params: dict | None = None) -> Iterator[mlflow.ActiveR
 def epoch_metrics(outcome) -> dict[str, float]:
     r = outcome.report
     metrics = {
-        "train_loss": r.train_loss,
-        "train_acc": r.train_acc,
-        "val_loss": r.val_loss,
-        "val_acc": r.val_acc,
+        k: getattr(r, k)
+        for k in ("train_loss", "train_acc", "val_loss", "val_acc")
+        if getattr(r, k) is not None  # a user loop (LoopTrainer) reports the numbers it has
+    }
+    metrics.update(r.metrics)
+    metrics |= {
         "lr": r.lr,
         "weight_decay": r.weight_decay,
         "alpha": r.alpha,
@@ -119,6 +123,10 @@ def epoch_metrics(outcome) -> dict[str, float]:
                 "reverted": float(bool(state.get("reverted"))),
             }
         )
+        reviews = state.get("reviews") or []
+        if reviews:  # --approve: what the human did with this decision's proposals
+            for action in ("accept", "edit", "reject"):
+                metrics[f"review_{action}s"] = sum(rv["action"] == action for rv in reviews)
     # MLflow stores floats; a NaN loss is kept as NaN (that is the information)
     return {k: float(v) for k, v in metrics.items()}
 
@@ -133,10 +141,17 @@ def decision_rows(outcome) -> list[dict]:
         "reflection": d.get("reflection", ""),
         "val_acc_before": r.val_acc,
         "val_loss_before": r.val_loss,
+        "monitor": r.monitor,
+        "monitor_before": metric_value(r.to_dict(), r.monitor),
         "changes": json.dumps(d.get("changes", [])),
         "fallbacks": "; ".join(d.get("fallbacks", [])),
         "reverted": bool(d.get("reverted")),
         "final_text": d.get("final_text", ""),
+        "review": json.dumps(
+            [{k: v for k, v in rv.items() if k != "message_id"} for rv in d.get("reviews") or []], default=str
+        )
+        if d.get("reviews")
+        else "",
     }
     calls = d.get("calls") or [
         {"tool": "", "args": {}, "accepted": False, "reply": "no tool call", "turn": 0}
@@ -195,7 +210,7 @@ class MlflowTracker:
             "mimic.role": "child",
             "mimic.arm": self.arm,
             "mimic.thread_id": runner.thread_id,
-            "mimic.data": runner.trainer.data.source,
+            "mimic.data": runner.trainer.data.source if runner.trainer.data is not None else "user loop",
             "mimic.log_model": str(self.log_model),
             "mimic.traces": str(self.traces),
         }
@@ -224,7 +239,8 @@ class MlflowTracker:
 
     def on_end(self, runner, result) -> None:
 
-        mlflow.log_metrics({"test_acc": result.test.acc, "test_loss": result.test.loss})
+        if result.test is not None:
+            mlflow.log_metrics({"test_acc": result.test.acc, "test_loss": result.test.loss})
         if self.rows:
             mlflow.log_table(_columns(self.rows), artifact_file="decisions.json")
         reports = [o.report.to_dict() for o in result.epochs]
@@ -234,11 +250,12 @@ class MlflowTracker:
             history.write_text(json.dumps(reports, indent=1))
             mlflow.log_artifact(str(history))
         if self.log_model:
-            model = runner.trainer.model.eval()
-            example = runner.trainer.data.val.x[:2].to(runner.trainer.device)
-            mlflow.pytorch.log_model(
-                model, name="model", input_example=example.cpu().numpy(), pip_requirements=["torch"]
-            )
+            trainer = runner.trainer
+            was_training = trainer.model.training
+            model = trainer.model.eval()
+            example = trainer.data.val.x[:2].cpu().numpy() if trainer.data is not None else None
+            mlflow.pytorch.log_model(model, name="model", input_example=example, pip_requirements=["torch"])
+            model.train(was_training)  # a user's loop may go on training it
         if self.traces and runner.graph is not None:
             mlflow.flush_trace_async_logging()  # every trace of this run is in the store before the run ends
             mlflow.langchain.autolog(disable=True)

@@ -5,7 +5,8 @@ It is a real control arm for experiments and the fallback when a provider fails.
 1. a non-finite loss           -> rollback, and lr / 10
 2. overfitting (val loss up for 2 epochs while train loss goes down, or val-train loss gap > 0.5 and growing)
                                -> dropout + 0.1 (weight decay x 3 when the model has no dropout)
-3. plateau (best val loss not improved by 1% over the last ``patience`` epochs) -> lr x 0.5
+3. plateau (best val loss not improved by 1% over the last ``patience`` epochs) -> lr x 0.5; a loop that
+   reports no losses (``LoopTrainer``) is judged on its monitored number instead
 4. otherwise                   -> keep_current
 """
 
@@ -15,6 +16,7 @@ import math
 
 from langchain_core.messages import AIMessage, ToolMessage
 
+from ..training.trainer import metric_value
 from .protocol import ProtocolChatModel, tool_call
 
 
@@ -24,12 +26,15 @@ def rules_decision(report: dict, patience: int = 2) -> list[dict]:
     if not history or lr is None:
         return [tool_call("keep_current", {"reason": "no metrics yet"})]
     last = history[-1]
-    if not all(math.isfinite(last[k]) for k in ("train_loss", "val_loss")):
+    monitor, mode = report.get("monitor", "val_acc"), report.get("mode", "max")
+    watched = [last.get("train_loss"), last.get("val_loss"), metric_value(last, monitor)]
+    if not all(math.isfinite(v) for v in watched if v is not None):
         return [
             tool_call("rollback", {"reason": "loss is not finite"}),
             tool_call("set_lr", {"lr": lr / 10, "reason": "loss diverged: lower the learning rate tenfold"}),
         ]
-    if len(history) >= 3:
+    has_losses = all(h.get("train_loss") is not None and h.get("val_loss") is not None for h in history)
+    if len(history) >= 3 and has_losses:
         v = [h["val_loss"] for h in history[-3:]]
         t = [h["train_loss"] for h in history[-3:]]
         gaps = [a - b for a, b in zip(v, t, strict=True)]
@@ -41,19 +46,26 @@ def rules_decision(report: dict, patience: int = 2) -> list[dict]:
             new_wd = wd * 3 if wd > 0 else 1e-4
             if new_wd <= 0.1:
                 return [tool_call("set_weight_decay", {"weight_decay": new_wd, "reason": why})]
-    if len(history) > patience:
-        best_before = min(h["val_loss"] for h in history[:-patience])
-        recent = min(h["val_loss"] for h in history[-patience:])
-        if recent > best_before * 0.99 and lr / 2 >= 1e-6:
+    # Plateau: on validation loss when the loop reports one, else on the monitored number (lower is better
+    # for mode "min"; a "max" number is negated so that the same test applies).
+    name, sign = ("val_loss", 1.0) if has_losses else (monitor, 1.0 if mode == "min" else -1.0)
+    series = [metric_value(h, name) for h in history]
+    if len(history) > patience and all(v is not None for v in series):
+        series = [sign * v for v in series]
+        best_before = min(series[:-patience])
+        recent = min(series[-patience:])
+        if recent > best_before - 0.01 * abs(best_before) and lr / 2 >= 1e-6:
             return [
                 tool_call(
                     "set_lr",
                     {
                         "lr": lr / 2,
-                        "reason": f"validation loss has not improved for {patience} epochs: halve the learning rate",
+                        "reason": f"{name} has not improved for {patience} epochs: halve the learning rate",
                     },
                 )
             ]
+    if name != "val_loss":
+        return [tool_call("keep_current", {"reason": f"{name} still improving"})]
     return [tool_call("keep_current", {"reason": "validation loss still improving"})]
 
 

@@ -1,7 +1,7 @@
 """The controller graph, invoked at every epoch boundary while the trainer is paused.
 
-    observe -> reflect -> decide <-> tools -> apply -> END
-                            |__________________^   (route: tool calls? budget left?)
+    observe -> reflect -> decide <-> [review] -> tools -> apply -> END
+                            |____________________________^   (route: tool calls? budget left?)
 
 * observe  takes the epoch's report and starts a fresh decision (earlier epochs' messages are dropped;
            what persists is the reflection policy's memory and the previous decision)
@@ -9,6 +9,10 @@
 * decide   the chat model with the tools bound (retries, fallback, a decision timeout)
 * tools    LangGraph ToolNode, one call at a time in the model's order (mutations stay ordered); calls
            beyond the budget are refused before any runs, each with an error ToolMessage
+* review   (``AgentConfig.approve``) before tool calls that change something run: ``interrupt()`` with the
+           proposed calls; the answer (accept / edit argument values / reject) is recorded in the state's
+           ``reviews`` and in the decision. Rejected calls get error ToolMessages and the decision ends.
+           The node does nothing before ``interrupt()``, so re-running it on resume is harmless.
 * apply    commits the staged decision to the paused trainer
 """
 
@@ -26,6 +30,7 @@ from langchain_core.runnables.config import ContextThreadPoolExecutor
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.prebuilt import ToolNode
+from langgraph.types import interrupt
 
 from ..agents.protocol import human_with_report
 from ..agents.providers import ProviderOptions, build_controller, load_chat_model
@@ -33,7 +38,7 @@ from ..agents.reflection import ReflectionContext, get_policy
 from ..agents.reflection.base import describe_changes
 from ..prompts.templates import render, system_prompt
 from ..tools.controls import TrainerControls, _show
-from ..tools.registry import as_langchain_tools
+from ..tools.registry import REGISTRY, as_langchain_tools
 from .state import AgentState
 
 
@@ -47,6 +52,7 @@ class AgentConfig:
     max_tokens_per_run: int | None = None
     llm_critic: bool = False  # let the controller model write the reflection's critique
     tools: list[str] | None = None  # names of the registered tools to bind (None: all of them)
+    approve: bool = False  # a human reviews every proposal that changes something (LangGraph interrupt)
 
 
 class _ErrorCollector(BaseCallbackHandler):
@@ -128,6 +134,7 @@ def build_graph(
             "started_at": time.time(),
             "reverted": False,
             "inject": "",
+            "reviews": [],
         }
 
     def reflect(state: AgentState) -> dict:
@@ -225,6 +232,36 @@ def build_graph(
             "refused_calls": state.get("refused_calls", 0) + len(refused),
         }
 
+    def review(state: AgentState) -> dict:
+        ai: AIMessage = state["messages"][-1]
+        proposal = [{"index": i, "tool": c["name"], "args": c["args"]} for i, c in enumerate(ai.tool_calls)]
+        answer = interrupt({"epoch": state["epoch"], "tool_calls": proposal, "text": str(ai.content)[:500]})
+        verdict = parse_review(answer, len(proposal))
+        record = {"epoch": state["epoch"], "message_id": ai.id, "proposed": proposal, **verdict}
+        reviews = [*(state.get("reviews") or []), record]
+        if verdict["action"] == "accept":
+            return {"reviews": reviews}
+        if verdict["action"] == "edit":
+            calls = []
+            for i, call in enumerate(ai.tool_calls):
+                args = dict(call["args"]) | verdict["edits"].get(i, {})
+                calls.append({**call, "args": args})
+            edited = AIMessage(
+                content=ai.content, tool_calls=calls, id=ai.id
+            )  # same id: replaces the proposal
+            return {"messages": [edited], "reviews": reviews}
+        why = verdict.get("reason") or "no reason given"
+        rejected = [
+            ToolMessage(
+                content=f"rejected by the human reviewer ({why}); nothing changed",
+                tool_call_id=c["id"],
+                name=c["name"],
+                status="error",
+            )
+            for c in ai.tool_calls
+        ]
+        return {"messages": rejected, "reviews": reviews}
+
     def apply(state: AgentState) -> dict:
         error = None
         try:
@@ -252,13 +289,17 @@ def build_graph(
             "reflection": state.get("reflection", ""),
             "reverted": bool(state.get("reverted")),
             "fallbacks": list(state.get("fallbacks") or []),
+            "reviews": list(state.get("reviews") or []),
         }
         return {
             "decision": decision,
             "last_decision": {
                 "epoch": state["epoch"],  # the boundary whose pre-decision checkpoint undoes this decision
                 "changes": changes,
-                "base_report": {k: base[k] for k in ("epoch", "val_acc", "val_loss", "train_loss")},
+                "base_report": {
+                    k: base.get(k)
+                    for k in ("epoch", "val_acc", "val_loss", "train_loss", "metrics", "monitor", "mode")
+                },
             },
         }
 
@@ -267,7 +308,13 @@ def build_graph(
         tokens and time remain; otherwise -> apply."""
         last = state["messages"][-1]
         if isinstance(last, AIMessage):
-            return "tools" if (last.tool_calls or last.invalid_tool_calls) else "apply"
+            if not (last.tool_calls or last.invalid_tool_calls):
+                return "apply"
+            if agent.approve and _changes_something(last) and not _reviewed(state, last):
+                return "review"
+            return "tools"
+        if state.get("reviews") and state["reviews"][-1]["action"] == "reject":
+            return "apply"
         out_of_budget = state.get("tool_calls_used", 0) >= agent.budget
         out_of_time = time.time() - state.get("started_at", time.time()) > agent.decision_timeout_s
         tokens = state.get("tokens_in", 0) + state.get("tokens_out", 0)
@@ -286,8 +333,13 @@ def build_graph(
     builder.add_edge(START, "observe")
     builder.add_edge("observe", "reflect")
     builder.add_edge("reflect", "decide")
-    builder.add_conditional_edges("decide", route, ["tools", "apply"])
+    builder.add_conditional_edges(
+        "decide", route, ["tools", "apply", "review"] if agent.approve else ["tools", "apply"]
+    )
     builder.add_conditional_edges("tools", route, ["decide", "apply"])
+    if agent.approve:
+        builder.add_node("review", review)
+        builder.add_conditional_edges("review", route, ["tools", "apply"])
     builder.add_edge("apply", END)
     return builder.compile(checkpointer=checkpointer, name="mimic_controller")
 
@@ -300,3 +352,41 @@ def _with_handler(callbacks, handler: BaseCallbackHandler):
     manager = callbacks.copy()
     manager.add_handler(handler, inherit=True)
     return manager
+
+
+def _changes_something(ai: AIMessage) -> bool:
+    """Whether a proposal needs review: any call of a mutating (or unknown) tool."""
+    return any(getattr(REGISTRY.get(c["name"]), "mutating", True) for c in ai.tool_calls)
+
+
+def _reviewed(state: AgentState, ai: AIMessage) -> bool:
+    """The last review was of this very message (after an edit the replaced message goes to tools)."""
+    reviews = state.get("reviews") or []
+    return bool(reviews) and reviews[-1].get("message_id") == ai.id
+
+
+def parse_review(answer, n_calls: int) -> dict:
+    """A reviewer's answer -> {"action", "edits", "reason"}. Accepted forms: "accept" / "reject" /
+    {"action": "accept"}, {"action": "reject", "reason": "..."}, {"action": "edit", "edits": {index: {arg:
+    value}}} (index of the proposed call, as int or str). Anything else is a malformed answer: recorded as a
+    rejection that says so (nothing changes; never a silent accept)."""
+    if isinstance(answer, str):
+        answer = {"action": answer}
+    if not isinstance(answer, dict) or answer.get("action") not in ("accept", "edit", "reject"):
+        return {"action": "reject", "edits": {}, "reason": f"malformed review answer {answer!r}"[:300]}
+    action = answer["action"]
+    edits: dict[int, dict] = {}
+    if action == "edit":
+        raw = answer.get("edits")
+        try:
+            edits = {int(k): dict(v) for k, v in (raw or {}).items()}
+        except (TypeError, ValueError, AttributeError):
+            return {"action": "reject", "edits": {}, "reason": f"malformed edits {raw!r}"[:300]}
+        bad = [i for i in edits if not 0 <= i < n_calls]
+        if bad or not edits:
+            return {
+                "action": "reject",
+                "edits": {},
+                "reason": f"edits name no proposed call (indices {bad or 'none'}; there are {n_calls})",
+            }
+    return {"action": action, "edits": edits, "reason": str(answer.get("reason") or "")}

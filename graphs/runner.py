@@ -29,17 +29,19 @@ import logging
 import math
 import sqlite3
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Protocol
 
 from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.types import Command
 
 from ..agents.providers import ProviderOptions, load_chat_model
 from ..agents.reflection.base import describe_changes
 from ..tools.controls import Bounds, TrainerControls
 from ..training.config import TrainConfig, parse_regime
-from ..training.trainer import EpochReport, EvalResult, Trainer
+from ..training.trainer import EpochReport, EvalResult, Trainer, metric_value
 from .graph import AgentConfig, build_graph
 
 HISTORY_IN_PROMPT = 10
@@ -169,7 +171,7 @@ class EpochOutcome:
 @dataclass
 class RunResult:
     epochs: list[EpochOutcome]
-    test: EvalResult
+    test: EvalResult | None  # None: a user's loop (LoopTrainer) that keeps its test split to itself
     thread_id: str
 
 
@@ -188,14 +190,25 @@ def agent_report(trainer: Trainer, report: EpochReport, total_epochs: int) -> di
             k: getattr(r, k)
             for k in ("epoch", "train_loss", "val_loss", "train_acc", "val_acc", "lr", "dropout")
         }
+        | r.metrics  # a user loop's own numbers (LoopTrainer): flat, beside the standard ones
         for r in trainer.history[-HISTORY_IN_PROMPT:]
     ]
     return data
 
 
 class AgentRunner:
-    def __init__(self, spec: RunSpec, trainer: Trainer | None = None, observers: list | None = None):
+    def __init__(
+        self,
+        spec: RunSpec,
+        trainer: Trainer | None = None,
+        observers: list | None = None,
+        approver: Callable[[dict], object] | None = None,
+        model=None,
+    ):
         self.spec = spec
+        # spec.agent.approve: each proposal that changes something is put to ``approver(proposal) -> answer``
+        # (see graphs.graph.parse_review for answers); None: ask in the terminal.
+        self.approver = approver
         self.trainer = trainer or Trainer.from_config(spec.train)
         # revert_on_harm needs the pre-decision checkpoint of the previous decision's boundary
         self.trainer.pre_decision_keep = max(2, spec.every + 1)
@@ -208,7 +221,8 @@ class AgentRunner:
         self.guard_rollbacks = 0
         self._fork_from: str | None = None  # resume: the graph checkpoint the next decision continues from
         if spec.controller != "none":
-            self.model = load_chat_model(spec.controller, spec.provider)
+            # ``model``: a chat model object used instead of loading ``spec.controller`` (which then only names it)
+            self.model = model if model is not None else load_chat_model(spec.controller, spec.provider)
             Path(spec.state_db).parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(spec.state_db, check_same_thread=False)
             self.checkpointer = SqliteSaver(self._conn)
@@ -247,12 +261,25 @@ class AgentRunner:
         if self._fork_from is not None:  # resume: continue from the state the trainer checkpoint matches
             config = {**config, "configurable": {**config["configurable"], "checkpoint_id": self._fork_from}}
             self._fork_from = None
-        return self.graph.invoke(payload, config, durability="exit")
+        state = self.graph.invoke(payload, config, durability="exit")
+        while state.get("__interrupt__"):  # a human review (spec.agent.approve): ask, then resume the graph
+            if self.approver is None:
+                from ..agents.approval import TerminalApprover
+
+                self.approver = TerminalApprover()
+            answer = self.approver(state["__interrupt__"][0].value)
+            state = self.graph.invoke(Command(resume=answer), self.graph_config, durability="exit")
+        return state
 
     def step(self) -> EpochOutcome:
         """Train one epoch; guard against a diverged epoch; at a decision boundary (not after the last
         epoch) invoke the graph."""
-        report = self.trainer.run_epoch()
+        return self.after_epoch(self.trainer.run_epoch())
+
+    def after_epoch(self, report: EpochReport) -> EpochOutcome:
+        """Everything after an epoch was trained: guard, decision (at a boundary), observers, resume state.
+        ``step()`` calls it after ``trainer.run_epoch()``; a user's own loop calls it (through
+        ``mimic_learn.integrations.Steering``) after ``LoopTrainer.end_epoch()``."""
         guard = self.guard_epoch(report) if (self.graph is not None and self.spec.guard) else None
         decision, state = None, None
         total = self.spec.train.epochs
@@ -276,7 +303,10 @@ class AgentRunner:
         the graph sees, or None when the epoch was sound."""
         trainer = self.trainer
         if not report.finite:
-            why = f"train loss {report.train_loss:.4g} / validation loss {report.val_loss:.4g} not finite"
+            why = (
+                f"train loss {report.train_loss} / validation loss {report.val_loss} / {report.monitor} "
+                f"{metric_value(report.to_dict(), report.monitor)}: not finite"
+            )
             target = trainer.last_good  # the newest boundary with finite losses: before this epoch
         else:
             now = _total_grad_norm(report)

@@ -32,3 +32,6 @@ class AgentState(TypedDict, total=False):
     memory: list[dict]
     last_decision: dict | None
     total_tokens: int
+    reviews: list[
+        dict
+    ]  # this decision's human reviews (AgentConfig.approve): proposal, action, edits, reason

@@ -30,11 +30,32 @@ def _fmt(value, digits: int = 4) -> str:
 
 
 def _losses(r: dict) -> str:
-    return f"Epoch {r['epoch']} of {r['total_epochs']}: train loss {_fmt(r['train_loss'])}, validation loss {_fmt(r['val_loss'])}."
+    head = f"Epoch {r['epoch']} of {r['total_epochs']}"
+    losses = [
+        f"{label} {_fmt(r.get(key))}"
+        for key, label in (("train_loss", "train loss"), ("val_loss", "validation loss"))
+        if r.get(key) is not None
+    ]
+    return f"{head}: {', '.join(losses)}." if losses else f"{head}."
 
 
 def _accuracies(r: dict) -> str:
-    return f"Train accuracy {_fmt(r['train_acc'])}, validation accuracy {_fmt(r['val_acc'])}."
+    accs = [
+        f"{label} {_fmt(r.get(key))}"
+        for key, label in (("train_acc", "Train accuracy"), ("val_acc", "validation accuracy"))
+        if r.get(key) is not None
+    ]
+    return (", ".join(accs) + ".") if accs else ""
+
+
+def _metrics(r: dict) -> str:
+    """A user loop's own numbers (``LoopTrainer``), and which one the run is judged by."""
+    own = r.get("metrics") or {}
+    if not own:
+        return ""
+    better = "higher" if r.get("mode", "max") == "max" else "lower"
+    shown = ", ".join(f"{k} {_fmt(v)}" for k, v in own.items())
+    return f"Metrics: {shown}. The run is judged by {r.get('monitor')} ({better} is better)."
 
 
 def _knobs(r: dict) -> str:
@@ -58,7 +79,9 @@ def _grad_norms(r: dict) -> str:
 
 
 def _per_class(r: dict) -> str:
-    acc = r["per_class_val_acc"]
+    acc = r.get("per_class_val_acc") or []
+    if not acc:
+        return "No per-class numbers are reported for this run."
     order = sorted(range(len(acc)), key=lambda c: acc[c])
     return (
         "Validation accuracy per class (worst first): " + ", ".join(f"{c}: {acc[c]:.3f}" for c in order) + "."
@@ -70,8 +93,14 @@ def _previous(r: dict) -> str:
 
 
 def _history_table(r: dict) -> str:
+    own = list(r.get("metrics") or {})
+    keys = [
+        k for k in ("train_loss", "val_loss", "val_acc") if any(h.get(k) is not None for h in r["history"])
+    ]
     rows = [
-        f"{h['epoch']}: train_loss {_fmt(h['train_loss'])}, val_loss {_fmt(h['val_loss'])}, val_acc {_fmt(h['val_acc'])}, lr {_fmt(h['lr'])}"
+        f"{h['epoch']}: "
+        + ", ".join(f"{k} {_fmt(h.get(k))}" for k in [*keys, *own])
+        + f", lr {_fmt(h['lr'])}"
         for h in r["history"]
     ]
     return "Recent epochs:\n" + "\n".join(rows)
@@ -95,6 +124,9 @@ def render(template: str, report: dict, inject: str = "") -> str:
     if template not in TEMPLATES:
         raise ValueError(f"unknown prompt template {template!r}; choose one of {', '.join(TEMPLATES)}")
     parts = [fn(report) for fn in TEMPLATES[template]]
+    if report.get("metrics"):  # a user loop's own numbers are its signal in every template
+        parts.insert(1, _metrics(report))
+    parts = [p for p in parts if p]
     if template in _ALWAYS_KNOBS:
         parts.append(f"Current learning rate {_fmt(report['lr'])}.")
     if report.get("guard"):

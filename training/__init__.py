@@ -3,7 +3,7 @@
 from .config import TrainConfig, parse_regime
 from .data import DataUnavailableError, TaskData, TensorData, load_task
 from .models import PaperCNN, build_model, resnet18
-from .trainer import EpochReport, KnobError, ShapeMismatchError, Trainer
+from .trainer import EpochReport, KnobError, ShapeMismatchError, Trainer, metric_value
 
 __all__ = [
     "DataUnavailableError",
@@ -17,6 +17,7 @@ __all__ = [
     "Trainer",
     "build_model",
     "load_task",
+    "metric_value",
     "parse_regime",
     "resnet18",
 ]

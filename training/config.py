@@ -9,7 +9,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-TASKS = ("digits", "mnist", "mnist32", "cifar10", "synthetic")
+TASKS = ("digits", "mnist", "mnist32", "cifar10", "synthetic", "external")  # external: a user's own loop
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("none", "step", "plateau", "onecycle")
 

@@ -52,13 +52,20 @@ class ShapeMismatchError(KnobError):
     """A weight delta whose shape does not match its parameter."""
 
 
+STANDARD_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
+
+
 @dataclass
 class EpochReport:
+    """One epoch's numbers. Our Trainer fills every standard field; a user's loop (``LoopTrainer``) may leave
+    the losses or accuracies ``None`` and report its own named numbers in ``metrics``. ``monitor``/``mode``
+    name the number decisions are judged by (reflection, rules): our Trainer's is ``val_acc``, higher better."""
+
     epoch: int
-    train_loss: float
-    train_acc: float
-    val_loss: float
-    val_acc: float
+    train_loss: float | None
+    train_acc: float | None
+    val_loss: float | None
+    val_acc: float | None
     per_class_val_acc: list[float]
     grad_norms: dict[str, float]
     lr: float
@@ -69,13 +76,34 @@ class EpochReport:
     steps: int
     delta_layers: list[str] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)  # a user's own named numbers (e.g. val_mse)
+    monitor: str = "val_acc"
+    mode: str = "max"  # "max": higher monitor is better; "min": lower is better
 
     @property
     def finite(self) -> bool:
-        return all(math.isfinite(v) for v in (self.train_loss, self.val_loss))
+        watched = (
+            getattr(self, self.monitor)
+            if self.monitor in STANDARD_METRICS
+            else self.metrics.get(self.monitor)
+        )
+        values = [self.train_loss, self.val_loss, watched]
+        return all(math.isfinite(v) for v in values if v is not None)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def metric_value(report: dict, name: str) -> float | None:
+    """A named number of an epoch report (``EpochReport.to_dict()`` or a history row): a standard field,
+    else one of the report's own ``metrics``; None when the report does not have it."""
+    if name in STANDARD_METRICS:
+        return report.get(name)
+    own = report.get("metrics") or {}
+    if name in own:
+        return own[name]
+    value = report.get(name)  # a history row carries the loop's numbers flat
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 @dataclass

@@ -19,6 +19,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage
 
 from ...tools.controls import TrainerControls
+from ...training.trainer import metric_value
 
 POLICIES: dict[str, type[ReflectionPolicy]] = {}
 
@@ -41,12 +42,24 @@ class ReflectionContext:
     critic: BaseChatModel | None = None  # an LLM to write the critique; None: a deterministic one
 
     def outcome_numbers(self) -> dict:
+        """The monitored number (``report["monitor"]``: ``val_acc`` for our Trainer, a user loop's own name
+        otherwise) and the validation loss, before and after the previous decision. ``improvement`` is
+        positive when the monitored number got better (its ``mode`` says which direction is better)."""
         before = self.previous["base_report"]
+        metric = self.report.get("monitor", "val_acc")
+        mode = self.report.get("mode", "max")
+        b, a = metric_value(before, metric), metric_value(self.report, metric)
+        improvement = None
+        if b is not None and a is not None:
+            improvement = (a - b) if mode == "max" else (b - a)
         return {
-            "val_acc_before": before["val_acc"],
-            "val_acc_after": self.report["val_acc"],
-            "val_loss_before": before["val_loss"],
-            "val_loss_after": self.report["val_loss"],
+            "metric": metric,
+            "mode": mode,
+            "before": b,
+            "after": a,
+            "improvement": improvement,
+            "val_loss_before": before.get("val_loss"),
+            "val_loss_after": self.report.get("val_loss"),
         }
 
     def critique(self) -> str:
@@ -55,14 +68,16 @@ class ReflectionContext:
             return "No previous decision to judge."
         n = self.outcome_numbers()
         changes = describe_changes(self.previous["changes"])
-        facts = (
-            f"Decision after epoch {self.previous['epoch']} ({changes}); validation accuracy "
-            f"{n['val_acc_before']:.4f} -> {n['val_acc_after']:.4f}, validation loss "
-            f"{n['val_loss_before']:.4f} -> {n['val_loss_after']:.4f}."
-        )
+        parts = [f"{metric_label(n['metric'])} {_num(n['before'])} -> {_num(n['after'])}"]
+        if n["metric"] != "val_loss" and n["val_loss_before"] is not None and n["val_loss_after"] is not None:
+            parts.append(f"validation loss {_num(n['val_loss_before'])} -> {_num(n['val_loss_after'])}")
+        facts = f"Decision after epoch {self.previous['epoch']} ({changes}); {', '.join(parts)}."
         if self.critic is None:
-            delta = n["val_acc_after"] - n["val_acc_before"]
-            verdict = "it helped" if delta > 0.001 else "it hurt" if delta < -0.001 else "no clear effect"
+            delta, tol = n["improvement"], _tolerance(n)
+            if delta is None or delta != delta:
+                verdict = "no comparable number"
+            else:
+                verdict = "it helped" if delta > tol else "it hurt" if delta < -tol else "no clear effect"
             return f"{facts} Verdict: {verdict}."
         reply = self.critic.invoke(
             [
@@ -95,3 +110,23 @@ def describe_changes(changes: list[dict]) -> str:
     if not changes:
         return "no change"
     return ", ".join(f"{c['key']}={c['value']}" for c in changes)
+
+
+def metric_label(metric: str) -> str:
+    return {
+        "val_acc": "validation accuracy",
+        "val_loss": "validation loss",
+        "train_acc": "train accuracy",
+        "train_loss": "train loss",
+    }.get(metric, metric)
+
+
+def _num(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _tolerance(n: dict) -> float:
+    """What counts as no clear effect: 0.001 absolute for accuracies (a fraction), 0.1% relative otherwise."""
+    if n["metric"].endswith("acc"):
+        return 0.001
+    return 0.001 * abs(n["before"] or 0.0)

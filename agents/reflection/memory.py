@@ -1,4 +1,12 @@
-from .base import ReflectionContext, ReflectionOutcome, ReflectionPolicy, describe_changes, register_policy
+from .base import (
+    ReflectionContext,
+    ReflectionOutcome,
+    ReflectionPolicy,
+    _num,
+    describe_changes,
+    metric_label,
+    register_policy,
+)
 
 KEEP = 5
 
@@ -16,12 +24,12 @@ class Memory(ReflectionPolicy):
                 {
                     "epoch": ctx.previous["epoch"],
                     "decision": describe_changes(ctx.previous["changes"]),
-                    "val_acc": f"{n['val_acc_before']:.4f}->{n['val_acc_after']:.4f}",
+                    "outcome": f"{metric_label(n['metric'])} {_num(n['before'])}->{_num(n['after'])}",
                     "critique": critique,
                 }
             )
         memory = memory[-KEEP:]
-        lines = [f"- after epoch {m['epoch']}: {m['decision']}; val acc {m['val_acc']}" for m in memory]
+        lines = [f"- after epoch {m['epoch']}: {m['decision']}; {_outcome(m)}" for m in memory]
         inject = ""
         if memory:
             inject = (
@@ -30,3 +38,9 @@ class Memory(ReflectionPolicy):
                 + f"\nLast critique: {critique}"
             )
         return ReflectionOutcome(critique=critique, inject=inject, memory=memory)
+
+
+def _outcome(entry: dict) -> str:
+    if "outcome" in entry:
+        return entry["outcome"]
+    return f"val acc {entry.get('val_acc', 'n/a')}"  # memory persisted by an earlier version

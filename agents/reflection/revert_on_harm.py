@@ -1,11 +1,23 @@
-from .base import ReflectionContext, ReflectionOutcome, ReflectionPolicy, describe_changes, register_policy
+import math
+
+from .base import (
+    ReflectionContext,
+    ReflectionOutcome,
+    ReflectionPolicy,
+    _num,
+    describe_changes,
+    metric_label,
+    register_policy,
+)
 
 
 @register_policy("revert_on_harm")
 class RevertOnHarm(ReflectionPolicy):
-    """If the previous decision made validation accuracy drop by more than ``acc_threshold`` or validation
-    loss rise by more than ``loss_threshold`` (relative), restore the trainer's pre-decision checkpoint
-    before the new decision is made, and tell the controller why."""
+    """If the previous decision made the monitored number worse — validation accuracy (or any number a user
+    loop monitors with mode "max") down by more than ``acc_threshold`` absolute, a "min" number (a loss, an
+    error) up by more than ``loss_threshold`` relative — or validation loss rise by more than
+    ``loss_threshold`` (relative), or the monitored number turn non-finite, restore the trainer's
+    pre-decision checkpoint before the new decision is made, and tell the controller why."""
 
     acc_threshold = 0.01
     loss_threshold = 0.05
@@ -16,13 +28,7 @@ class RevertOnHarm(ReflectionPolicy):
         if not prev or not prev["changes"]:
             return ReflectionOutcome(critique=critique)
         n = ctx.outcome_numbers()
-        acc_drop = n["val_acc_before"] - n["val_acc_after"]
-        loss_rise = (n["val_loss_after"] - n["val_loss_before"]) / max(abs(n["val_loss_before"]), 1e-12)
-        harmful = (
-            acc_drop > self.acc_threshold
-            or loss_rise > self.loss_threshold
-            or n["val_loss_after"] != n["val_loss_after"]
-        )
+        harmful = _harmful(n, self.acc_threshold, self.loss_threshold)
         if not harmful:
             return ReflectionOutcome(critique=critique, harmful=False)
         trainer = ctx.controls.trainer
@@ -36,10 +42,30 @@ class RevertOnHarm(ReflectionPolicy):
         trainer.restore_weights(ckpt, reason="revert_on_harm")
         # The next decision starts from the restored state: that is what a later revert must return to.
         trainer.pre_decision[trainer.epoch] = trainer.checkpoint()
+        label = metric_label(n["metric"])
+        loss = ""
+        if n["metric"] != "val_loss" and n["val_loss_before"] is not None and n["val_loss_after"] is not None:
+            loss = f", validation loss {n['val_loss_before']:.4f} -> {n['val_loss_after']:.4f}"
         why = (
             f"Your decision after epoch {prev['epoch']} ({describe_changes(prev['changes'])}) was reverted: "
-            f"validation accuracy {n['val_acc_before']:.4f} -> {n['val_acc_after']:.4f}, loss "
-            f"{n['val_loss_before']:.4f} -> {n['val_loss_after']:.4f}. The model, optimizer and settings are back "
-            f"to how they were after epoch {prev['epoch']}; choose differently."
+            f"{label} {_num(n['before'])} -> {_num(n['after'])}{loss}. The model, optimizer and settings are "
+            f"back to how they were after epoch {prev['epoch']}; choose differently."
         )
         return ReflectionOutcome(critique=critique, inject=why, reverted=True, harmful=True)
+
+
+def _harmful(n: dict, acc_threshold: float, loss_threshold: float) -> bool:
+    after, before = n["after"], n["before"]
+    if after is not None and not math.isfinite(after):
+        return True
+    if n["improvement"] is not None:
+        worse = -n["improvement"]
+        if n["mode"] == "max" and worse > acc_threshold:
+            return True
+        if n["mode"] == "min" and worse / max(abs(before), 1e-12) > loss_threshold:
+            return True
+    lb, la = n["val_loss_before"], n["val_loss_after"]
+    if lb is not None and la is not None:
+        if la != la or (la - lb) / max(abs(lb), 1e-12) > loss_threshold:
+            return True
+    return False

@@ -1,5 +1,6 @@
 from pydantic import BaseModel, ConfigDict, Field
 
+from ...training.trainer import metric_value
 from ..controls import TrainerControls
 from ..registry import register_tool
 
@@ -11,16 +12,24 @@ class InspectHistoryArgs(BaseModel):
 
 @register_tool(args=InspectHistoryArgs, mutating=False)
 def inspect_history(ctl: TrainerControls, args: InspectHistoryArgs) -> str:
-    """Compact table of the last epochs: train/val loss and accuracy, learning rate, dropout, weight decay,
-    alpha, and what changed between epochs."""
+    """Compact table of the last epochs: train/val loss and accuracy (and the loop's own metrics, if any),
+    learning rate, dropout, weight decay, alpha, and what changed between epochs."""
     history = ctl.trainer.history[-args.last_n :]
     if not history:
         return "no epoch has run yet"
-    lines = ["epoch | train_loss | val_loss | train_acc | val_acc | lr | dropout | wd | alpha | changes"]
+    own = list(history[-1].metrics)  # a user loop's own numbers (LoopTrainer)
+    cols = ["train_loss", "val_loss", "train_acc", "val_acc", *own]
+    lines = [f"epoch | {' | '.join(cols)} | lr | dropout | wd | alpha | changes"]
     for r in history:
+        row = r.to_dict()
+        numbers = " | ".join(_cell(metric_value(row, c)) for c in cols)
         dropout = "-" if r.dropout is None else f"{r.dropout:.2f}"
         lines.append(
-            f"{r.epoch} | {r.train_loss:.4f} | {r.val_loss:.4f} | {r.train_acc:.4f} | {r.val_acc:.4f} | "
-            f"{r.lr:.3g} | {dropout} | {r.weight_decay:.3g} | {r.alpha:.2f} | {'; '.join(r.events) or '-'}"
+            f"{r.epoch} | {numbers} | {r.lr:.3g} | {dropout} | {r.weight_decay:.3g} | {r.alpha:.2f} | "
+            f"{'; '.join(r.events) or '-'}"
         )
     return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    return "-" if value is None else f"{value:.4f}"

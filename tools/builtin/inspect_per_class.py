@@ -16,6 +16,8 @@ def inspect_per_class(ctl: TrainerControls, args: InspectPerClassArgs) -> str:
     if not history:
         return "no epoch has run yet"
     now = history[-1].per_class_val_acc
+    if not now:
+        return f"epoch {history[-1].epoch}: this run reports no per-class numbers"
     before = history[-2].per_class_val_acc if len(history) > 1 else None
     order = sorted(range(len(now)), key=lambda c: now[c])
     parts = []

@@ -1,0 +1,199 @@
+"""Steer a training loop you already have: one call at each epoch boundary.
+
+    from mimic_learn.integrations import Steering
+
+    steering = Steering(model, optimizer, epochs=20, controller="rules", monitor="val_mse", mode="min")
+    for epoch in range(20):
+        ...                                             # your loop: forward, backward, optimizer.step()
+        steering.epoch_end({"train_loss": train_loss, "val_mse": val_mse})
+    steering.close()
+
+At each ``epoch_end`` the controller graph runs (reflection, tool calls, apply) exactly as with our own
+Trainer, and the decision is applied to *your* optimizer and model before the call returns (lr and weight
+decay in the optimizer's param groups, dropout in the model's ``nn.Dropout`` modules, weight deltas through
+optimizer step hooks, rollbacks by restoring model/optimizer/scheduler state). Every epoch's metrics, tool
+call, reflection and LLM trace go to MLflow: one run per ``Steering`` (nested under an active run if there is
+one).
+
+``controller`` is a controller string as on the command line (``rules``, ``local``, ``scripted:<file>``,
+``openai:<model>``, ...) or any LangChain chat model object that supports tool calling.
+
+Metrics are yours: any names. ``train_loss``/``train_acc``/``val_loss``/``val_acc`` are understood as such;
+every other name is shown to the controller as is, and ``monitor``/``mode`` say which number decisions are
+judged by (reflection, the ``rules`` controller, ``revert_on_harm``).
+
+Long epochs: an "epoch" here is simply the period between two calls. Call ``epoch_end`` every N optimizer
+steps (pass ``epochs`` = the number of periods) to decide more often; the Lightning and Hugging Face
+callbacks do this with ``every_n_steps``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from langchain_core.language_models import BaseChatModel
+from torch import nn
+
+from ..agents.providers import ProviderOptions
+from ..graphs.graph import AgentConfig
+from ..graphs.runner import AgentRunner, EpochOutcome, RunResult, RunSpec
+from ..tools.controls import Bounds
+from ..training.config import TrainConfig
+from ..training.loop import LoopTrainer
+
+log = logging.getLogger(__name__)
+
+
+class Steering:
+    """The controller graph on top of a user's loop. See the module docstring."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler=None,
+        *,
+        epochs: int,
+        controller: str | BaseChatModel = "rules",
+        monitor: str = "val_loss",
+        mode: str = "min",
+        prompt: str = "full",
+        reflection: str = "log_only",
+        every: int = 1,
+        bounds: Bounds | None = None,
+        agent: AgentConfig | None = None,
+        provider: ProviderOptions | None = None,
+        approve: bool = False,
+        approver: Callable[[dict], dict] | None = None,
+        track: bool = True,
+        tracking_uri: str | None = None,
+        experiment: str = "mimic-user-loop",
+        run_name: str = "user-loop",
+        log_model: bool = False,
+        traces: bool = True,
+        state_db: str = ".mimic/graph_state.sqlite",
+        checkpoint_dir: str | Path | None = None,
+        steps_per_epoch: int | None = None,
+        observers: list | None = None,
+    ):
+        self.trainer = LoopTrainer(
+            model,
+            optimizer,
+            scheduler,
+            monitor=monitor,
+            mode=mode,
+            steps_per_epoch=steps_per_epoch,
+            checkpoint_dir=checkpoint_dir,
+        )
+        agent = agent or AgentConfig(prompt=prompt, reflection=reflection)
+        if approve:
+            agent.approve = True
+        spec = RunSpec(
+            train=TrainConfig(
+                task="external",
+                epochs=epochs,
+                checkpoint_dir=str(checkpoint_dir) if checkpoint_dir is not None else None,
+            ),
+            controller=controller if isinstance(controller, str) else f"custom:{type(controller).__name__}",
+            agent=agent,
+            provider=provider or ProviderOptions(),
+            bounds=bounds or Bounds(),
+            every=every,
+            state_db=state_db,
+        )
+        self.runner = AgentRunner(
+            spec,
+            trainer=self.trainer,
+            observers=observers,
+            approver=approver,
+            model=None if isinstance(controller, str) else controller,
+        )
+        self.track = track
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.tracker = None
+        if track:
+            from ..tracking import MlflowTracker
+
+            self.tracker = MlflowTracker(arm=run_name, log_model=log_model, traces=traces)
+            self.runner.observers.append(self.tracker)
+        self._started = False
+        self._closed = False
+
+    @property
+    def run_id(self) -> str | None:
+        """The MLflow run this loop logs to (after the first ``epoch_end``)."""
+        return self.tracker.run_id if self.tracker is not None else None
+
+    def _start(self) -> None:
+        if self.track:
+            import mlflow
+
+            from .. import tracking
+
+            if mlflow.active_run() is None:  # inside the user's own run: log there (nested), as they set up
+                tracking.setup(self.tracking_uri, self.experiment)
+        for obs in self.runner.observers:
+            obs.on_start(self.runner)
+        self._started = True
+
+    def epoch_end(
+        self, metrics: Mapping[str, float], per_class_val_acc: list[float] | None = None
+    ) -> EpochOutcome:
+        """Close the epoch (or period) your loop just ran and let the controller decide; its decision is
+        applied to your optimizer/model before this returns. Returns what happened (report, decision)."""
+        if self._closed:
+            raise RuntimeError("this Steering is closed; build a new one for another run")
+        if not self._started:
+            self._start()
+        report = self.trainer.end_epoch(metrics, per_class_val_acc)
+        return self.runner.after_epoch(report)
+
+    def close(self, test_metrics: Mapping[str, float] | None = None) -> RunResult:
+        """End the run: log ``test_metrics`` (if given), the decisions table, plots (and the model if
+        ``log_model``) to MLflow; remove the optimizer hooks."""
+        if self._closed:
+            raise RuntimeError("this Steering is already closed")
+        if not self._started:
+            self._start()
+        self._closed = True
+        result = RunResult(self.runner.outcomes, None, self.runner.thread_id)
+        try:
+            if test_metrics and self.track:
+                import mlflow
+
+                named = {
+                    k if k.startswith("test") else f"test_{k}": float(v) for k, v in test_metrics.items()
+                }
+                mlflow.log_metrics(named)
+            for obs in self.runner.observers:
+                obs.on_end(self.runner, result)
+        finally:
+            self.trainer.detach()
+            self.runner.close()
+        return result
+
+    def __enter__(self) -> Steering:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._closed:
+            return
+        if exc_type is None:
+            self.close()
+            return
+        # The user's loop raised: the MLflow run ends FAILED with what it logged so far; the error propagates.
+        log.warning("the training loop raised %s; the steering run ends as FAILED", exc_type.__name__)
+        self._closed = True
+        try:
+            if self._started and self.tracker is not None and self.tracker.run_id is not None:
+                import mlflow
+
+                mlflow.set_tag("mimic.error", f"{exc_type.__name__}: {exc}"[:500])
+                mlflow.end_run(status="FAILED")
+        finally:
+            self.trainer.detach()
+            self.runner.close()

@@ -1,0 +1,231 @@
+"""LoopTrainer: the Trainer's control surface over a training loop the user runs themselves.
+
+    steer_target = LoopTrainer(model, optimizer, scheduler=None, monitor="val_mse", mode="min")
+    for epoch in range(epochs):
+        for x, y in batches:                     # the user's own loop, untouched
+            loss = loss_fn(model(x), y); optimizer.zero_grad(); loss.backward(); optimizer.step()
+        report = steer_target.end_epoch({"train_loss": ..., "val_mse": ...})
+        # --- PAUSE POINT: change knobs (set_lr, set_dropout, ...); they act on the user's optimizer/model
+
+What it does to the user's objects:
+    * knobs act on the optimizer's param groups (lr, weight decay) and the model's ``nn.Dropout`` modules;
+      with an LR scheduler that keeps ``base_lrs`` (LambdaLR, StepLR, ... as Hugging Face and Lightning
+      build them) a set lr also rescales ``base_lrs``, so the schedule continues from the new value;
+    * two optimizer step hooks (``register_step_pre_hook``/``register_step_post_hook``) measure the mean
+      per-parameter gradient norm of the epoch and apply the modulated update
+      ``(1 - alpha) * base_step + alpha * delta / N`` per step (N: the previous epoch's step count, or
+      ``steps_per_epoch``). The post hook reads the gradient, so loops that compute it inside
+      ``optimizer.step(closure)`` (Lightning) are measured correctly;
+    * checkpoints hold model, optimizer, scheduler, knobs and history (no data-loader or RNG state: the
+      user's loop owns those), so rollbacks restore weights and optimizer state exactly.
+
+Metrics are the user's: any names. ``train_loss``/``train_acc``/``val_loss``/``val_acc`` fill the report's
+standard fields; every other name goes to ``report.metrics``. ``monitor``/``mode`` name the number decisions
+are judged by. Knows nothing of LLMs (``mimic_learn.integrations`` puts a controller on top).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import TrainConfig
+from .trainer import STANDARD_METRICS, EpochReport, Trainer, _clone_tree
+
+
+class LoopTrainer(Trainer):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler=None,
+        *,
+        monitor: str = "val_loss",
+        mode: str = "min",
+        steps_per_epoch: int | None = None,
+        checkpoint_dir: str | Path | None = None,
+        keep_checkpoints: int = 3,
+        seed: int = 0,
+    ):
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode={mode!r}: use 'min' (lower {monitor} is better) or 'max'")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer (got {type(optimizer).__name__}); pass the "
+                "optimizer your loop steps (for a wrapped one, its inner torch optimizer)"
+            )
+        self.config = TrainConfig(
+            task="external",
+            checkpoint_dir=str(checkpoint_dir) if checkpoint_dir is not None else None,
+            keep_checkpoints=keep_checkpoints,
+            seed=seed,
+        )
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.device = next(model.parameters()).device
+        self.data = None
+        self.num_classes = None
+        self.monitor, self.mode = monitor, mode
+        self.alpha = 0.0
+        self.epoch = 0
+        self.history: list[EpochReport] = []
+        self.events: list[dict] = []
+        self._deltas: dict = {}
+        self._named_params = dict(model.named_parameters())
+        self._param_names = {id(p): name for name, p in self._named_params.items()}
+        self.init_params = {k: v.detach().clone() for k, v in self._named_params.items()}
+        self.pre_decision: dict[int, dict] = {}
+        self.pre_decision_keep = 2
+        self.last_good: dict | None = None
+        self._pending_events: list[str] = []
+        self.steps_per_epoch = steps_per_epoch or 0  # 0: learn it from the first epoch
+        self._fixed_steps = steps_per_epoch is not None
+        self._reset_epoch_counters()
+        self._saved: list[tuple] = []  # (param, its value before the step, its delta) while a step runs
+        self._hooks = [
+            optimizer.register_step_pre_hook(self._before_step),
+            optimizer.register_step_post_hook(self._after_step),
+        ]
+        self._at_boundary()
+
+    def detach(self) -> None:
+        """Remove the optimizer hooks (the optimizer then steps exactly as without this object)."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+
+    # ------------------------------------------------------------------ optimizer hooks
+    def _reset_epoch_counters(self) -> None:
+        self._steps = 0
+        self._norm_sum: dict[str, float] = {}
+        self._norm_sum_t: torch.Tensor | None = None
+        self._epoch_start = time.perf_counter()
+
+    def _blend_targets(self) -> list[tuple[torch.Tensor, object]]:
+        if not self._deltas or self.alpha == 0.0:
+            return []
+        return [(self._named_params[name], d) for name, d in self._deltas.items()]
+
+    def _before_step(self, optimizer, args, kwargs) -> None:
+        self._saved = [(p, p.detach().clone(), d) for p, d in self._blend_targets()]
+
+    @torch.no_grad()
+    def _after_step(self, optimizer, args, kwargs) -> None:
+        params = list(self._named_params.values())
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        norms = torch.stack(torch._foreach_norm(grads))
+        self._norm_sum_t = norms if self._norm_sum_t is None else self._norm_sum_t + norms
+        self._steps += 1
+        if not self._saved:
+            return
+        n = self.steps_per_epoch or 1
+        a = self.alpha
+        for p, old, d in self._saved:
+            g = p.grad.detach() if p.grad is not None else torch.zeros_like(p)
+            delta = d(g, old) if callable(d) else d
+            p.copy_(old + (1.0 - a) * (p - old) + a * delta / n)
+        self._saved = []
+
+    def _optimizer_step(self) -> None:  # the user's loop calls optimizer.step(); the hooks do the rest
+        self.optimizer.step()
+
+    # ------------------------------------------------------------------ the epoch boundary
+    def run_epoch(self) -> EpochReport:
+        raise RuntimeError(
+            "LoopTrainer does not train: run your own loop and call end_epoch(metrics) at each epoch boundary"
+        )
+
+    def end_epoch(
+        self,
+        metrics: Mapping[str, float],
+        per_class_val_acc: list[float] | None = None,
+    ) -> EpochReport:
+        """Close the epoch the user's loop just ran: build its report from ``metrics`` (any names; see the
+        module docstring), pause here. Knob changes made now act from the next optimizer step."""
+        values: dict[str, float] = {}
+        for name, value in metrics.items():
+            try:
+                values[str(name)] = float(value.item() if isinstance(value, torch.Tensor) else value)
+            except (TypeError, ValueError, RuntimeError):
+                raise ValueError(f"metric {name!r}={value!r} is not a number") from None
+        if self.monitor not in values:
+            raise ValueError(
+                f"the monitored metric {self.monitor!r} is missing from this epoch's metrics "
+                f"({', '.join(values) or 'none'}); report it, or build the LoopTrainer with monitor=<one of them>"
+            )
+        steps = self._steps
+        if steps and not self._fixed_steps:
+            self.steps_per_epoch = steps
+        names = list(self._named_params)
+        norms = (self._norm_sum_t / max(steps, 1)).tolist() if self._norm_sum_t is not None else []
+        delta_layers = sorted(self._deltas) if self.alpha > 0 else []
+        self._deltas = {}  # a delta is for one epoch only
+        self.epoch += 1
+        report = EpochReport(
+            epoch=self.epoch,
+            train_loss=values.get("train_loss"),
+            train_acc=values.get("train_acc"),
+            val_loss=values.get("val_loss"),
+            val_acc=values.get("val_acc"),
+            per_class_val_acc=[float(v) for v in per_class_val_acc or []],
+            grad_norms=dict(zip(names, norms, strict=True)) if norms else {},
+            lr=self.lr,
+            dropout=self.dropout,
+            weight_decay=self.weight_decay,
+            alpha=self.alpha,
+            wall_time=time.perf_counter() - self._epoch_start,
+            steps=steps,
+            delta_layers=delta_layers,
+            events=self._pending_events,
+            metrics={k: v for k, v in values.items() if k not in STANDARD_METRICS},
+            monitor=self.monitor,
+            mode=self.mode,
+        )
+        self._pending_events = []
+        self.history.append(report)
+        self._at_boundary()
+        self._reset_epoch_counters()
+        return report
+
+    def test(self):
+        return None  # the user's loop owns its test split
+
+    # ------------------------------------------------------------------ knobs
+    def set_lr(self, lr: float) -> None:
+        old = self.lr
+        super().set_lr(lr)
+        base_lrs = getattr(self.scheduler, "base_lrs", None)
+        if base_lrs is not None and not isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR):
+            factor = self.lr / old
+            self.scheduler.base_lrs = [b * factor for b in base_lrs]
+            for group in self.optimizer.param_groups:
+                if "initial_lr" in group:
+                    group["initial_lr"] *= factor
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint(self) -> dict:
+        sched = getattr(self.scheduler, "state_dict", None)
+        return {
+            "epoch": self.epoch,
+            "model": _clone_tree(self.model.state_dict()),
+            "optimizer": _clone_tree(self.optimizer.state_dict()),
+            "scheduler": _clone_tree(sched()) if sched is not None else None,
+            "rng": {},
+            "knobs": {"alpha": self.alpha, "dropout": self.dropout},
+            "history": [r.to_dict() for r in self.history],
+            "events": copy.deepcopy(self.events),
+        }
+
+    def restore(self, ckpt: dict) -> None:
+        self.restore_weights(ckpt, reason=None)
+        self.epoch = ckpt["epoch"]
+        self.history = [EpochReport(**r) for r in ckpt["history"]]
+        self.events = copy.deepcopy(ckpt.get("events", []))
+        self._pending_events = []
+        self._deltas = {}

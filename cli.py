@@ -276,6 +276,13 @@ def run(
     tools_module: Annotated[
         list[str] | None, typer.Option(help="Import extra tools from this .py file or module (repeatable).")
     ] = None,
+    approve: Annotated[
+        bool,
+        typer.Option(
+            help="Pause before every decision that changes something: see the proposed tool calls, then accept, "
+            "edit a value or reject. Your answer is recorded in MLflow beside the model's proposal."
+        ),
+    ] = False,
     optimizer: OptimizerOpt = Optim.adam,
     schedule: ScheduleOpt = Schedule.none,
     lr: LrOpt = 1e-3,
@@ -319,6 +326,7 @@ def run(
             budget=budget,
             decision_timeout_s=decision_timeout,
             llm_critic=llm_critic,
+            approve=approve,
         ),
         provider=ProviderOptions(fallback=None if fallback == "none" else fallback, model_path=model_path),
         every=every,

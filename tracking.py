@@ -170,6 +170,33 @@ def decision_rows(outcome) -> list[dict]:
     ]
 
 
+def run_params(runner) -> dict[str, str]:
+    """The run's MLflow params. A user's loop (``LoopTrainer``, no data of ours) gets what its own objects
+    say — optimizer class and initial lr, model class, monitored metric — instead of our TrainConfig's
+    defaults, which it does not use."""
+    params = runner.spec.as_params()
+    trainer = runner.trainer
+    if trainer.data is not None:
+        return params
+    from dataclasses import fields
+
+    from .training.config import TrainConfig
+
+    unused = {f.name for f in fields(TrainConfig)} - {"task", "epochs", "checkpoint_dir", "keep_checkpoints"}
+    params = {k: v for k, v in params.items() if k not in unused and not k.startswith("extra.")}
+    params.update(
+        optimizer=type(trainer.optimizer).__name__,
+        lr=str(trainer.lr),
+        weight_decay=str(trainer.weight_decay),
+        dropout=str(trainer.dropout),
+        scheduler=type(trainer.scheduler).__name__ if trainer.scheduler is not None else "none",
+        model=type(trainer.model).__name__,
+        monitor=trainer.monitor,
+        mode=trainer.mode,
+    )
+    return params
+
+
 class MlflowTracker:
     """A ``RunObserver`` that logs one child run (arm x seed) under the active parent run."""
 
@@ -205,7 +232,7 @@ class MlflowTracker:
             return
         run = mlflow.start_run(run_name=self.arm, nested=nested)
         self.run_id = run.info.run_id
-        mlflow.log_params(runner.spec.as_params())
+        mlflow.log_params(run_params(runner))
         tags = {
             "mimic.role": "child",
             "mimic.arm": self.arm,

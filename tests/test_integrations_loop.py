@@ -87,6 +87,9 @@ def test_scripted_set_lr_reaches_the_users_optimizer_and_mlflow_has_metrics_and_
     val = [m.value for m in client.get_metric_history(steering.run_id, "val_mse")]
     assert val == pytest.approx([o.report.metrics["val_mse"] for o in outcomes])
     assert run.data.tags["mimic.data"] == "user loop"
+    params = run.data.params  # the user's objects, not our TrainConfig's defaults
+    assert params["optimizer"] == "SGD" and params["lr"] == "0.05" and params["monitor"] == "val_mse"
+    assert params["model"] == "Sequential" and "batch_size" not in params
     grads = client.get_metric_history(steering.run_id, "grad_norm/0.weight")
     assert len(grads) == 6 and all(m.value > 0 for m in grads)  # measured by the optimizer hooks
     mlflow.set_tracking_uri(store["tracking_uri"])

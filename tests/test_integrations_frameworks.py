@@ -1,7 +1,7 @@
 """The PyTorch Lightning callback and the Hugging Face TrainerCallback on tiny models built here (no downloads):
 a scripted ``set_lr`` reaches the framework's optimizer, metrics and traces land in MLflow, ``every_n_steps``
 decides within epochs, failures end the run as FAILED. The README examples are the functions between the
-markers (copied in docs/integrations_frameworks.md; a test keeps the two the same)."""
+markers (pasted in README.md; tests/test_readme_examples.py keeps the two the same)."""
 
 # The frameworks are imported after the skip-or-fail check, and each README example carries its own imports
 # so that it can be copied alone:
@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import re
-from pathlib import Path
 
 import mlflow
 import pytest
@@ -122,8 +120,6 @@ def train_hf(output_dir, controller="rules", epochs=3, **callback_options):
 # --- README example end: hf ---
 
 from mimic_learn.agents.scripted import ScriptedChatModel
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -346,15 +342,3 @@ def test_readme_examples_run_with_their_defaults(tmp_path, monkeypatch):
     runs = client.search_runs([client.get_experiment_by_name("mimic-user-loop").experiment_id])
     assert sorted(r.info.run_name for r in runs) == ["hugging-face", "lightning"]
     assert all(r.info.status == "FINISHED" for r in runs)
-
-
-def _marked(text: str) -> dict[str, str]:
-    pattern = r"# --- README example start: (\w+) ---\n(.*?)# --- README example end: \1 ---"
-    return {name: body.strip() for name, body in re.findall(pattern, text, flags=re.S)}
-
-
-def test_docs_show_the_examples_tested_here():
-    tested = _marked(Path(__file__).read_text())
-    docs = (REPO / "docs" / "integrations_frameworks.md").read_text()
-    shown = [body.strip() for body in re.findall(r"```python\n(.*?)```", docs, flags=re.S)]
-    assert list(tested) == ["lightning", "hf"] and shown == [tested["lightning"], tested["hf"]]

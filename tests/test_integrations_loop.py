@@ -430,3 +430,22 @@ def test_cli_run_approve_asks_in_the_terminal_and_applies_the_answers(tmp_path):
     lrs = [m.value for m in client.get_metric_history(child.info.run_id, "lr")]
     assert lrs == pytest.approx([0.001, 0.002, 0.003, 0.003])  # accepted, edited, rejected
     assert [m.value for m in client.get_metric_history(child.info.run_id, "review_edits")] == [0, 1, 0]
+
+
+def test_weight_decay_leaves_a_no_decay_group_alone():
+    """Frameworks put biases in a group with weight decay 0 (Hugging Face does): it stays at 0."""
+    model = nn.Linear(2, 1)
+    optimizer = torch.optim.AdamW(
+        [{"params": [model.weight], "weight_decay": 0.01}, {"params": [model.bias], "weight_decay": 0.0}]
+    )
+    trainer = LoopTrainer(model, optimizer, monitor="loss")
+    assert trainer.weight_decay == 0.01
+    trainer.set_weight_decay(0.05)
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.05, 0.0]
+    trainer.detach()
+    other = nn.Linear(2, 1)  # no group decays yet: all get it
+    optimizer = torch.optim.SGD([{"params": [other.weight]}, {"params": [other.bias]}], lr=0.1)
+    trainer = LoopTrainer(other, optimizer, monitor="loss")
+    trainer.set_weight_decay(0.001)
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.001, 0.001]
+    trainer.detach()

@@ -8,7 +8,8 @@
         # --- PAUSE POINT: change knobs (set_lr, set_dropout, ...); they act on the user's optimizer/model
 
 What it does to the user's objects:
-    * knobs act on the optimizer's param groups (lr, weight decay) and the model's ``nn.Dropout`` modules;
+    * knobs act on the optimizer's param groups (lr; weight decay in the groups that decay, so a bias group
+      kept at 0 stays at 0) and the model's ``nn.Dropout`` modules;
       with an LR scheduler that keeps ``base_lrs`` (LambdaLR, StepLR, ... as Hugging Face and Lightning
       build them) a set lr also rescales ``base_lrs``, so the schedule continues from the new value;
     * two optimizer step hooks (``register_step_pre_hook``/``register_step_post_hook``) measure the mean
@@ -207,6 +208,21 @@ class LoopTrainer(Trainer):
             for group in self.optimizer.param_groups:
                 if "initial_lr" in group:
                     group["initial_lr"] *= factor
+
+    @property
+    def weight_decay(self) -> float:
+        return max(float(g.get("weight_decay", 0.0)) for g in self.optimizer.param_groups)
+
+    def set_weight_decay(self, wd: float) -> None:
+        """Set weight decay in the groups that have it. Frameworks exclude biases and norms with a group at
+        weight decay 0 (Hugging Face does): when some groups decay and others are at 0, only the decaying
+        ones change; when none decays yet, all groups get ``wd``."""
+        wd = self._finite_number("weight_decay", wd, 0.0, 1.0, self.weight_decay)
+        groups = self.optimizer.param_groups
+        decaying = [g for g in groups if g.get("weight_decay", 0.0) > 0]
+        for group in decaying or groups:
+            group["weight_decay"] = wd
+        self._event(f"weight_decay -> {wd:.3g}")
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self) -> dict:

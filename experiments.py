@@ -53,6 +53,9 @@ class Arm:
     every: int = 1
     train_overrides: dict = field(default_factory=dict)
     paper_key: str | None = None  # which published column to show beside it
+    # > 0: Population Based Training (Ray Tune's PBT over lr / dropout / weight decay) with this many members
+    # instead of one run; a cell costs `population` runs' worth of compute (see sweep.py).
+    population: int = 0
 
 
 PAPER_ARMS = [
@@ -63,6 +66,11 @@ PAPER_ARMS = [
     Arm("rules", "rules"),
     Arm("reduce_on_plateau", None, train_overrides={"schedule": "plateau"}),
 ]
+
+# The classical rival a practitioner would pick instead of an LLM controller. Not in the default arm lists
+# (it needs Ray: `pip install "mimic-learn[ray]"`); name it with --arms ...,pbt. Reports show it whenever the
+# store has its cells.
+PBT_ARM = Arm("pbt", None, population=4)
 
 BLOG_ARMS = [
     Arm("steplr", None, paper_key="steplr"),
@@ -101,6 +109,21 @@ def cell_tag(experiment: str, regime: str, arm: str, seed: int) -> str:
     return f"{experiment}/{regime}/{arm}/s{seed}"
 
 
+@dataclass
+class Cell:
+    """One arm x regime x seed to run: what ``reproduce`` hands to an executor (sequential, or Ray: sweep.py)."""
+
+    experiment: str
+    regime: str
+    seed: int
+    arm: Arm
+    spec: RunSpec
+
+    @property
+    def tag(self) -> str:
+        return cell_tag(self.experiment, self.regime, self.arm.name, self.seed)
+
+
 def finished_cells(experiment: str) -> dict[str, mlflow.entities.Run]:
     """Every FINISHED cell of ``experiment`` in the active MLflow experiment, newest first wins."""
     runs = mlflow.search_runs(
@@ -116,23 +139,41 @@ def finished_cells(experiment: str) -> dict[str, mlflow.entities.Run]:
     return cells
 
 
-def run_cell(spec: RunSpec, arm: Arm, experiment: str, regime: str, seed: int, observers=()) -> str:
-    from .tracking import MlflowTracker
-
-    tags = {
+def cell_tags(experiment: str, regime: str, arm: str, seed: int) -> dict[str, str]:
+    """The tags that make an MLflow run a cell (what ``finished_cells`` and ``collect`` read)."""
+    return {
         "mimic.experiment": experiment,
-        "mimic.cell": cell_tag(experiment, regime, arm.name, seed),
+        "mimic.cell": cell_tag(experiment, regime, arm, seed),
         "mimic.regime": regime,
-        "mimic.arm_name": arm.name,
+        "mimic.arm_name": arm,
         "mimic.seed": str(seed),
     }
+
+
+def run_cell(
+    spec: RunSpec,
+    arm: Arm,
+    experiment: str,
+    regime: str,
+    seed: int,
+    observers=(),
+    parent_run_id: str | None = None,
+) -> str:
+    """One cell as a child run of the active run, or of ``parent_run_id`` (a Ray trial has no active run).
+    A run that raises ends FAILED with the error in its ``mimic.error`` tag."""
+    from .tracking import MlflowTracker
+
+    tags = cell_tags(experiment, regime, arm.name, seed)
+    if parent_run_id is not None:
+        tags["mlflow.parentRunId"] = parent_run_id
     tracker = MlflowTracker(arm=f"{arm.name}-{regime}-s{seed}", log_model=False, tags=tags)
     runner = AgentRunner(spec, observers=[*observers, tracker])
     try:
         runner.run()
-    except BaseException:
+    except BaseException as exc:
         active = mlflow.active_run()
         if active is not None and active.info.run_id == tracker.run_id:
+            mlflow.set_tag("mimic.error", f"{type(exc).__name__}: {exc}"[:5000])
             mlflow.end_run(status="FAILED")
         raise
     finally:
@@ -240,13 +281,18 @@ def write_report(
     header: list[str],
     out: Path,
     proxy_note: str = "",
+    missing: dict[str, str] | None = None,
 ) -> Path:
-    """A Markdown report (mean ± std, paired differences vs the first arm, tool use, published numbers) + plots."""
+    """A Markdown report (mean ± std, paired differences vs the first arm, tool use, published numbers) + plots.
+
+    ``missing``: cells of this report that have no finished run, with why (e.g. a failed trial's error)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     base_arm = arms[0].name
     lines = [f"# {'Paper' if kind == 'paper' else 'Blog'} experiment, reproduced", "", *header, ""]
     if proxy_note:
         lines += [f"> {proxy_note}", ""]
+    if any(arm.population for arm in arms):
+        lines += [pbt_compute_note(arms, data), ""]
     if kind == "paper":
         lines += [
             'Notes on the published numbers: the paper\'s "validation" accuracy was measured on the MNIST **test** set,',
@@ -332,8 +378,63 @@ def write_report(
             lines.append("| " + " | ".join(row) + " |")
         plot = _plot_curves(data, regime, out.parent / out.stem)
         lines += ["", f"![validation accuracy, regime {regime}]({plot.relative_to(out.parent)})", ""]
+    lines += missing_section(missing)
     out.write_text("\n".join(lines) + "\n")
     return out
+
+
+def pbt_compute_note(arms: list[Arm], data: dict) -> str:
+    """How much compute the PBT arm used, in trials (runs) of the other arms."""
+    pbt = [a for a in arms if a.population]
+    parts = []
+    for arm in pbt:
+        epochs = sorted({c["epochs"] for seeds in data.values() for c in seeds.get(arm.name, {}).values()})
+        per = f" x {'/'.join(map(str, epochs))} epochs" if epochs else ""
+        parts.append(
+            f"`{arm.name}` is Population Based Training (Ray Tune's PBT over lr, dropout and weight decay): each of "
+            f"its cells trained a population of {arm.population} members{per} and reports the member with the best "
+            f"final validation accuracy (test accuracy is that member's), so one `{arm.name}` cell used "
+            f"{arm.population} trials' worth of compute; every other arm's cell is one trial."
+        )
+    return "Compute: " + " ".join(parts)
+
+
+def missing_section(missing: dict[str, str] | None) -> list[str]:
+    if not missing:
+        return []
+    lines = ["## Missing cells", "", f"{len(missing)} cell(s) of this report have no finished run:", ""]
+    lines += [f"- `{tag}`: {(why.splitlines() or [''])[0][:300]}" for tag, why in sorted(missing.items())]
+    return [*lines, ""]
+
+
+def failed_cell_errors(experiment: str) -> dict[str, str]:
+    """The newest recorded error of every FAILED cell of ``experiment`` in the active MLflow experiment."""
+    runs = mlflow.search_runs(
+        filter_string=f"tags.`mimic.experiment` = '{experiment}' and attributes.status = 'FAILED'",
+        output_format="list",
+        order_by=["attributes.start_time DESC"],
+    )
+    errors: dict[str, str] = {}
+    for run in runs:
+        tag = run.data.tags.get("mimic.cell")
+        if tag and tag not in errors:
+            errors[tag] = run.data.tags.get("mimic.error", "failed (no error recorded)")
+    return errors
+
+
+def missing_cells(
+    experiment: str, regimes: list[str], arms: list[Arm], seeds: list[int], finished: dict
+) -> dict[str, str]:
+    """Cells of the grid without a finished run: why (the recorded error of a failed run), or 'not run'."""
+    errors = failed_cell_errors(experiment)
+    missing = {}
+    for regime in regimes:
+        for arm in arms:
+            for seed in seeds:
+                tag = cell_tag(experiment, regime, arm.name, seed)
+                if tag not in finished:
+                    missing[tag] = f"failed: {errors[tag]}" if tag in errors else "not run"
+    return missing
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -354,20 +455,28 @@ def reproduce(
     state_db: str = ".mimic/graph_state.sqlite",
     echo=print,
     report_only: bool = False,
+    run_cells=None,
 ) -> Path:
-    """Run every missing cell (arm x regime x seed) under one parent run, then write the report."""
+    """Run every missing cell (arm x regime x seed) under one parent run, then write the report.
+
+    ``run_cells(cells)``: an executor for the cells to run (``sweep.ray_executor``: one Ray Tune trial each,
+    failures recorded in the store); None runs them one after the other in this process."""
     import platform
     import time
 
     import torch
 
     all_arms = PAPER_ARMS if kind == "paper" else BLOG_ARMS
-    arms = [a for a in all_arms if not arm_names or a.name in arm_names]
-    unknown = set(arm_names or []) - {a.name for a in all_arms}
+    known = [*all_arms, PBT_ARM]
+    arms = [a for a in known if a.name in arm_names] if arm_names else list(all_arms)
+    unknown = set(arm_names or []) - {a.name for a in known}
     if unknown:
-        raise ValueError(f"unknown arms {sorted(unknown)}; choose from {', '.join(a.name for a in all_arms)}")
+        raise ValueError(f"unknown arms {sorted(unknown)}; choose from {', '.join(a.name for a in known)}")
     provider = provider or ProviderOptions()
     done = finished_cells(kind)
+    report_arms = list(arms)
+    if PBT_ARM not in arms and any(tag.split("/")[2] == PBT_ARM.name for tag in done):
+        report_arms.append(PBT_ARM)  # a report shows the classical rival whenever the store has its cells
     start = time.perf_counter()
     ran, skipped = 0, 0
     with mlflow.start_run(run_name=f"reproduce {kind}") as parent:
@@ -384,6 +493,7 @@ def reproduce(
                 "arms": ",".join(a.name for a in arms),
             }
         )
+        pending: list[Cell] = []
         for regime in regimes:
             for seed in seeds:
                 for arm in arms:
@@ -400,12 +510,24 @@ def reproduce(
                             train = replace(train, model=None, val_size=None)
                     else:
                         train = blog_config(task, regime, seed, data_dir, epochs or 20, threads)
-                    cell_start = time.perf_counter()
-                    run_cell(arm_spec(arm, train, controller, state_db, provider), arm, kind, regime, seed)
-                    ran += 1
-                    echo(f"done {tag} in {time.perf_counter() - cell_start:.0f}s")
+                    spec = arm_spec(arm, train, controller, state_db, provider)
+                    pending.append(Cell(kind, regime, seed, arm, spec))
+        if run_cells is not None and pending:
+            run_cells(pending)
+        for cell in pending if run_cells is None else []:
+            cell_start = time.perf_counter()
+            if cell.arm.population:
+                from .sweep import run_pbt_cell
+
+                run_pbt_cell(cell)
+            else:
+                run_cell(cell.spec, cell.arm, kind, cell.regime, cell.seed)
+            echo(f"done {cell.tag} in {time.perf_counter() - cell_start:.0f}s")
+        ran = len(pending)
         wall = time.perf_counter() - start
-        data = collect(finished_cells(kind), kind, regimes, arms)
+        finished = finished_cells(kind)
+        data = collect(finished, kind, regimes, report_arms)
+        missing = missing_cells(kind, regimes, report_arms, seeds, finished)
         cpu = platform.processor() or platform.machine()
         header = [
             f"Command: `{command}`",
@@ -429,7 +551,7 @@ def reproduce(
             f"Cells in this report: {len(cells_in_report)}, {sum(c['seconds'] for c in cells_in_report) / 60:.0f} min of "
             "run time in total (sum of their MLflow child runs, across all sittings).",
         ]
-        path = write_report(kind, data, regimes, arms, header, out, note)
+        path = write_report(kind, data, regimes, report_arms, header, out, note, missing)
         mlflow.log_artifact(str(path), artifact_path="report")
         for png in sorted(path.parent.glob(f"{path.stem}/plots_*/*.png")):
             mlflow.log_artifact(str(png), artifact_path=f"report/{png.parent.name}")

@@ -76,6 +76,44 @@ TrackOpt = Annotated[bool, typer.Option(help="Log to MLflow.")]
 ExperimentOpt = Annotated[str | None, typer.Option(help="MLflow experiment (default mimic-<task>).")]
 
 
+class Executor(StrEnum):
+    local = "local"
+    ray = "ray"
+
+
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Join this Ray cluster (auto, <head-ip>:6379 or ray://<head>:10001) instead of starting Ray here."
+    ),
+]
+NumCpusOpt = Annotated[
+    int | None, typer.Option(min=1, help="CPUs of this machine Ray may use when started here (default: all).")
+]
+CpusPerTrialOpt = Annotated[
+    float, typer.Option(min=0.01, help="CPUs per Ray trial; torch uses as many threads (at least 1).")
+]
+GpusPerTrialOpt = Annotated[
+    float, typer.Option(min=0.0, help="GPUs per Ray trial; a fraction (0.25) runs several trials on one GPU.")
+]
+
+
+def _require_ray() -> None:
+    import importlib.util
+
+    from .sweep import RAY_MISSING
+
+    if importlib.util.find_spec("ray") is None:
+        _fail(RAY_MISSING)
+
+
+CLUSTER_NEEDS_SERVER = (
+    "--address joins a Ray cluster whose trials may run on other machines: they need an MLflow server every node "
+    "reaches. Start one (`mlflow server --host 0.0.0.0 --port 5000 --backend-store-uri sqlite:///mlflow.db`) and "
+    "pass --tracking-uri http://<that-host>:5000"
+)
+
+
 def _train_config(params: dict, checkpoint_dir: str | None = None):
     """The TrainConfig for a command's options (``ctx.params``): every option named like a TrainConfig field."""
     from dataclasses import fields
@@ -487,12 +525,41 @@ def reproduce(
     model_path: Annotated[
         str | None, typer.Option(help="For --controller local: any GGUF chat model file.")
     ] = None,
+    executor: Annotated[
+        Executor,
+        typer.Option(
+            help="local: cells one after the other in this process; ray: each cell a Ray Tune trial (see `sweep`)."
+        ),
+    ] = Executor.local,
+    address: AddressOpt = None,
+    num_cpus: NumCpusOpt = None,
+    cpus_per_trial: CpusPerTrialOpt = 1.0,
+    gpus_per_trial: GpusPerTrialOpt = 0.0,
 ) -> None:
-    """Reproduce a published experiment side by side with its numbers; resumable (finished cells are skipped)."""
+    """Reproduce a published experiment side by side with its numbers; resumable (finished cells are skipped).
+    The arm `pbt` (Population Based Training, needs Ray) is added with --arms ...,pbt."""
+    from contextlib import nullcontext
+
+    from click.core import ParameterSource
+
     from . import tracking
     from .agents.providers import ProviderOptions, default_controller
     from .experiments import reproduce as run_reproduce
     from .training import DataUnavailableError
+
+    run_cells, server = None, nullcontext(tracking_uri)
+    if executor == Executor.ray or "pbt" in arms.split(","):
+        _require_ray()
+    if executor == Executor.ray:
+        from .sweep import TrialResources, ray_executor, tracking_server
+
+        default_store = ctx.get_parameter_source("tracking_uri") == ParameterSource.DEFAULT
+        if address and default_store:
+            _fail(CLUSTER_NEEDS_SERVER)
+        if default_store:  # trials log over HTTP to one server on this machine
+            server = tracking_server(tracking_uri)
+        resources = TrialResources(cpus_per_trial, gpus_per_trial)
+        run_cells = ray_executor(address, num_cpus, resources, echo=console.print)
 
     kind = experiment.value
     regime_list = [
@@ -502,14 +569,18 @@ def reproduce(
     ]
     seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     task = task or ("mnist" if kind == "paper" else "cifar10")
-    tracking.setup(tracking_uri, mlflow_experiment or f"mimic-reproduce-{kind}")
     command = _command_line(ctx)
     try:
-        path = run_reproduce(
-            kind, regime_list, seed_list, [a for a in arms.split(",") if a] or None, controller or default_controller(),
-            data_dir, epochs, threads, force, out or Path("docs/results") / f"{kind}.md", task, command,
-            provider=ProviderOptions(model_path=model_path), echo=console.print, report_only=report_only,
-        )  # fmt: skip
+        with server as uri:
+            if uri != tracking_uri:
+                console.print(f"MLflow server {uri} over {tracking_uri} (for this command's trials)")
+            tracking.setup(uri, mlflow_experiment or f"mimic-reproduce-{kind}")
+            path = run_reproduce(
+                kind, regime_list, seed_list, [a for a in arms.split(",") if a] or None, controller or default_controller(),
+                data_dir, epochs, threads, force, out or Path("docs/results") / f"{kind}.md", task, command,
+                provider=ProviderOptions(model_path=model_path), echo=console.print, report_only=report_only,
+                run_cells=run_cells,
+            )  # fmt: skip
     except DataUnavailableError as exc:
         hint = (
             " For the blog experiment without CIFAR-10, use --task mnist32 (an offline proxy)."
@@ -517,9 +588,82 @@ def reproduce(
             else ""
         )
         _fail(f"{exc}{hint}")
-    except ValueError as exc:
+    except (ValueError, RuntimeError) as exc:
         _fail(str(exc))
     console.print(f"[bold]report written to {path}[/]")
+
+
+@app.command()
+def sweep(
+    ctx: typer.Context,
+    spec: Annotated[
+        Path,
+        typer.Argument(
+            help="Sweep spec (YAML): name, task, regime, epochs, seeds, arms (controller, reflection, prompt, "
+            "or pbt). Format: `python -c 'import mimic_learn.sweep as s; help(s)'` or the README."
+        ),
+    ],
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            help="MLflow tracking URI for every trial (default: start `mlflow server` on 127.0.0.1 over sqlite:///mlflow.db)."
+        ),
+    ] = None,
+    mlflow_experiment: Annotated[
+        str | None, typer.Option(help="MLflow experiment (default mimic-sweep-<name>).")
+    ] = None,
+    address: AddressOpt = None,
+    num_cpus: NumCpusOpt = None,
+    cpus_per_trial: CpusPerTrialOpt = 1.0,
+    gpus_per_trial: GpusPerTrialOpt = 0.0,
+    retries: Annotated[int, typer.Option(min=0, help="Times Tune retries a failed trial.")] = 1,
+    force: Annotated[bool, typer.Option(help="Rerun cells already finished in the MLflow store.")] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="Markdown report path (default docs/results/<name>.md).")
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray Tune storage for trial folders and PBT checkpoints (default .mimic/ray_results; on a "
+            "multi-node cluster a path or s3:// URI every node reaches)."
+        ),
+    ] = None,
+) -> None:
+    """Run every arm x regime x seed of a spec as Ray Tune trials (PBT arms as populations), all logging to one
+    MLflow store under one parent run; failed trials are retried, then recorded; the report lists missing cells."""
+    from contextlib import nullcontext
+
+    from .sweep import TrialResources, load_spec, run_sweep, tracking_server
+
+    try:
+        parsed = load_spec(spec)
+    except ValueError as exc:
+        _fail(str(exc))
+    _require_ray()
+    if address and tracking_uri is None:
+        _fail(CLUSTER_NEEDS_SERVER)
+    server = tracking_server() if tracking_uri is None else nullcontext(tracking_uri)
+    try:
+        with server as uri:
+            if tracking_uri is None:
+                console.print(f"MLflow server {uri} over sqlite:///mlflow.db (stops with the sweep)")
+            outcome = run_sweep(
+                parsed, spec.resolve().parent, uri, mlflow_experiment, address, num_cpus,
+                TrialResources(cpus_per_trial, gpus_per_trial), retries, force, out, storage,
+                command=_command_line(ctx), echo=console.print,
+            )  # fmt: skip
+    except (ValueError, RuntimeError) as exc:
+        _fail(str(exc))
+    store = tracking_uri or "sqlite:///mlflow.db"
+    total = len(outcome.ran) + len(outcome.skipped)
+    console.print(
+        f"[bold]{total - len(outcome.missing)} of {total} cells finished[/]; report {outcome.report}; "
+        f"MLflow parent run {outcome.parent_run_id} in {store}"
+    )
+    if outcome.missing:
+        console.print(f"[yellow]{len(outcome.missing)} cells missing:[/]")
+        for tag, why in sorted(outcome.missing.items()):
+            console.print(f"  {tag}: {why[:200]}", highlight=False)
 
 
 @app.command("eval-controller")

@@ -47,7 +47,7 @@ except ImportError as exc:  # the core never needs transformers; this module doe
         "mimic_learn.integrations.hf needs transformers and accelerate: pip install 'mimic-learn[hf]'"
     ) from exc
 
-from .loop import Steering
+from ._callback import SteeringCallback, to_floats
 
 _LEFT_OUT = {"epoch", "learning_rate", "grad_norm", "total_flos", "step"}
 _LEFT_OUT_SUFFIXES = ("_runtime", "_per_second")
@@ -72,56 +72,21 @@ def hf_metric_name(name: str) -> str:
 
 def scalar_logs(logs: Mapping[str, Any]) -> dict[str, float]:
     """One ``on_log`` record as steering metrics (renamed; speed figures and bookkeeping left out)."""
-    out: dict[str, float] = {}
-    for name, value in logs.items():
-        if name in _LEFT_OUT or name.endswith(_LEFT_OUT_SUFFIXES):
-            continue
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            value = value.item()
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[hf_metric_name(name)] = float(value)
-    return out
+    kept = {n: v for n, v in logs.items() if n not in _LEFT_OUT and not n.endswith(_LEFT_OUT_SUFFIXES)}
+    return {hf_metric_name(n): v for n, v in to_floats(kept).items()}
 
 
-class MimicCallback(TrainerCallback):
+class MimicCallback(SteeringCallback, TrainerCallback):
     """Runs the controller graph at each epoch end (or every ``every_n_steps`` optimizer steps) of a Hugging
-    Face ``Trainer`` run and applies its decision to the Trainer's optimizer and model. See the module docstring.
+    Face ``Trainer`` run and applies its decision to the Trainer's optimizer and model. See the module
+    docstring and ``SteeringCallback`` for the options (``monitor`` may use HF's names: ``eval_loss``)."""
 
-    ``epochs``: the number of decision periods the controller is told about; default the run's epochs
-    (with ``every_n_steps``: its optimizer steps / N, rounded up). Every other keyword goes to ``Steering``
-    (``controller``, ``prompt``, ``reflection``, ``tracking_uri``, ``experiment``, ...).
-    """
+    framework = "hf"
 
-    def __init__(
-        self,
-        *,
-        controller: Any = "rules",
-        monitor: str = "val_loss",
-        mode: str = "min",
-        every_n_steps: int | None = None,
-        epochs: int | None = None,
-        run_name: str = "hugging-face",
-        **steering_kwargs: Any,
-    ):
-        if every_n_steps is not None and every_n_steps < 1:
-            raise ValueError(f"every_n_steps={every_n_steps} must be >= 1 (or None: decide once per epoch)")
-        for taken in ("model", "optimizer", "scheduler"):
-            if taken in steering_kwargs:
-                raise TypeError(
-                    f"{taken}= is taken from the Hugging Face Trainer; do not pass it to MimicCallback"
-                )
-        self.controller = controller
-        self.monitor, self.mode = hf_metric_name(monitor), mode
-        self.every_n_steps = every_n_steps
-        self.epochs = epochs
-        self.run_name = run_name
-        self.steering_kwargs = steering_kwargs
-        self.steering: Steering | None = None
-        self.outcomes: list = []  # one EpochOutcome per decision period
-        self.run_id: str | None = None  # the MLflow run (after the first period)
+    def __init__(self, *, monitor: str = "val_loss", run_name: str = "hugging-face", **options: Any):
+        super().__init__(monitor=hf_metric_name(monitor), run_name=run_name, **options)
         self.metrics: dict[str, float] = {}  # the latest logged value of each metric
         self._period_ended = False  # a boundary passed; the graph runs at the next event
-        self._last_step = 0  # state.global_step at the last boundary
 
     # ------------------------------------------------------------------ building
     def _periods(self, state: TrainerState) -> int:
@@ -141,20 +106,9 @@ class MimicCallback(TrainerCallback):
             )
         scheduler = kwargs.get("lr_scheduler")
         scheduler = getattr(scheduler, "scheduler", scheduler)  # accelerate's AcceleratedScheduler wraps it
-        self.steering = Steering(
-            model,
-            torch_optimizer(optimizer),
-            scheduler,
-            epochs=self._periods(state),
-            controller=self.controller,
-            monitor=self.monitor,
-            mode=self.mode,
-            run_name=self.run_name,
-            **{"steps_per_epoch": self.every_n_steps, **self.steering_kwargs},
-        )
-        self.outcomes, self.metrics, self.run_id = [], {}, None
+        self._start(model, torch_optimizer(optimizer), scheduler, self._periods(state), state.global_step)
+        self.metrics = {}
         self._period_ended = False
-        self._last_step = state.global_step
 
     # ------------------------------------------------------------------ metrics
     def on_log(
@@ -188,13 +142,7 @@ class MimicCallback(TrainerCallback):
                 "period (eval_strategy='epoch', or 'steps' with eval_steps=every_n_steps), or monitor "
                 "'train_loss' with logging_strategy='epoch' (or logging_steps=every_n_steps)"
             )
-        self.outcomes.append(self.steering.epoch_end(self.metrics))
-        self._last_step = state.global_step
-        if self.run_id is None and self.steering.run_id is not None:
-            import mlflow
-
-            self.run_id = self.steering.run_id
-            mlflow.MlflowClient().set_tag(self.run_id, "mimic.integration", "hf")
+        self._decide(self.metrics, state.global_step)
 
     @property
     def _hf_monitor(self) -> str:
@@ -214,13 +162,4 @@ class MimicCallback(TrainerCallback):
         if self.every_n_steps is not None and state.global_step > self._last_step:
             self._period_ended = True  # the shorter last period
         self._decide_if_due(state)
-        steering, self.steering = self.steering, None
-        steering.close()
-
-    def fail(self, exc: BaseException) -> None:
-        """End the MLflow run as FAILED after ``trainer.train()`` raised ``exc`` (the Trainer does not tell
-        its callbacks). Does nothing when no run is open."""
-        if self.steering is None:
-            return
-        steering, self.steering = self.steering, None
-        steering.__exit__(type(exc), exc, exc.__traceback__)
+        self._finish()

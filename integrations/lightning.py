@@ -49,7 +49,7 @@ except ImportError as exc:  # the core never needs Lightning; this module does
         "pip install 'mimic-learn[lightning]'"
     ) from exc
 
-from .loop import Steering
+from ._callback import SteeringCallback, to_floats
 
 
 def torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
@@ -58,59 +58,20 @@ def torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
 
 
 def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """Lightning's ``callback_metrics`` as plain floats: one-element tensors and numbers; others are left out.
-    A metric logged with both ``on_step`` and ``on_epoch`` appears three times (``x``, ``x_step``,
-    ``x_epoch``); ``x`` already holds the current one (the step's value, at an epoch end the epoch's), so the
-    two forks are left out."""
-    out: dict[str, float] = {}
-    for name, value in metrics.items():
-        if isinstance(value, torch.Tensor):
-            if value.numel() != 1:
-                continue
-            value = value.item()
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[str(name)] = float(value)
+    """Lightning's ``callback_metrics`` as plain floats. A metric logged with both ``on_step`` and
+    ``on_epoch`` appears three times (``x``, ``x_step``, ``x_epoch``); ``x`` already holds the current one
+    (the step's value, at an epoch end the epoch's), so the two forks are left out."""
+    out = to_floats(metrics)
     forks = [n for n in out if n.endswith(("_step", "_epoch")) and n.rsplit("_", 1)[0] in out]
     return {n: v for n, v in out.items() if n not in forks}
 
 
-class MimicCallback(pl.Callback):
+class MimicCallback(SteeringCallback, pl.Callback):
     """Runs the controller graph at each epoch end (or every ``every_n_steps`` optimizer steps) of a
-    Lightning run and applies its decision to the run's optimizer and module. See the module docstring.
+    Lightning run and applies its decision to the run's optimizer and module. See the module docstring and
+    ``SteeringCallback`` for the options."""
 
-    ``epochs``: the number of decision periods the controller is told about; default ``trainer.max_epochs``
-    (with ``every_n_steps``: the run's optimizer steps / N, rounded up). Every other keyword goes to
-    ``Steering`` (``controller``, ``prompt``, ``reflection``, ``tracking_uri``, ``experiment``, ...).
-    """
-
-    def __init__(
-        self,
-        *,
-        controller: Any = "rules",
-        monitor: str = "val_loss",
-        mode: str = "min",
-        every_n_steps: int | None = None,
-        epochs: int | None = None,
-        run_name: str = "lightning",
-        **steering_kwargs: Any,
-    ):
-        if every_n_steps is not None and every_n_steps < 1:
-            raise ValueError(f"every_n_steps={every_n_steps} must be >= 1 (or None: decide once per epoch)")
-        for taken in ("model", "optimizer", "scheduler"):
-            if taken in steering_kwargs:
-                raise TypeError(
-                    f"{taken}= is taken from the Lightning trainer; do not pass it to MimicCallback"
-                )
-        self.controller = controller
-        self.monitor, self.mode = monitor, mode
-        self.every_n_steps = every_n_steps
-        self.epochs = epochs
-        self.run_name = run_name
-        self.steering_kwargs = steering_kwargs
-        self.steering: Steering | None = None
-        self.outcomes: list = []  # one EpochOutcome per decision period
-        self.run_id: str | None = None  # the MLflow run (after the first period)
-        self._last_step = 0  # trainer.global_step at the last period's end
+    framework = "lightning"
 
     # ------------------------------------------------------------------ building
     def _periods(self, trainer: pl.Trainer) -> int:
@@ -134,19 +95,8 @@ class MimicCallback(pl.Callback):
         if not trainer.optimizers:
             raise ValueError("MimicCallback needs an optimizer: configure_optimizers returned none")
         scheduler = trainer.lr_scheduler_configs[0].scheduler if trainer.lr_scheduler_configs else None
-        self.steering = Steering(
-            pl_module,
-            torch_optimizer(trainer.optimizers[0]),
-            scheduler,
-            epochs=self._periods(trainer),
-            controller=self.controller,
-            monitor=self.monitor,
-            mode=self.mode,
-            run_name=self.run_name,
-            **{"steps_per_epoch": self.every_n_steps, **self.steering_kwargs},
-        )
-        self.outcomes, self.run_id = [], None
-        self._last_step = trainer.global_step
+        optimizer = torch_optimizer(trainer.optimizers[0])
+        self._start(pl_module, optimizer, scheduler, self._periods(trainer), trainer.global_step)
 
     # ------------------------------------------------------------------ the boundary
     def _end_period(self, trainer: pl.Trainer) -> None:
@@ -157,13 +107,7 @@ class MimicCallback(pl.Callback):
                 f"{trainer.global_step} (there: {', '.join(metrics) or 'nothing'}); log it in the "
                 f"LightningModule (self.log({self.monitor!r}, value)), or pass monitor=<one of those>"
             )
-        self.outcomes.append(self.steering.epoch_end(metrics))
-        self._last_step = trainer.global_step
-        if self.run_id is None and self.steering.run_id is not None:
-            import mlflow
-
-            self.run_id = self.steering.run_id
-            mlflow.MlflowClient().set_tag(self.run_id, "mimic.integration", "lightning")
+        self._decide(metrics, trainer.global_step)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.steering is not None and self.every_n_steps is None:
@@ -184,13 +128,9 @@ class MimicCallback(pl.Callback):
             return
         if self.every_n_steps is not None and trainer.global_step > self._last_step:
             self._end_period(trainer)  # the shorter last period
-        steering, self.steering = self.steering, None
-        steering.close()
+        self._finish()
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        if self.steering is None:
-            return
-        steering, self.steering = self.steering, None
-        steering.__exit__(type(exception), exception, exception.__traceback__)  # ends the MLflow run FAILED
+        self.fail(exception)  # ends the MLflow run FAILED

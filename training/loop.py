@@ -27,7 +27,6 @@ are judged by. Knows nothing of LLMs (``mimic_learn.integrations`` puts a contro
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,7 +35,7 @@ import torch
 from torch import nn
 
 from .config import TrainConfig
-from .trainer import STANDARD_METRICS, EpochReport, Trainer, _clone_tree
+from .trainer import STANDARD_METRICS, EpochReport, Trainer
 
 
 class LoopTrainer(Trainer):
@@ -225,23 +224,8 @@ class LoopTrainer(Trainer):
         self._event(f"weight_decay -> {wd:.3g}")
 
     # ------------------------------------------------------------------ checkpoints
-    def checkpoint(self) -> dict:
-        sched = getattr(self.scheduler, "state_dict", None)
-        return {
-            "epoch": self.epoch,
-            "model": _clone_tree(self.model.state_dict()),
-            "optimizer": _clone_tree(self.optimizer.state_dict()),
-            "scheduler": _clone_tree(sched()) if sched is not None else None,
-            "rng": {},
-            "knobs": {"alpha": self.alpha, "dropout": self.dropout},
-            "history": [r.to_dict() for r in self.history],
-            "events": copy.deepcopy(self.events),
-        }
+    def _rng_checkpoint(self) -> dict:
+        return {}  # the user's loop owns its RNG and data order
 
-    def restore(self, ckpt: dict) -> None:
-        self.restore_weights(ckpt, reason=None)
-        self.epoch = ckpt["epoch"]
-        self.history = [EpochReport(**r) for r in ckpt["history"]]
-        self.events = copy.deepcopy(ckpt.get("events", []))
-        self._pending_events = []
-        self._deltas = {}
+    def _restore_rng(self, rng: dict) -> None:
+        pass

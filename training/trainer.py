@@ -445,11 +445,7 @@ class Trainer:
             "model": _clone_tree(self.model.state_dict()),
             "optimizer": _clone_tree(self.optimizer.state_dict()),
             "scheduler": _clone_tree(self.scheduler.state_dict()) if self.scheduler is not None else None,
-            "rng": {
-                "torch": self._rng_state.clone(),
-                "data": self._data_gen.get_state(),
-                "cuda": [self._cuda_rng_state.clone()] if self._cuda_rng_state is not None else [],
-            },
+            "rng": self._rng_checkpoint(),
             "knobs": {"alpha": self.alpha, "dropout": self.dropout},
             "history": [r.to_dict() for r in self.history],
             "events": copy.deepcopy(self.events),
@@ -459,14 +455,24 @@ class Trainer:
         """Full restore: the trainer continues exactly as from the moment ``ckpt`` was taken."""
         self.restore_weights(ckpt, reason=None)
         self.epoch = ckpt["epoch"]
-        self._rng_state = ckpt["rng"]["torch"].clone()
-        self._data_gen.set_state(ckpt["rng"]["data"])
-        if ckpt["rng"].get("cuda") and self._cuda_rng_state is not None:
-            self._cuda_rng_state = ckpt["rng"]["cuda"][0].clone()
+        self._restore_rng(ckpt["rng"])
         self.history = [EpochReport(**r) for r in ckpt["history"]]
         self.events = copy.deepcopy(ckpt.get("events", []))
         self._pending_events = []
         self._deltas = {}
+
+    def _rng_checkpoint(self) -> dict:
+        return {
+            "torch": self._rng_state.clone(),
+            "data": self._data_gen.get_state(),
+            "cuda": [self._cuda_rng_state.clone()] if self._cuda_rng_state is not None else [],
+        }
+
+    def _restore_rng(self, rng: dict) -> None:
+        self._rng_state = rng["torch"].clone()
+        self._data_gen.set_state(rng["data"])
+        if rng.get("cuda") and self._cuda_rng_state is not None:
+            self._cuda_rng_state = rng["cuda"][0].clone()
 
     def restore_weights(self, ckpt: dict, reason: str | None = "rollback") -> None:
         """Roll back model, optimizer, scheduler and knobs; epoch count, history and RNG go on forward."""

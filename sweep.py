@@ -175,10 +175,22 @@ class SweepSpec(BaseModel):
     def cells(self, base_dir: Path, threads: int | None, state_dir: Path) -> list[Cell]:
         """Every arm x regime x seed, paths made absolute (a trial's process may run anywhere)."""
         from .agents.providers import ProviderOptions
+        from .agents.reflection import get_policy
         from .experiments import Cell
         from .graphs.graph import AgentConfig
         from .graphs.runner import RunSpec
+        from .prompts.templates import TEMPLATES
 
+        for arm in self.arms:  # agent settings fail here, not in every trial
+            if arm.controller != "none":
+                try:
+                    get_policy(arm.reflection)
+                except ValueError as exc:
+                    raise ValueError(f"arm {arm.name!r}: {exc}") from None
+                if arm.prompt not in TEMPLATES:
+                    raise ValueError(
+                        f"arm {arm.name!r}: unknown prompt template {arm.prompt!r}; choose one of {', '.join(TEMPLATES)}"
+                    )
         out = []
         for regime in self.regimes:
             for seed in self.seeds:
@@ -597,6 +609,7 @@ def run_pbt_cell(
     """One PBT cell: a population trained with Ray Tune's PBT scheduler, logged as one child run of the active
     MLflow run (the best member by final validation accuracy). Starts Ray here if none is running."""
     import mlflow
+    import numpy as np
     from ray import tune
     from ray.tune.schedulers import PopulationBasedTraining
 
@@ -620,9 +633,9 @@ def run_pbt_cell(
         hyperparam_mutations=space,
         custom_explore_fn=functools.partial(_clip_config, bounds=bounds),
     )
-    random.seed(cell.seed)  # the initial population and PBT's choices follow the cell's seed (Tune is
-    import numpy as np  # asynchronous, so two sittings may still differ)
-
+    # The initial population and PBT's random choices follow the cell's seed; Tune runs members
+    # asynchronously, so two sittings can still differ in when a member exploits another.
+    random.seed(cell.seed)
     np.random.seed(cell.seed)
     started = start_ray()
     storage = _storage(storage_path)

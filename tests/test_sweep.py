@@ -110,6 +110,12 @@ def test_spec_file_expands_to_cells_with_absolute_paths(workdir):
         ([{"name": "a"}], {"regime": "most"}, "regime='most'"),
         ([{"name": "a", "train": {"learning_rate": 1}}], {}, "learning_rate"),
         ([{"name": "p", "pbt": {"lr": [0.1, 0.01]}}], {}, "low < high"),
+        (
+            [{"name": "r", "controller": "rules", "reflection": "hope"}],
+            {},
+            "unknown reflection policy 'hope'",
+        ),
+        ([{"name": "r", "controller": "rules", "prompt": "poem"}], {}, "unknown prompt template 'poem'"),
     ],
 )
 def test_spec_errors_say_what_is_wrong(workdir, arms, extra, message):

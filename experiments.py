@@ -253,7 +253,10 @@ def collect(
             "knobs": sorted(knobs),
             "epochs": len(val),
             "run_id": run.info.run_id,
-            "seconds": ((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000.0,
+            # a PBT cell's run is opened after its population trained: its wall time is a metric
+            "seconds": m.get(
+                "pbt_wall_s", ((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000.0
+            ),
             "val_curve": [x.value for x in sorted(val, key=lambda x: x.step)],
         }
     return out
@@ -391,10 +394,11 @@ def pbt_compute_note(arms: list[Arm], data: dict) -> str:
         epochs = sorted({c["epochs"] for seeds in data.values() for c in seeds.get(arm.name, {}).values()})
         per = f" x {'/'.join(map(str, epochs))} epochs" if epochs else ""
         parts.append(
-            f"`{arm.name}` is Population Based Training (Ray Tune's PBT over lr, dropout and weight decay): each of "
-            f"its cells trained a population of {arm.population} members{per} and reports the member with the best "
-            f"final validation accuracy (test accuracy is that member's), so one `{arm.name}` cell used "
-            f"{arm.population} trials' worth of compute; every other arm's cell is one trial."
+            f"`{arm.name}` is Population Based Training (Ray Tune's PBT over lr, dropout and weight decay): "
+            f"each of its cells trains a population of {arm.population} members{per} and reports the member with the best "
+            f"final validation accuracy (so its validation figures are a best of {arm.population}; its test accuracy "
+            f"was not selected on), so one `{arm.name}` cell used {arm.population} trials' worth of compute; every "
+            "other arm's cell is one trial."
         )
     return "Compute: " + " ".join(parts)
 

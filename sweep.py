@@ -617,6 +617,11 @@ def run_pbt_cell(
     from .experiments import cell_tags
     from .training.trainer import EpochReport, Trainer
 
+    parent = mlflow.active_run()
+    if parent is None:
+        raise RuntimeError(
+            "run_pbt_cell logs the cell as a child of the active MLflow run; start the parent first"
+        )
     settings = settings or PbtSettings(population=cell.arm.population or 4)
     resources = resources or TrialResources()
     train = cell.spec.train
@@ -694,7 +699,12 @@ def run_pbt_cell(
         "mimic.pbt.population": str(settings.population),
         "mimic.compute_trials": str(settings.population),
     }
-    with mlflow.start_run(run_name=tags["mimic.arm"], nested=mlflow.active_run() is not None) as run:
+    tags["mlflow.parentRunId"] = parent.info.run_id
+    # Opened now, dated from when the population started: the run's duration is the cell's wall time.
+    created = mlflow.MlflowClient().create_run(
+        parent.info.experiment_id, start_time=int(t0 * 1000), tags=tags, run_name=tags["mimic.arm"]
+    )
+    with mlflow.start_run(run_id=created.info.run_id, nested=True) as run:
         mlflow.set_tags(tracking.version_tags() | tags)
         params = cell.spec.as_params() | {
             "pbt.population": str(settings.population),

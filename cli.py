@@ -289,11 +289,12 @@ def run(
         str, typer.Option(help="Reflection policy: log_only (the paper's), memory, revert_on_harm.")
     ] = "log_only",
     prompt: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="Prompt template: full, paper, losses, losses+lr_history, losses+grad_norms, losses+per_class."
+            help="Prompt template: full, paper, losses, losses+lr_history, losses+grad_norms, losses+per_class, "
+            "compact. Default: compact for the built-in local model, else full."
         ),
-    ] = "full",
+    ] = None,
     every: Annotated[int, typer.Option(min=1, help="Invoke the agent every k epochs.")] = 1,
     budget: Annotated[int, typer.Option(min=1, help="Tool calls allowed per decision.")] = 8,
     decision_timeout: Annotated[
@@ -341,7 +342,7 @@ def run(
     ] = ".mimic/graph_state.sqlite",
 ) -> None:
     """Train with the agent deciding at every epoch boundary; prints each decision and reflection."""
-    from .agents.providers import ProviderOptions, default_controller
+    from .agents.providers import ProviderOptions, default_controller, default_prompt
     from .graphs.graph import AgentConfig
     from .graphs.runner import RunSpec
     from .tools import load_tools_module
@@ -352,6 +353,7 @@ def run(
         except Exception as exc:
             _fail(f"could not import tools from {module}: {exc}")
     controller = controller or default_controller()
+    prompt = prompt or default_prompt(controller, model_path)
     # Trainer checkpoints every epoch, next to the graph's state, so that `mimic-learn resume` can continue.
     thread_id = f"run-{uuid.uuid4().hex[:12]}"
     cfg = _train_config(ctx.params, str(Path(state_db).parent / "checkpoints" / thread_id))
@@ -678,7 +680,12 @@ def eval_controller(
     model_path: Annotated[
         str | None, typer.Option(help="For --controller local: any GGUF chat model file.")
     ] = None,
-    prompt: Annotated[str, typer.Option(help="Prompt template the controllers see.")] = "full",
+    prompt: Annotated[
+        str | None,
+        typer.Option(
+            help="Prompt template the controllers see (default: compact for the built-in local model, else full)."
+        ),
+    ] = None,
     tools: Annotated[str, typer.Option(help="Comma-separated tools to bind (default: all registered).")] = "",
     as_json: Annotated[bool, typer.Option("--json", help="Print per-scenario results as JSON.")] = False,
 ) -> None:
@@ -686,7 +693,7 @@ def eval_controller(
     valid-call rate, sensible-decision rate, median latency, and which tools each one used."""
     from dataclasses import asdict
 
-    from .agents.providers import ProviderOptions, load_chat_model
+    from .agents.providers import ProviderOptions, default_prompt, load_chat_model
     from .agents.scenarios import bank, evaluate_controller
 
     scenarios = bank()
@@ -711,7 +718,7 @@ def eval_controller(
                     spec,
                     scenarios,
                     budget,
-                    prompt=prompt,
+                    prompt=prompt or default_prompt(spec, model_path),
                     tools=[t for t in tools.split(",") if t] or None,
                     progress=lambda s, r, task=task: bar.advance(task),
                 )

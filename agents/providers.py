@@ -50,6 +50,13 @@ def default_controller() -> str:
         return "rules"
 
 
+def default_prompt(controller: str, model_path: str | None = None) -> str:
+    """The prompt template a controller gets when none is named: ``compact`` (a few lines of facts in words) for
+    the built-in SmolLM2-135M, which cannot read ``full``'s tables (README, "How good are the controllers?");
+    ``full`` for every other controller, a ``local`` one with another GGUF model included."""
+    return "compact" if controller == "local" and not model_path else "full"
+
+
 def load_chat_model(spec: str, options: ProviderOptions | None = None) -> BaseChatModel:
     opts = options or ProviderOptions()
     if spec == "rules":

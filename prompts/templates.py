@@ -6,12 +6,18 @@
     losses+grad_norms   ... plus per-layer gradient norms
     losses+per_class    ... plus per-class validation accuracy
     full                everything above (our default)
+    compact             for small models: a few lines of facts pre-digested from the history in words
+                        ("validation loss 0.66: rising for 4 epochs (+18% in the last)"), no tables
 
 The report itself travels beside the prompt (``HumanMessage.additional_kwargs["mimic_report"]``), which LLM
 providers never send to the model, so a template shows the model exactly its arm's signal and nothing more.
 """
 
 from __future__ import annotations
+
+import math
+
+from ..training.trainer import metric_value
 
 SYSTEM = """You control the hyperparameters of a neural-network training run. Training is paused at an epoch \
 boundary. Decide what to change for the next epoch by calling the tools; you may call read-only inspect_* \
@@ -106,6 +112,173 @@ def _history_table(r: dict) -> str:
     return "Recent epochs:\n" + "\n".join(rows)
 
 
+# ------------------------------------------------------------------------- compact: facts in words
+# A 135M model cannot read a table of numbers; it can read "rising for 3 epochs". These helpers state what the
+# history shows (direction, how long, how much) and never what to do about it.
+
+FLAT = 0.01  # a relative change below 1% per epoch is "flat"
+SWING = 0.10  # alternating changes of at least 10% are "swinging"
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _pct(change: float) -> str:
+    return f"{change * 100:+.0f}%"
+
+
+def trend(values: list, scale: list | None = None, flat: float = FLAT) -> str:
+    """How a series (oldest first) moved lately, in words: 'rising for 2 epochs (+18% in the last)', 'flat for 3
+    epochs', 'falling for 5 epochs (-40% in the last)', 'swinging up and down (up to 80% per epoch)', 'not
+    finite (nan)'. Changes are relative to the previous value, or to ``scale[i]`` when given (then the last
+    change is shown as an absolute number); one smaller than ``flat`` is no change."""
+    if not values:
+        return "not reported"
+    if not _finite(values[-1]):
+        return f"not finite ({values[-1]})"
+    tail: list[tuple[float, float]] = []  # (previous, current) pairs of the finite run at the end
+    for i in range(len(values) - 1, 0, -1):
+        if not (_finite(values[i - 1]) and _finite(values[i])):
+            break
+        tail.insert(0, (i, values[i] - values[i - 1]))
+    if not tail:
+        return "first epoch" if len(values) == 1 else "first finite epoch"
+    rel = []
+    for i, change in tail:
+        ref = abs(scale[i - 1]) if scale is not None else abs(values[i - 1])
+        rel.append(change / ref if ref > 1e-12 else (0.0 if change == 0 else math.copysign(1.0, change)))
+    signs = [0 if abs(r) < flat else (1 if r > 0 else -1) for r in rel]
+    last = rel[-1]
+    window = signs[-3:]
+    if len(window) == 3 and 0 not in window and window[0] == -window[1] == window[2]:
+        biggest = max(abs(r) for r in rel[-3:])
+        size = f"{biggest:.2g}" if scale is not None else f"{biggest * 100:.0f}%"
+        if biggest >= SWING:
+            return f"swinging up and down (by up to {size} per epoch)"
+        return f"flat (within {size}) for {len(window)} epochs"
+    run = 1
+    while run < len(signs) and signs[-run - 1] == signs[-1]:
+        run += 1
+    epochs = f"{run} epoch{'s' if run > 1 else ''}"
+    if signs[-1] == 0:
+        return f"flat for {epochs}"
+    word = "rising" if signs[-1] > 0 else "falling"
+    if scale is not None:
+        size = f"{tail[-1][1]:+.2g}"
+    else:
+        size = f"x{1 + last:.1f}" if last >= 1 else _pct(last)
+    return f"{word} for {epochs} ({size} in the last)"
+
+
+def _series(r: dict, name: str) -> list:
+    rows = r.get("history") or []
+    values = [metric_value(h, name) for h in rows]
+    if not rows or rows[-1].get("epoch") != r.get("epoch"):  # the history does not reach this epoch yet
+        values.append(metric_value(r, name))
+    return [v for v in values if v is not None]
+
+
+def _facts_losses(r: dict) -> list[str]:
+    lines = []
+    train, val = _series(r, "train_loss"), _series(r, "val_loss")
+    for label, values in (("Training loss", train), ("Validation loss", val)):
+        if values:
+            lines.append(f"{label} {_fmt(values[-1])}: {trend(values)}.")
+    rows = [(metric_value(h, "train_loss"), metric_value(h, "val_loss")) for h in r.get("history") or []]
+    rows = [(t, v) for t, v in rows if t is not None and v is not None]
+    if rows and all(_finite(x) for x in rows[-1]):
+        gaps = [v - t for t, v in rows]
+        now = gaps[-1]
+        if now < 0:
+            lines.append("Validation loss is below training loss.")
+        else:
+            scale = [max(abs(v), 1e-12) for _, v in rows]  # the gap's change relative to the validation loss
+            lines.append(
+                f"Gap between validation and training loss {_fmt(now, 2)}: {_gap_trend(gaps, scale)}."
+            )
+    classes = len(r.get("per_class_val_acc") or [])
+    if (
+        classes >= 2
+        and val
+        and _finite(val[-1])
+        and abs(val[-1] - math.log(classes)) < 0.02 * math.log(classes)
+    ):
+        lines.append(f"Validation loss equals chance level (ln {classes} = {math.log(classes):.2f}).")
+    return lines
+
+
+def _gap_trend(gaps: list[float], scale: list[float]) -> str:
+    words = trend(gaps, scale)
+    return words.replace("rising", "growing").replace("falling", "shrinking").split(" (")[0]
+
+
+def _facts_monitor(r: dict) -> list[str]:
+    monitor = r.get("monitor") or "val_acc"
+    better = "higher" if r.get("mode", "max") == "max" else "lower"
+    lines = []
+    values = _series(r, monitor)
+    if values and monitor != "val_loss":
+        label = "Validation accuracy" if monitor == "val_acc" else monitor
+        # accuracies move by points, not percent of themselves: half a point per epoch is not flat
+        bounded = monitor in ("val_acc", "train_acc")
+        words = trend(values, [1.0] * len(values), flat=0.003) if bounded else trend(values)
+        lines.append(f"{label} {_fmt(values[-1])} ({better} is better): {words}.")
+    elif values:
+        lines.append(f"The run is judged by validation loss ({better} is better).")
+    if monitor != "train_acc" and metric_value(r, "train_acc") is not None:
+        lines.append(f"Training accuracy {_fmt(metric_value(r, 'train_acc'))}.")
+    own = {k: v for k, v in (r.get("metrics") or {}).items() if k != monitor}
+    if own:
+        lines.append("Other metrics: " + ", ".join(f"{k} {_fmt(v)}" for k, v in own.items()) + ".")
+    acc = r.get("per_class_val_acc") or []
+    if len(acc) >= 2:
+        worst = min(range(len(acc)), key=lambda c: acc[c])
+        mean = sum(acc) / len(acc)
+        if mean - acc[worst] >= 0.15:
+            lines.append(f"Worst class {worst}: accuracy {acc[worst]:.2f} while the mean is {mean:.2f}.")
+        if max(acc) <= 1.5 / len(acc):
+            lines.append(f"Every class is at chance accuracy (1/{len(acc)}).")
+    return lines
+
+
+def _facts_knobs(r: dict) -> list[str]:
+    knobs = [
+        ("learning rate", "lr"),
+        ("dropout", "dropout"),
+        ("weight decay", "weight_decay"),
+        ("alpha", "alpha"),
+    ]
+    line = (
+        "Now: "
+        + ", ".join(f"{label} {_fmt(r.get(key))}" for label, key in knobs if r.get(key) is not None)
+        + "."
+    )
+    lines = [line]
+    rows = r.get("history") or []
+    for label, key in (("Learning rate", "lr"), ("Dropout", "dropout")):
+        for before, after in zip(reversed(rows[:-1]), reversed(rows[1:]), strict=True):
+            b, a = before.get(key), after.get(key)
+            if _finite(b) and _finite(a) and not math.isclose(a, b, rel_tol=1e-9):
+                lines.append(f"{label} changed from {_fmt(b)} to {_fmt(a)} at epoch {after['epoch']}.")
+                break
+    norms = [v for v in (r.get("grad_norms") or {}).values() if _finite(v)]
+    if norms:
+        line = f"Largest layer gradient norm {_fmt(max(norms), 2)}"
+        past = [h.get("grad_norm") for h in rows if _finite(h.get("grad_norm"))]
+        if len(past) >= 2:
+            line += f": {trend(past)}"
+        lines.append(line + ".")
+    if r.get("previous_decision"):
+        lines.append(f"Previous decision: {r['previous_decision']}.")
+    return lines
+
+
+def _compact(r: dict) -> str:
+    head = f"Epoch {r['epoch']} of {r['total_epochs']}."
+    return "\n".join([head, *_facts_losses(r), *_facts_monitor(r), *_facts_knobs(r)])
+
+
 TEMPLATES: dict[str, list] = {
     "paper": [_accuracies, _knobs, _previous],
     "losses": [_losses],
@@ -113,6 +286,7 @@ TEMPLATES: dict[str, list] = {
     "losses+grad_norms": [_losses, _grad_norms],
     "losses+per_class": [_losses, _per_class],
     "full": [_losses, _accuracies, _knobs, _history_table, _per_class, _previous],
+    "compact": [_compact],
 }
 
 # The blog's arms told the model its current lr in every prompt; the paper gave dropout and lr too.
@@ -124,7 +298,7 @@ def render(template: str, report: dict, inject: str = "") -> str:
     if template not in TEMPLATES:
         raise ValueError(f"unknown prompt template {template!r}; choose one of {', '.join(TEMPLATES)}")
     parts = [fn(report) for fn in TEMPLATES[template]]
-    if report.get("metrics"):  # a user loop's own numbers are its signal in every template
+    if report.get("metrics") and template != "compact":  # a user loop's own numbers: in every template
         parts.insert(1, _metrics(report))
     parts = [p for p in parts if p]
     if template in _ALWAYS_KNOBS:

@@ -57,6 +57,25 @@ def test_local_controller_makes_valid_calls_in_the_graph(local_model):
     assert report.valid_rate == 1.0, [(r.scenario, r.tools, r.fallbacks) for r in report.results]
 
 
+def test_diagnosis_reaches_the_decision_record(local_model):
+    from mimic_learn.agents.local import SITUATIONS
+    from mimic_learn.agents.providers import ProviderOptions
+    from mimic_learn.graphs.graph import AgentConfig, build_graph
+    from mimic_learn.graphs.runner import agent_report
+
+    s = next(x for x in bank() if x.name == "overfitting")
+    trainer = scenario_trainer(s)
+    diagnosing = local_model.model_copy(update={"diagnose": True})
+    graph = build_graph(
+        TrainerControls(trainer), diagnosing, AgentConfig(prompt="compact"), ProviderOptions(retry_wait=False)
+    )
+    payload = {"epoch": trainer.epoch, "report": agent_report(trainer, trainer.history[-1], s.total_epochs)}
+    decision = graph.invoke(payload, {"recursion_limit": 60})["decision"]
+    # the final text is what the decisions table (and MLflow) shows for the decision
+    named = decision["final_text"].removeprefix("situation: ").split(".")[0]
+    assert named in SITUATIONS and decision["calls"] and not decision["fallbacks"]
+
+
 @pytest.fixture(scope="module")
 def local_model():
     import os

@@ -19,11 +19,14 @@ from pydantic import BaseModel, Field, ValidationError
 from mimic_learn.agents import local
 from mimic_learn.agents.local import (
     FINISH_TOOL,
+    SITUATIONS,
     LocalChatModel,
     LocalModelMissingError,
     call_schema,
+    describe_tools,
     find_smollm2_gguf,
     sendable_schema,
+    situation_from_json,
     tool_calls_from_json,
 )
 
@@ -178,6 +181,14 @@ def test_concurrent_calls_share_one_model_safely(model):
     assert_valid_calls(results[0], TOOLS)
 
 
+def test_diagnosing_model_names_the_situation_before_its_call(model):
+    diagnosing = model.model_copy(update={"diagnose": True})
+    ai = diagnosing.bind_tools(TOOLS).invoke([SYSTEM, OVERFITTING])
+    assert_valid_calls(ai, TOOLS)
+    situation = ai.response_metadata["situation"]
+    assert situation in SITUATIONS and ai.content == f"situation: {situation}"
+
+
 # ---------------------------------------------------------------------------------------- no model needed
 
 
@@ -245,3 +256,71 @@ def test_turn_ends_without_the_model_when_the_calls_got_replies(tmp_path: Path, 
     ai = model.bind_tools(TOOLS).invoke([SYSTEM, OVERFITTING, AIMessage("", tool_calls=[call]), reply])
     assert not ai.tool_calls and "set_lr" in ai.content
     assert ai.response_metadata == {"finish_reason": "turn_complete", "decoded": False, "latency_s": 0.0}
+
+
+def _openai_tools() -> list[dict]:
+    from langchain_core.utils.function_calling import convert_to_openai_tool
+
+    return [convert_to_openai_tool(t) for t in TOOLS]
+
+
+def test_diagnosis_schema_asks_for_the_situation_before_the_call():
+    schema = call_schema(_openai_tools(), 1, offer_finish=False, max_string_chars=40, situations=SITUATIONS)
+    for option in schema["anyOf"]:
+        assert list(option["properties"])[:2] == ["situation", "tool"]  # decoded in this order
+        assert option["properties"]["situation"] == {"enum": list(SITUATIONS)}
+        assert option["required"][0] == "situation"
+    several = call_schema(_openai_tools(), 3, offer_finish=False, max_string_chars=40, situations=SITUATIONS)
+    assert (
+        list(several["properties"]) == ["situation", "calls"]
+        and several["properties"]["calls"]["maxItems"] == 3
+    )
+    plain = call_schema(_openai_tools(), 1, offer_finish=False, max_string_chars=40)
+    assert all("situation" not in option["properties"] for option in plain["anyOf"])
+
+
+def test_the_situation_is_read_back_beside_the_calls():
+    text = '{"situation": "overfitting", "tool": "set_dropout", "args": {"p": 0.3, "reason": "gap"}}'
+    calls, invalid = tool_calls_from_json(text)
+    assert (
+        not invalid and calls[0]["name"] == "set_dropout" and calls[0]["args"] == {"p": 0.3, "reason": "gap"}
+    )
+    assert situation_from_json(text) == "overfitting"
+    wrapped = '{"situation": "plateau", "calls": [{"tool": "set_lr", "args": {"lr": 0.001, "reason": "x"}}]}'
+    calls, invalid = tool_calls_from_json(wrapped)
+    assert (
+        not invalid and [c["name"] for c in calls] == ["set_lr"] and situation_from_json(wrapped) == "plateau"
+    )
+    assert situation_from_json('{"tool": "set_lr"') is None  # cut off: no situation, no crash
+
+
+def test_short_tool_list_keeps_names_and_arguments_only():
+    full = describe_tools(_openai_tools(), 1)
+    short = describe_tools(_openai_tools(), 1, short=True, situations=("plateau", "improving"))
+    assert len(short) < len(full)
+    assert (
+        "- set_lr: Set the optimizer's learning rate from the next epoch on. Arguments: lr, reason." in short
+    )
+    assert '"situation": <one of plateau, improving>' in short and "situation" not in full
+
+
+def test_turn_end_keeps_the_diagnosis_for_the_decisions_table(tmp_path: Path):
+    model = LocalChatModel(model_path=tmp_path / "never-loaded.gguf", diagnose=True)
+    call = {"name": "set_lr", "args": {"lr": 0.005, "reason": "x"}, "id": "call_1", "type": "tool_call"}
+    decided = AIMessage("situation: plateau", tool_calls=[call], response_metadata={"situation": "plateau"})
+    reply = ToolMessage("lr will be 0.005", tool_call_id="call_1", name="set_lr")
+    ai = model.bind_tools(TOOLS).invoke([SYSTEM, OVERFITTING, decided, reply])
+    assert (
+        ai.content.startswith("situation: plateau. Done") and ai.response_metadata["situation"] == "plateau"
+    )
+
+
+def test_small_model_defaults_apply_to_the_built_in_model_only(tmp_path: Path):
+    from mimic_learn.agents.providers import default_prompt
+
+    assert default_prompt("local") == "compact"
+    assert default_prompt("local", str(tmp_path / "big.gguf")) == "full"  # another GGUF: the full template
+    assert default_prompt("rules") == default_prompt("openai:gpt-4o") == "full"
+    assert LocalChatModel()._short_tools is True
+    assert LocalChatModel(model_path=tmp_path / "big.gguf")._short_tools is False
+    assert LocalChatModel(short_tools=False)._short_tools is False

@@ -69,7 +69,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -436,50 +436,24 @@ def run_cells_on_ray(
     other, each as its own population (``pbt_settings`` by arm name; default: the arm's population with the
     default ranges). Failed cells are recorded in the store. Returns {cell tag: error}."""
     import mlflow
-    from ray import tune
 
     resources = resources or TrialResources()
     parent = mlflow.active_run()
     if parent is None:
         raise RuntimeError("run_cells_on_ray needs an active MLflow run: the sweep's parent run")
     tracking_uri = absolute_tracking_uri(mlflow.get_tracking_uri())
-    experiment_id = parent.info.experiment_id
     storage = _storage(storage_path)
     plain = [c for c in cells if not c.arm.population]
     failures: dict[str, str] = {}
-    if plain:
-        tag_of = lambda trial: plain[trial.config["cell"]].tag  # noqa: E731
-        trainable = tune.with_resources(
-            tune.with_parameters(
-                _cell_trial,
-                cells=plain,
-                tracking_uri=tracking_uri,
-                experiment_id=experiment_id,
-                parent_run_id=parent.info.run_id,
-            ),
-            resources.as_dict(),
-        )
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"cell": tune.grid_search(list(range(len(plain))))},
-            tune_config=tune.TuneConfig(
-                reuse_actors=True,  # one worker process per slot, not one per trial (imports cost seconds)
-                trial_name_creator=lambda t: tag_of(t).replace("/", "_"),
-                trial_dirname_creator=lambda t: tag_of(t).replace("/", "_"),
-            ),
-            run_config=tune.RunConfig(
-                name=f"{plain[0].experiment}-{time.strftime('%Y%m%d-%H%M%S')}",
-                storage_path=storage,
-                failure_config=tune.FailureConfig(max_failures=retries),
-                callbacks=[_progress_callback(tag_of, echo)],
-                verbose=0,
-            ),
-        )
-        for result in tuner.fit():
-            if result.error is not None:
-                failures[plain[result.config["cell"]].tag] = _error_text(result.error)
+    # Trials log over HTTP. Several processes writing one sqlite file directly stalled here (each process's
+    # SQLAlchemy pool ran dry waiting for the file lock while metrics and traces were logged asynchronously),
+    # so a sqlite store is served by `mlflow server` on 127.0.0.1 while the trials run.
+    serve = tracking_uri.startswith("sqlite:") and bool(plain)
+    with tracking_server(tracking_uri) if serve else nullcontext(tracking_uri) as trial_uri:
+        if plain:
+            failures |= _run_trials(plain, resources, retries, storage, echo, trial_uri, parent)
     for cell in cells:
-        if cell.arm.population:
+        if cell.arm.population:  # PBT members log nothing themselves: the cell is logged from here
             start = time.perf_counter()
             try:
                 settings = (pbt_settings or {}).get(cell.arm.name)
@@ -490,8 +464,42 @@ def run_cells_on_ray(
             except Exception as exc:  # the sweep goes on; the store and the report say what failed
                 failures[cell.tag] = f"{type(exc).__name__}: {exc}"[:2000]
                 echo(f"failed {cell.tag}: {failures[cell.tag]}")
-    record_failures(cells, failures, experiment_id, parent.info.run_id)
+    record_failures(cells, failures, parent.info.experiment_id, parent.info.run_id)
     return failures
+
+
+def _run_trials(cells, resources, retries, storage, echo, tracking_uri, parent) -> dict[str, str]:
+    """Cells of one trial each as one Tune experiment (a grid over their indices); returns {tag: error}."""
+    from ray import tune
+
+    tag_of = lambda trial: cells[trial.config["cell"]].tag  # noqa: E731
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            _cell_trial,
+            cells=cells,
+            tracking_uri=tracking_uri,
+            experiment_id=parent.info.experiment_id,
+            parent_run_id=parent.info.run_id,
+        ),
+        resources.as_dict(),
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"cell": tune.grid_search(list(range(len(cells))))},
+        tune_config=tune.TuneConfig(
+            reuse_actors=True,  # one worker process per slot, not one per trial (imports cost seconds)
+            trial_name_creator=lambda t: tag_of(t).replace("/", "_"),
+            trial_dirname_creator=lambda t: tag_of(t).replace("/", "_"),
+        ),
+        run_config=tune.RunConfig(
+            name=f"{cells[0].experiment}-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=storage,
+            failure_config=tune.FailureConfig(max_failures=retries),
+            callbacks=[_progress_callback(tag_of, echo)],
+            verbose=0,
+        ),
+    )
+    return {cells[r.config["cell"]].tag: _error_text(r.error) for r in tuner.fit() if r.error is not None}
 
 
 def _storage(path: str | None) -> str:

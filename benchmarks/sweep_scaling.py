@@ -2,12 +2,13 @@
 sequentially in this process with 2 torch threads per trial (what `reproduce` does), then on a local Ray with
 2 workers of 1 thread each (what `sweep` does), each logging every cell to its own MLflow store.
 
-    python benchmarks/sweep_scaling.py                  # --epochs 40 --regime full by default
+    python benchmarks/sweep_scaling.py                  # --epochs 150 --regime full by default
     python benchmarks/sweep_scaling.py --endpoint       # first: one served model endpoint vs a copy per trial
 
 Ray's wall time includes starting Ray, its worker processes (each imports torch, MLflow and LangGraph) and
-shutting it down. Both runs must finish all 4 cells. Last line: `speedup <sequential / ray>` (target >= 1.3 on
-2 cores). Measured on this 2-core machine: see the README's section "Sweeps on Ray".
+shutting it down (a fixed cost of about 15 s here, so the speedup depends on how long a trial is: 150 epochs of
+digits take about 30 s). Both runs must finish all 4 cells. Last line: `speedup <sequential / ray>` (target >= 1.3
+on 2 cores). Measured on this 2-core machine: see the README's section "Sweeps on Ray".
 
 ``--endpoint`` first measures what LLM trials share: the embedded SmolLM2-135M loaded in-process (what each trial
 process of the `local` controller pays: load time, resident memory) against one llama.cpp server (xllamacpp,
@@ -20,6 +21,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -84,6 +87,21 @@ def _rss_mb() -> float:
     return float("nan")
 
 
+def _load_copy(path: str) -> None:
+    """In a fresh process: load the model as a `local` trial process does; print load seconds and memory."""
+    import json
+
+    import xllamacpp
+
+    p = xllamacpp.CommonParams()
+    p.model.path = path
+    p.n_ctx, p.n_parallel, p.n_gpu_layers, p.verbosity = 4096, 1, 0, -1
+    p.cpuparams.n_threads = p.cpuparams_batch.n_threads = 1
+    before, start = _rss_mb(), time.perf_counter()
+    server = xllamacpp.Server(p)  # noqa: F841 (held while memory is measured)
+    print(json.dumps({"load_s": time.perf_counter() - start, "mb": _rss_mb() - before}))
+
+
 def endpoint(requests_per_client: int = 6) -> None:
     """One served model for every trial of a node vs a model copy in each trial process (printed lines)."""
     import json
@@ -118,15 +136,15 @@ def endpoint(requests_per_client: int = 6) -> None:
             p.port = port
         return p
 
-    before = _rss_mb()
-    start = time.perf_counter()
-    copy = xllamacpp.Server(params(1, 1))
-    load_s = time.perf_counter() - start
+    # A copy in a fresh process, as a trial process of the `local` controller loads it (and because two
+    # xllamacpp servers in one process interfere: the second stopped answering in our tries).
+    probe = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import sweep_scaling as b; b._load_copy({str(path)!r})"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    copy = json.loads(out.stdout.strip().splitlines()[-1])
     print(
         f"endpoint: a model copy in a trial process (what `local` does; once per Ray worker process): load "
-        f"{load_s:.1f} s, +{_rss_mb() - before:.0f} MB resident ({path.name}, {path.stat().st_size / 2**20:.0f} MB file)"
+        f"{copy['load_s']:.1f} s, +{copy['mb']:.0f} MB resident ({path.name}, {path.stat().st_size / 2**20:.0f} MB file)"
     )
-    del copy
     port = free_port()
     server = xllamacpp.Server(params(2, 2, port))
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
@@ -176,14 +194,18 @@ def endpoint(requests_per_client: int = 6) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--regime", default="full")
     parser.add_argument(
         "--endpoint", action="store_true", help="first measure a served model vs per-trial copies"
     )
+    parser.add_argument("--endpoint-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.endpoint:
+    if args.endpoint_only:
         endpoint()
+        return
+    if args.endpoint:  # in a child process: llama.cpp's threads must not run beside the sweeps measured next
+        subprocess.run([sys.executable, __file__, "--endpoint-only"], check=True)
     folder = Path(tempfile.mkdtemp(prefix="sweep_scaling_"))
     os.chdir(folder)  # .mimic/ (graph state, Ray results) goes here, not into the repository
     (folder / "decisions.yaml").write_text(yaml.safe_dump(SCRIPT))
@@ -207,13 +229,14 @@ def main() -> None:
     ray_wall, ray_start = on_ray(spec, folder, workers=2)
     print(
         f"Ray, 2 workers x 1 thread: {ray_wall:.1f} s including {ray_start:.1f} s to start Ray "
-        f"(trials, worker start-up and shutdown: {ray_wall - ray_start:.1f} s)"
+        f"(trials, worker start-up and shutdown: {ray_wall - ray_start:.1f} s); half the sequential time would be "
+        f"{seq / 2:.1f} s, so Ray's overhead here is {ray_wall - seq / 2:.1f} s"
     )
     seq_acc, ray_acc = test_accuracies(folder / "sequential.db"), test_accuracies(folder / "ray.db")
     diff = max(abs(seq_acc[k] - ray_acc[k]) for k in seq_acc)
     print(
         f"cells finished: sequential {len(seq_acc)}, Ray {len(ray_acc)}; max |test acc difference| {diff:.4f} "
-        "(1 vs 2 torch threads: float sums in a different order)"
+        "(the same cells with 1 vs 2 torch threads)"
     )
     print(f"load at the end {os.getloadavg()[0]:.2f}; stores and Ray results in {folder}")
     print(f"speedup {seq / ray_wall:.2f}")

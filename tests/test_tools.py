@@ -243,6 +243,15 @@ def test_rollback_then_knob_change_in_one_decision(trainer, ctl):
     assert trainer.lr == 0.003
 
 
+def test_rollback_to_the_current_state_is_refused_as_a_no_op(trainer, ctl):
+    """After a sound epoch the last good state *is* the current one: a rollback would change nothing."""
+    trainer.run_epoch()
+    assert trainer.last_good["epoch"] == trainer.epoch
+    with pytest.raises(ToolArgumentError, match="nothing to roll back.*keep_current") as exc:
+        call_tool("rollback", ctl, {"reason": "habit"})
+    assert exc.value.argument == "rollback" and not ctl.pending
+
+
 def test_rollback_without_a_good_checkpoint_is_rejected(trainer, ctl):
     trainer.last_good = None
     with pytest.raises(ToolArgumentError, match="no last good checkpoint") as exc:

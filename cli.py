@@ -556,7 +556,7 @@ def reproduce(
         from .sweep import TrialResources, ray_executor, tracking_server
 
         default_store = ctx.get_parameter_source("tracking_uri") == ParameterSource.DEFAULT
-        if address and default_store:
+        if address and tracking_uri.startswith("sqlite:"):  # the default is one too
             _fail(CLUSTER_NEEDS_SERVER)
         if default_store:  # trials log over HTTP to one server on this machine
             server = tracking_server(tracking_uri)
@@ -642,7 +642,7 @@ def sweep(
     except ValueError as exc:
         _fail(str(exc))
     _require_ray()
-    if address and tracking_uri is None:
+    if address and (tracking_uri is None or tracking_uri.startswith("sqlite:")):
         _fail(CLUSTER_NEEDS_SERVER)
     server = tracking_server() if tracking_uri is None else nullcontext(tracking_uri)
     try:

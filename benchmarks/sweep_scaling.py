@@ -99,7 +99,8 @@ def _load_copy(path: str) -> None:
     p.cpuparams.n_threads = p.cpuparams_batch.n_threads = 1
     before, start = _rss_mb(), time.perf_counter()
     server = xllamacpp.Server(p)  # noqa: F841 (held while memory is measured)
-    print(json.dumps({"load_s": time.perf_counter() - start, "mb": _rss_mb() - before}))
+    print(json.dumps({"load_s": time.perf_counter() - start, "mb": _rss_mb() - before}), flush=True)
+    os._exit(0)  # without running the server's destructor, which did not always return
 
 
 def endpoint(requests_per_client: int = 6) -> None:
@@ -146,7 +147,7 @@ def endpoint(requests_per_client: int = 6) -> None:
         f"{copy['load_s']:.1f} s, +{copy['mb']:.0f} MB resident ({path.name}, {path.stat().st_size / 2**20:.0f} MB file)"
     )
     port = free_port()
-    server = xllamacpp.Server(params(2, 2, port))
+    server = xllamacpp.Server(params(2, 2, port))  # noqa: F841 (serves while this function runs)
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     body = {
         "model": "smollm2",
@@ -188,7 +189,6 @@ def endpoint(requests_per_client: int = 6) -> None:
             f"requests ({usage['prompt_tokens']} prompt tokens, 40 out): {rates[clients]:.2f} requests/s, "
             f"{wall / (clients * requests_per_client):.2f} s each on average"
         )
-    del server
     print(f"endpoint: 2 clients / 1 client throughput ratio {rates[2] / rates[1]:.2f}")
 
 
@@ -203,7 +203,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.endpoint_only:
         endpoint()
-        return
+        sys.stdout.flush()
+        os._exit(0)  # see _load_copy
     if args.endpoint:  # in a child process: llama.cpp's threads must not run beside the sweeps measured next
         subprocess.run([sys.executable, __file__, "--endpoint-only"], check=True)
     folder = Path(tempfile.mkdtemp(prefix="sweep_scaling_"))

@@ -129,7 +129,10 @@ def test_cli_rejects_a_bad_spec_and_a_cluster_without_a_server(workdir):
     result = CliRunner().invoke(app, ["sweep", str(bad)])
     assert result.exit_code == 2 and "colour" in result.output
     good = _spec(workdir, [{"name": "a", "controller": "rules"}], name="ok")
-    result = CliRunner().invoke(app, ["sweep", str(good), "--address", "auto"])
+    for store in ([], ["--tracking-uri", "sqlite:///m.db"]):
+        result = CliRunner().invoke(app, ["sweep", str(good), "--address", "auto", *store])
+        assert result.exit_code == 2 and "--tracking-uri http://" in result.output.replace("\n", "")
+    result = CliRunner().invoke(app, ["reproduce", "paper", "--executor", "ray", "--address", "auto"])
     assert result.exit_code == 2 and "--tracking-uri http://" in result.output.replace("\n", "")
 
 

@@ -316,7 +316,12 @@ def scenario_trainer(s: Scenario) -> Trainer:
         )  # fmt: skip
     trainer.epoch = len(s.history)
     trainer.pre_decision = {trainer.epoch: trainer.checkpoint()}
-    trainer.last_good = trainer.checkpoint()  # "the newest finite boundary": good enough to roll back to here
+    # The newest finite boundary: this one after a sound epoch (a rollback then has nothing to undo and is
+    # refused), the one before after a non-finite epoch (what a rollback returns to).
+    last_good = trainer.checkpoint()
+    if not trainer.history[-1].finite:
+        last_good["epoch"] = trainer.epoch - 1
+    trainer.last_good = last_good
     return trainer
 
 

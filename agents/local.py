@@ -503,8 +503,15 @@ class LocalChatModel(BaseChatModel):
     short_tools: bool | None = None
     """List each tool in the system prompt by its first sentence and argument names only. None: short for the
     built-in SmolLM2 (benchmarks/local_controller.py, prompt compact: system prompt 1353 -> 581 tokens, median
-    decision 2.6 -> 1.9 s, sensible 0.18 -> 0.32 only because its habitual call moved from set_weight_decay to
-    rollback), the full descriptions for a ``model_path`` model."""
+    decision 2.6 -> 1.9 s; its habitual call moved from set_weight_decay to rollback, hence ``withheld_tools``),
+    the full descriptions for a ``model_path`` model."""
+    withheld_tools: tuple[str, ...] | None = None
+    """Bound tools left out of the grammar (the model cannot call them). None: ``("rollback",)`` for the
+    built-in SmolLM2, nothing for a ``model_path`` model. Why: with the short tool list it called rollback by
+    habit in 17 of 22 situations, and after a sound epoch a rollback is refused (nothing to undo), so 77% of its
+    decisions were refused no-ops (valid 0.23); without it: valid 1.00 (benchmarks/local_controller.py).
+    Divergence does not need the model's rollback: the runner's guard restores the last good state after a
+    non-finite or exploded epoch before the graph runs."""
     cache_prompt: bool = True
     """Keep the system prompt's (tool list's) KV cache across decisions, built from scratch once per system
     prompt so results stay deterministic. With the 10 built-in tools (~1.2k prompt tokens) a decision without
@@ -542,9 +549,11 @@ class LocalChatModel(BaseChatModel):
         ``tool_choice``: None/"auto"/"any"/"required"/True all mean "call one of them" (a small model left free
         to answer in prose does not call tools); a tool name (or OpenAI-style dict) forces that tool; "none"
         means plain text."""
-        formatted = [convert_to_openai_tool(tool) for tool in tools]
         if isinstance(tool_choice, dict):
             tool_choice = tool_choice.get("function", {}).get("name") or tool_choice.get("name")
+        withheld = set(self._withheld_tools) - {tool_choice}
+        formatted = [convert_to_openai_tool(tool) for tool in tools]
+        formatted = [t for t in formatted if t["function"]["name"] not in withheld]
         # Registered read-only tools (inspect_*): after a round of only those, the model must act.
         read_only = [t.name for t in tools if getattr(getattr(t, "spec", None), "mutating", True) is False]
         # Tools that know their arguments' current valid ranges (TrainerTool.live_bounds): the grammar enforces
@@ -668,6 +677,12 @@ class LocalChatModel(BaseChatModel):
         else:
             message = AIMessage(content=text, response_metadata=metadata, **extra)
         return ChatResult(generations=[ChatGeneration(message=message)])
+
+    @property
+    def _withheld_tools(self) -> tuple[str, ...]:
+        if self.withheld_tools is not None:
+            return self.withheld_tools
+        return ("rollback",) if self.model_path is None else ()
 
     @property
     def _short_tools(self) -> bool:

@@ -324,3 +324,26 @@ def test_small_model_defaults_apply_to_the_built_in_model_only(tmp_path: Path):
     assert LocalChatModel()._short_tools is True
     assert LocalChatModel(model_path=tmp_path / "big.gguf")._short_tools is False
     assert LocalChatModel(short_tools=False)._short_tools is False
+
+
+def test_the_built_in_model_is_not_offered_rollback(tmp_path: Path):
+    """Its habitual no-op rollbacks were refused 17 times in 22; the runner's guard handles divergence."""
+    from langchain_core.tools import tool
+
+    @tool
+    def rollback(reason: str) -> str:
+        """Restore the last good state."""
+        return "ok"
+
+    @tool
+    def keep_current(reason: str) -> str:
+        """Change nothing."""
+        return "ok"
+
+    def offered(model) -> list[str]:
+        bound = model.bind_tools([rollback, keep_current])
+        return [t["function"]["name"] for t in bound.kwargs["tools"]]
+
+    assert offered(LocalChatModel()) == ["keep_current"]
+    assert offered(LocalChatModel(model_path=tmp_path / "big.gguf")) == ["rollback", "keep_current"]
+    assert offered(LocalChatModel(withheld_tools=())) == ["rollback", "keep_current"]

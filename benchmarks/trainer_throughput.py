@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from mimic_learn.training import TrainConfig, Trainer
-from mimic_learn.training.data import TaskData
+from mimic_learn.training.data import TaskData, augment_crop_flip
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,11 +43,21 @@ def find_mnist() -> Path | None:
 
 
 class PlainLoop:
-    """The baseline: a textbook PyTorch epoch, holding its own model, optimizer and batch-order generator."""
+    """The baseline: a textbook PyTorch epoch, holding its own model, optimizer and batch-order generator.
+
+    It runs where its model's parameters are and indexes batches where the data is (the GPU check puts both
+    on the GPU); Adam or SGD as the config says, with the same crop+flip augmentation when ``cfg.augment``.
+    """
 
     def __init__(self, model: torch.nn.Module, data: TaskData, cfg: TrainConfig):
         self.model, self.data, self.cfg = model, data, cfg
-        self.opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.device = next(model.parameters()).device
+        if cfg.optimizer == "sgd":
+            self.opt = torch.optim.SGD(
+                model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            )
+        else:
+            self.opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         torch.manual_seed(
             cfg.seed
@@ -56,11 +66,14 @@ class PlainLoop:
     def run_epoch(self) -> tuple[float, float, float]:
         model, train, bs = self.model, self.data.train, self.cfg.batch_size
         model.train()
-        loss_sum, correct = torch.zeros(()), torch.zeros((), dtype=torch.long)
-        order = torch.randperm(len(train), generator=self.gen)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        order = torch.randperm(len(train), generator=self.gen).to(train.x.device)
         for start in range(0, len(train), bs):
             idx = order[start : start + bs]
-            x, y = train.x[idx], train.y[idx]
+            x, y = train.x[idx].to(self.device), train.y[idx].to(self.device)
+            if self.cfg.augment:
+                x = augment_crop_flip(x, self.gen)
             logits = model(x)
             loss = F.cross_entropy(logits, y)
             self.opt.zero_grad(set_to_none=True)
@@ -69,14 +82,13 @@ class PlainLoop:
             loss_sum += loss.detach() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
         model.eval()
-        val_loss, val_correct = torch.zeros(()), torch.zeros((), dtype=torch.long)
+        val_loss = torch.zeros((), device=self.device)
+        val_correct = torch.zeros((), dtype=torch.long, device=self.device)
         with torch.no_grad():
-            val = self.data.val
-            for start in range(0, len(val), self.cfg.eval_batch_size):
-                x, y = (
-                    val.x[start : start + self.cfg.eval_batch_size],
-                    val.y[start : start + self.cfg.eval_batch_size],
-                )
+            val, ebs = self.data.val, self.cfg.eval_batch_size
+            for start in range(0, len(val), ebs):
+                x = val.x[start : start + ebs].to(self.device)
+                y = val.y[start : start + ebs].to(self.device)
                 logits = model(x)
                 val_loss += F.cross_entropy(logits, y, reduction="sum")
                 val_correct += (logits.argmax(1) == y).sum()

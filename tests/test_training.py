@@ -487,3 +487,44 @@ def test_report_contents():
     assert 0.0 <= report.train_acc <= 1.0 and report.wall_time > 0
     assert t.evaluate("val").loss == pytest.approx(report.val_loss)
     assert report.to_dict()["epoch"] == 1
+
+
+def test_data_on_device_default_follows_the_device_and_changes_no_result():
+    # On the CPU the default keeps the caller's tensors; asking for data on the device gives the same run.
+    auto = make_trainer(device="cpu")
+    assert auto.config.data_on_device is None and auto.data.train.x.device.type == "cpu"
+    forced = make_trainer(device="cpu", data_on_device=True)
+    for _ in range(2):
+        a, b = auto.run_epoch(), forced.run_epoch()
+        assert (a.train_loss, a.val_acc) == (b.train_loss, b.val_acc)
+    for p, q in zip(auto.model.parameters(), forced.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_task_data_to_keeps_the_split_bookkeeping():
+    data = load_task("digits", regime=100, seed=1)
+    moved = data.to("cpu")
+    assert moved.source == data.source and moved.num_classes == data.num_classes
+    assert (moved.train_indices == data.train_indices).all() and (moved.val_indices == data.val_indices).all()
+    assert torch.equal(moved.train.x, data.train.x) and torch.equal(moved.test.y, data.test.y)
+
+
+@pytest.mark.slow
+def test_gpu_check_script_passes_its_checks_on_the_cpu(capsys):
+    # benchmarks/gpu_check.py was run on a lent H100 (docs/results/gpu_check_h100.log); here its checks run on
+    # the CPU so that the script itself cannot rot.
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.set_num_threads(2)
+    status = module.main(["--device", "cpu", "--check-n-train", "64", "--skip-throughput"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    lines = out.splitlines()
+    assert sum(line.startswith("ok   ") for line in lines) == 9 and not any(
+        line.startswith("FAIL") for line in lines
+    )

@@ -39,6 +39,9 @@ class TrainConfig:
     download: bool = False
     num_threads: int | None = None
     device: str = "auto"
+    # Keep the train/val/test tensors on the training device (None: on a CUDA device, yes). Batches are then
+    # indexed where they live instead of being gathered on the CPU and copied every step.
+    data_on_device: bool | None = None
     augment: bool = False  # random crop + flip for CIFAR-shaped inputs
     checkpoint_dir: str | None = None
     keep_checkpoints: int = 3

@@ -11,7 +11,7 @@ original *train* split, never from test) and test (only ever reported, never use
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +41,11 @@ class TensorData:
         return len(self.y)
 
     def subset(self, idx: np.ndarray | torch.Tensor) -> TensorData:
-        idx = torch.as_tensor(idx, dtype=torch.long)
+        idx = torch.as_tensor(idx, dtype=torch.long, device=self.x.device)
         return TensorData(self.x[idx], self.y[idx])
+
+    def to(self, device: torch.device | str) -> TensorData:
+        return TensorData(self.x.to(device), self.y.to(device))
 
 
 @dataclass
@@ -54,6 +57,10 @@ class TaskData:
     train_indices: np.ndarray | None = None  # indices into the original train split, for audits and tests
     val_indices: np.ndarray | None = None
     source: str = "user-supplied tensors"
+
+    def to(self, device: torch.device | str) -> TaskData:
+        """The same splits with their tensors on ``device`` (index arrays and labels of the split stay)."""
+        return replace(self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device))
 
 
 class DataUnavailableError(RuntimeError):
@@ -212,7 +219,11 @@ def load_task(
 def iterate_batches(data: TensorData, batch_size: int, generator: torch.Generator | None = None):
     """Yield (x, y) batches; shuffled with ``generator`` when one is given."""
     n = len(data)
+    # The order is drawn on the generator's device (the CPU) whatever device holds the data, so a run's
+    # batches are the same with the data on the CPU or on a GPU.
     order = torch.randperm(n, generator=generator) if generator is not None else None
+    if order is not None and data.x.device != order.device:
+        order = order.to(data.x.device)
     for start in range(0, n, batch_size):
         if order is None:
             yield data.x[start : start + batch_size], data.y[start : start + batch_size]

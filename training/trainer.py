@@ -146,7 +146,8 @@ class Trainer:
         self._rng_state = torch.get_rng_state()
         self._cuda_rng_state = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
         self.model = model.to(self.device)
-        self.data = data
+        on_device = cfg.data_on_device if cfg.data_on_device is not None else self.device.type == "cuda"
+        self.data = data.to(self.device) if on_device else data
         self.num_classes = data.num_classes
         if cfg.dropout is not None:
             self._set_dropout_now(cfg.dropout)

@@ -276,6 +276,37 @@ def _plot_curves(data: dict, regime: str, out: Path) -> Path:
     return paths[0]
 
 
+def arm_row_cells(
+    arm: Arm,
+    seeds: dict[int, dict],
+    base_test: dict[int, float],
+    base_name: str,
+    scale: float = 1.0,
+    reference: str = "(baseline)",
+) -> dict[str, str]:
+    """The per-arm cells every report shows (reproductions and sweeps alike): the paired Δ test vs the reference
+    arm with its 95% interval, tool calls (accepted), fallbacks and the knobs that changed (``none`` makes an
+    arm that never acted visible). ``scale`` 100 shows percentage points with two decimals."""
+    col = lambda k: [c[k] for c in seeds.values()]  # noqa: E731
+    diff, half, n = paired_diff({s: c["test"] for s, c in seeds.items()}, base_test)
+    places = 4 if scale == 1.0 else 2
+    if arm.name == base_name:
+        delta = reference
+    elif n == 0:
+        delta = "—"
+    else:
+        ci = "n/a" if math.isnan(half) else f"± {half * scale:.{places}f}"
+        delta = f"{diff * scale:+.{places}f} {ci} (n={n})"
+    agent = arm.controller is not None
+    knobs = sorted(set().union(*[set(k) for k in col("knobs")])) or ["none"]
+    return {
+        "delta": delta,
+        "tool_use": f"{sum(col('calls')):.0f} ({sum(col('accepted')):.0f})" if agent else "—",
+        "fallbacks": f"{sum(col('fallbacks')):.0f}" if agent else "—",
+        "knobs": ", ".join(knobs),
+    }
+
+
 def write_report(
     kind: str,
     data: dict,
@@ -338,30 +369,9 @@ def write_report(
                 )
                 continue
             col = lambda k, seeds=seeds: [c[k] for c in seeds.values()]  # noqa: E731
-            diff, half, n = paired_diff({s: c["test"] for s, c in seeds.items()}, base)
             scale = 1.0 if kind == "paper" else 100.0
-            if arm.name == base_arm:
-                delta = "(baseline)"
-            elif math.isnan(diff):
-                delta = "—"
-            else:
-                ci = (
-                    "n/a"
-                    if math.isnan(half)
-                    else f"± {half * scale:.4f}"
-                    if kind == "paper"
-                    else f"± {half * scale:.2f}"
-                )
-                delta = (
-                    f"{diff * scale:+.4f} {ci} (n={n})"
-                    if kind == "paper"
-                    else f"{diff * scale:+.2f} {ci} (n={n})"
-                )
-            calls = sum(col("calls"))
-            accepted = sum(col("accepted"))
-            knobs = sorted(set().union(*[set(k) for k in col("knobs")])) or ["none"]
-            tool_use = "—" if arm.controller is None else f"{calls:.0f} ({accepted:.0f})"
-            fallbacks = "—" if arm.controller is None else f"{sum(col('fallbacks')):.0f}"
+            shared = arm_row_cells(arm, seeds, base, base_arm, scale)
+            delta, tool_use, fallbacks = shared["delta"], shared["tool_use"], shared["fallbacks"]
             row = [arm.name, str(len(seeds)), _fmt_ms(col("final_val")), _fmt_ms(col("best_val"))]
             if kind == "paper":
                 published = PAPER_TABLE.get(regime, {}).get(arm.paper_key or "", None)
@@ -372,12 +382,12 @@ def write_report(
                     delta,
                     tool_use,
                     fallbacks,
-                    ", ".join(knobs),
+                    shared["knobs"],
                     pub,
                 ]
             else:
                 pub = f"{BLOG_TABLE[arm.paper_key]:.2f}" if arm.paper_key in BLOG_TABLE else ""
-                row += [_fmt_ms(col("test"), 100.0), delta, tool_use, fallbacks, ", ".join(knobs), pub]
+                row += [_fmt_ms(col("test"), 100.0), delta, tool_use, fallbacks, shared["knobs"], pub]
             lines.append("| " + " | ".join(row) + " |")
         plot = _plot_curves(data, regime, out.parent / out.stem)
         lines += ["", f"![validation accuracy, regime {regime}]({plot.relative_to(out.parent)})", ""]

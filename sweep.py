@@ -747,7 +747,7 @@ def write_sweep_report(
     spec: SweepSpec, data: dict, arms: list[Arm], missing: dict[str, str], header: list[str], out: Path
 ) -> Path:
     """Markdown: per regime, one row per arm (mean ± std over seeds, paired Δ test vs the first arm, tool use)."""
-    from .experiments import _fmt_ms, _plot_curves, missing_section, paired_diff, pbt_compute_note
+    from .experiments import _fmt_ms, _plot_curves, arm_row_cells, missing_section, pbt_compute_note
 
     out.parent.mkdir(parents=True, exist_ok=True)
     lines = [f"# Sweep `{spec.name}`", "", *header, ""]
@@ -772,15 +772,7 @@ def write_sweep_report(
                 lines.append(f"| {arm.name} | `{controller}` | 0 | — | — | — | — | — | — | — |")
                 continue
             col = lambda k, seeds=seeds: [c[k] for c in seeds.values()]  # noqa: E731
-            diff, half, n = paired_diff({s: c["test"] for s, c in seeds.items()}, base_test)
-            if arm.name == base:
-                delta = "(reference)"
-            elif n == 0:
-                delta = "—"
-            else:
-                delta = f"{diff:+.4f} {'n/a' if n < 2 else f'± {half:.4f}'} (n={n})"
-            agent = arm.controller is not None
-            knobs = sorted(set().union(*[set(k) for k in col("knobs")])) or ["none"]
+            shared = arm_row_cells(arm, seeds, base_test, base, reference="(reference)")
             row = [
                 arm.name,
                 f"`{controller}`",
@@ -788,10 +780,10 @@ def write_sweep_report(
                 _fmt_ms(col("final_val")),
                 _fmt_ms(col("best_val")),
                 _fmt_ms(col("test")),
-                delta,
-                f"{sum(col('calls')):.0f} ({sum(col('accepted')):.0f})" if agent else "—",
-                f"{sum(col('fallbacks')):.0f}" if agent else "—",
-                ", ".join(knobs),
+                shared["delta"],
+                shared["tool_use"],
+                shared["fallbacks"],
+                shared["knobs"],
             ]
             lines.append("| " + " | ".join(row) + " |")
         plot = _plot_curves(data, regime, out.parent / out.stem)

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mimic_learn.cli import app
-from mimic_learn.experiments import BLOG_ARMS, PAPER_ARMS, paired_diff
+from mimic_learn.experiments import BLOG_ARMS, PAPER_ARMS, Arm, arm_row_cells, paired_diff
 
 
 @pytest.fixture()
@@ -27,6 +27,30 @@ def test_paired_difference_and_interval():
     diff, half, n = paired_diff({0: 0.9, 1: 0.8, 2: 0.85}, {0: 0.85, 1: 0.8, 2: 0.8, 3: 0.1})
     assert n == 3 and abs(diff - 0.1 / 3) < 1e-12
     assert abs(half - 4.303 * 0.028867513459481287 / 3**0.5) < 1e-9  # t(0.975, 2) * sd / sqrt(n)
+
+
+def _seed(test: float, calls=0.0, accepted=0.0, fallbacks=0.0, knobs=()) -> dict:
+    return {"test": test, "calls": calls, "accepted": accepted, "fallbacks": fallbacks, "knobs": list(knobs)}
+
+
+def test_arm_row_cells_show_the_paired_delta_tool_use_and_knobs():
+    base = {0: 0.80, 1: 0.90, 2: 0.85}
+    agent = Arm("llm", "LLM")
+    seeds = {0: _seed(0.82, 3, 2, 1, ["lr"]), 1: _seed(0.91, 2, 2, 0, ["dropout"]), 2: _seed(0.86, 1, 0)}
+    cells = arm_row_cells(agent, seeds, base, "baseline")
+    diff, half, n = paired_diff({s: c["test"] for s, c in seeds.items()}, base)
+    assert cells["delta"] == f"{diff:+.4f} ± {half:.4f} (n=3)" and cells["delta"].startswith("+0.0133")
+    assert cells["tool_use"] == "6 (4)" and cells["fallbacks"] == "1" and cells["knobs"] == "dropout, lr"
+    # In percentage points (the blog's table), one shared seed: no interval.
+    one = arm_row_cells(agent, {1: _seed(0.95)}, base, "baseline", scale=100.0)
+    assert one["delta"] == "+5.00 n/a (n=1)" and one["knobs"] == "none" and one["tool_use"] == "0 (0)"
+    # The reference arm, an arm with no seed in common, and an arm without a controller.
+    assert arm_row_cells(Arm("baseline", None), {0: _seed(0.8)}, base, "baseline")["delta"] == "(baseline)"
+    assert arm_row_cells(agent, {7: _seed(0.8)}, base, "baseline")["delta"] == "—"
+    classical = arm_row_cells(
+        Arm("plateau", None), {0: _seed(0.81, knobs=["lr"])}, base, "baseline", reference="x"
+    )
+    assert classical["tool_use"] == "—" and classical["fallbacks"] == "—" and classical["knobs"] == "lr"
 
 
 def test_paper_reproduction_on_digits_runs_every_arm_and_resumes(workdir):

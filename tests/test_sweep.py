@@ -71,6 +71,37 @@ def _children(parent_id: str) -> list[mlflow.entities.Run]:
 
 
 # ---------------------------------------------------------------------------------------------- no Ray needed
+def test_sweep_report_rows_use_the_reproduction_reports_cells(workdir):
+    from mimic_learn.experiments import Arm, arm_row_cells
+    from mimic_learn.sweep import write_sweep_report
+
+    spec = load_spec(
+        _spec(
+            workdir,
+            [{"name": "rules", "controller": "rules"}, {"name": "replay", "controller": "scripted:d.yaml"}],
+        )
+    )
+    arms = [Arm("rules", "rules"), Arm("replay", "scripted:d.yaml")]
+
+    def seed(test, calls, knobs):
+        return {"test": test, "final_val": test, "best_val": test, "calls": calls, "accepted": calls,
+                "fallbacks": 0.0, "knobs": knobs, "val_curve": [test - 0.1, test]}  # fmt: skip
+
+    data = {"200": {"rules": {0: seed(0.8, 2, ["lr"]), 1: seed(0.9, 1, [])},
+                    "replay": {0: seed(0.85, 0, []), 1: seed(0.92, 0, [])}}}  # fmt: skip
+    out = write_sweep_report(spec, data, arms, {}, ["header"], workdir / "report.md")
+    text = out.read_text()
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| r")}
+    for arm in arms:
+        cells = arm_row_cells(arm, data["200"][arm.name], {0: 0.8, 1: 0.9}, "rules", reference="(reference)")
+        assert (
+            f"| {cells['delta']} | {cells['tool_use']} | {cells['fallbacks']} | {cells['knobs']} |"
+            in rows[arm.name]
+        )
+    assert "(reference)" in rows["rules"] and "+0.0350 ± 0.1906 (n=2)" in rows["replay"]
+    assert "| 0 (0) | 0 | none |" in rows["replay"]
+
+
 def test_spec_file_expands_to_cells_with_absolute_paths(workdir):
     path = _spec(
         workdir,

@@ -188,6 +188,24 @@ def test_propose_weight_delta_unknown_layer_lists_the_parameters(ctl):
     assert ctl.pending == {}
 
 
+def test_stage_raw_delta_keeps_to_the_delta_norm_limit(trainer):
+    weight_norm = dict(trainer.model.named_parameters())[LAYER].norm().item()
+    limit = 0.1 * weight_norm
+    direction = torch.ones(10, 64) / torch.ones(10, 64).norm()
+    strict = TrainerControls(trainer, Bounds(delta_max_fraction=0.1))
+    reply = strict.stage_raw_delta(LAYER, direction * (0.9 * limit))
+    assert f"norm {0.9 * limit:.6g}" in reply
+    strict.discard()
+    with pytest.raises(ToolArgumentError, match=r"above the limit .*delta_max_fraction") as exc:
+        strict.stage_raw_delta(LAYER, direction * (2 * limit))
+    assert exc.value.argument == "delta" and strict.pending == {}
+    clamped = TrainerControls(trainer, Bounds(delta_max_fraction=0.1, clamp=True))
+    reply = clamped.stage_raw_delta(LAYER, direction * (2 * limit))
+    staged = clamped.pending[f"delta:{LAYER}"]
+    assert "scaled from norm" in reply and abs(staged.value.norm().item() - limit) < 1e-5 * limit
+    assert torch.allclose(staged.value / staged.value.norm(), direction)
+
+
 def test_stage_raw_delta_checks_the_shape(trainer, ctl):
     good = [[0.001] * 64 for _ in range(10)]
     ctl.stage_raw_delta(LAYER, good)

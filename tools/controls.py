@@ -247,7 +247,22 @@ class TrainerControls:
             )
         if not torch.isfinite(tensor).all():
             raise ToolArgumentError(f"delta for {name!r} contains NaN or inf", "delta")
-        return self.stage(f"delta:{name}", tensor, reason, "stage_raw_delta")
+        # The same trust region as propose_weight_delta: the delta over the epoch is at most
+        # bounds.delta_max_fraction of the layer's weight norm.
+        size, limit = tensor.norm().item(), self.bounds.delta_max_fraction * param.detach().norm().item()
+        note = ""
+        if size > limit:
+            if not self.bounds.clamp:
+                raise ToolArgumentError(
+                    f"delta for {name!r} has norm {size:.6g}, above the limit {limit:.6g} "
+                    f"({self.bounds.delta_max_fraction:g} of the layer's weight norm); scale it down, or raise "
+                    "Bounds(delta_max_fraction=...)",
+                    "delta",
+                )
+            tensor = tensor * (limit / size)
+            note = f" (scaled from norm {size:.6g} to the limit {limit:.6g})"
+        replaced = self.stage(f"delta:{name}", tensor, reason, "stage_raw_delta", note)
+        return f"raw delta for {name} {tuple(param.shape)} staged, norm {min(size, limit):.6g}{note}{replaced}"
 
 
 def _order(key: str) -> int:

@@ -10,29 +10,44 @@
                                         a vLLM / Ollama / llama.cpp server, e.g.
                                         openai-compatible:qwen2.5-7b-instruct@http://127.0.0.1:8000/v1
 
-``build_controller`` wraps the model with LangChain's ``with_retry`` (exponential backoff) and
-``with_fallbacks`` (default: the ``rules`` controller). A fallback's messages carry
-``response_metadata["fallback"] = True``; the graph counts and records them.
+``build_controller`` wraps the model with ``RetryAfterRetry`` (LangChain's ``RunnableRetry`` whose tenacity
+wait honours a provider's ``Retry-After``, else exponential backoff with jitter) and ``with_fallbacks``
+(default: the ``rules`` controller). A fallback's messages carry ``response_metadata["fallback"] = True``; the
+graph counts and records them.
 """
 
 from __future__ import annotations
 
+import email.utils
+import logging
+import math
 import os
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC
+from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage
 from langchain_core.runnables import Runnable, RunnableLambda
+from langchain_core.runnables.retry import RunnableRetry
+from tenacity import AsyncRetrying, RetryCallState, Retrying, wait_none
+from tenacity.stop import stop_base
+from tenacity.wait import wait_base
 
 from .rules import RulesChatModel
 from .scripted import ScriptedChatModel
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class ProviderOptions:
     timeout_s: float = 60.0
     retries: int = 2
-    retry_wait: bool = True  # exponential backoff with jitter between retries
+    retry_wait: bool = True  # wait the provider's Retry-After, else exponential backoff with jitter
+    max_retry_after_s: float = 60.0  # a provider asking for a longer wait gets no retry: the fallback answers
     fallback: str | None = "rules"
     temperature: float | None = 0.0
     model_path: str | None = None  # for `local`: any GGUF chat model
@@ -111,7 +126,7 @@ def load_chat_model(spec: str, options: ProviderOptions | None = None) -> BaseCh
 
 
 def build_controller(model: BaseChatModel, tools: list, options: ProviderOptions | None = None) -> Runnable:
-    """Bind tools, add retries with backoff, then the fallback controller."""
+    """Bind tools, add retries (Retry-After or backoff, see ``RetryAfterRetry``), then the fallback controller."""
     opts = options or ProviderOptions()
     bound = model.bind_tools(tools)
     if model._llm_type in (
@@ -121,7 +136,12 @@ def build_controller(model: BaseChatModel, tools: list, options: ProviderOptions
     ):  # deterministic: nothing to retry
         return bound
     if opts.retries > 0:
-        bound = bound.with_retry(stop_after_attempt=opts.retries + 1, wait_exponential_jitter=opts.retry_wait)
+        bound = RetryAfterRetry(
+            bound=bound,
+            max_attempt_number=opts.retries + 1,
+            wait_exponential_jitter=opts.retry_wait,
+            max_retry_after_s=opts.max_retry_after_s,
+        )
     if opts.fallback:
         fallback = load_chat_model(opts.fallback, opts).bind_tools(tools) | RunnableLambda(_mark_fallback)
         bound = bound.with_fallbacks([fallback])
@@ -131,3 +151,152 @@ def build_controller(model: BaseChatModel, tools: list, options: ProviderOptions
 def _mark_fallback(message: AIMessage) -> AIMessage:
     message.response_metadata = {**message.response_metadata, "fallback": True}
     return message
+
+
+# ---------------------------------------------------------------------------------------------- Retry-After
+class RetryAfterTooLong(Exception):
+    """The provider asked to wait longer than ``ProviderOptions.max_retry_after_s`` before the next attempt."""
+
+
+def retry_after_seconds(exc: BaseException | None) -> float | None:
+    """Seconds the provider asked to wait before the next request: the ``retry-after-ms`` or ``Retry-After``
+    header (seconds or an HTTP date) of the HTTP response that ``exc``, or an exception it was raised from,
+    carries as ``.response.headers`` (OpenAI, Anthropic, Google and other httpx/requests based SDKs). None when
+    there is no such header or it cannot be read. Only these two headers are read; others may hold secrets."""
+    for _ in range(5):  # a wrapper's cause, e.g. langchain-google-genai re-raising google.genai's ClientError
+        if exc is None:
+            return None
+        try:
+            headers = exc.response.headers  # type: ignore[attr-defined]
+        except Exception:  # no response, or one whose .response is a property that raises
+            headers = None
+        seconds = _parse_retry_after(headers) if headers is not None else None
+        if seconds is not None:
+            return seconds
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _parse_retry_after(headers: Any) -> float | None:
+    milliseconds = _to_float(_header(headers, "retry-after-ms"))
+    if milliseconds is not None:
+        return max(milliseconds / 1000.0, 0.0)
+    value = _header(headers, "retry-after")
+    if value is None:
+        return None
+    seconds = _to_float(value)
+    if seconds is not None:
+        return max(seconds, 0.0)
+    try:  # an HTTP date
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # "-0000": RFC 5322 for "UTC, origin unknown"
+        when = when.replace(tzinfo=UTC)
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+def _header(headers: Any, name: str) -> str | None:
+    try:
+        value = headers.get(name)  # case-insensitive for httpx, requests and aiohttp headers
+        if value is None and isinstance(headers, Mapping):  # a plain dict spelled "Retry-After"
+            value = next((v for k, v in headers.items() if isinstance(k, str) and k.lower() == name), None)
+    except Exception:
+        return None
+    return None if value is None else str(value)
+
+
+def _to_float(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return None if math.isnan(number) else number
+
+
+class wait_retry_after(wait_base):  # noqa: N801 -- named like tenacity's own strategies
+    """Tenacity wait: the Retry-After the failed attempt's exception carries, else ``otherwise``."""
+
+    def __init__(self, otherwise: wait_base) -> None:
+        self.otherwise = otherwise
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        asked = retry_after_seconds(retry_state.outcome.exception() if retry_state.outcome else None)
+        return self.otherwise(retry_state) if asked is None else asked
+
+
+class stop_when_retry_after_exceeds(stop_base):  # noqa: N801
+    """Tenacity stop: the provider asked for a wait longer than ``cap_s`` seconds."""
+
+    def __init__(self, cap_s: float) -> None:
+        self.cap_s = cap_s
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        asked = retry_after_seconds(exc)
+        return asked is not None and asked > self.cap_s
+
+
+class RetryAfterRetry(RunnableRetry):
+    """LangChain's ``RunnableRetry`` whose wait between attempts is the provider's Retry-After when the error
+    carries one (see ``retry_after_seconds``), else tenacity's exponential backoff with jitter as before. A
+    Retry-After longer than ``max_retry_after_s`` ends the retries at once with ``RetryAfterTooLong`` (which
+    names the requested wait) so ``with_fallbacks`` can answer instead. ``wait_exponential_jitter=False``
+    means no waiting at all: attempts follow each other at once and Retry-After is not read."""
+
+    max_retry_after_s: float = 60.0
+
+    @property
+    def _kwargs_retrying(self) -> dict[str, Any]:
+        kwargs = super()._kwargs_retrying  # stop after max_attempt_number, which exceptions, the backoff
+        if self.wait_exponential_jitter:
+            kwargs["wait"] = wait_retry_after(otherwise=kwargs.get("wait", wait_none()))
+            kwargs["stop"] = kwargs["stop"] | stop_when_retry_after_exceeds(self.max_retry_after_s)
+            kwargs["before_sleep"] = _log_wait
+        return kwargs
+
+    # invoke/ainvoke ask tenacity to re-raise the last error; only they get the clearer one. batch keeps
+    # RunnableRetry's own handling (it collects tenacity's RetryError per input).
+    def _sync_retrying(self, **kwargs: Any) -> Retrying:
+        if kwargs.get("reraise") and self.wait_exponential_jitter:
+            kwargs["retry_error_callback"] = self._give_up
+        return super()._sync_retrying(**kwargs)
+
+    def _async_retrying(self, **kwargs: Any) -> AsyncRetrying:
+        if kwargs.get("reraise") and self.wait_exponential_jitter:
+            kwargs["retry_error_callback"] = self._give_up
+        return super()._async_retrying(**kwargs)
+
+    def _give_up(self, retry_state: RetryCallState) -> Any:
+        """Called by tenacity once it stops: re-raise the last error, saying so when Retry-After stopped it."""
+        exc = retry_state.outcome.exception()  # type: ignore[union-attr]  # tenacity stops only after an attempt
+        asked = retry_after_seconds(exc)
+        attempt, attempts = retry_state.attempt_number, self.max_attempt_number
+        if asked is None or asked <= self.max_retry_after_s or attempt >= attempts:
+            raise exc
+        message = (
+            f"gave up after attempt {attempt} of {attempts}: the provider asked to retry after {_seconds(asked)} s, "
+            f"more than max_retry_after_s={_seconds(self.max_retry_after_s)} s (raise that to wait so long); "
+            f"{type(exc).__name__}: {exc}"
+        )
+        log.warning(message[:300])
+        raise RetryAfterTooLong(message) from exc
+
+
+def _log_wait(retry_state: RetryCallState) -> None:
+    exc = retry_state.outcome.exception() if retry_state.outcome else None
+    source = "the provider's Retry-After" if retry_after_seconds(exc) is not None else "backoff"
+    wait = _seconds(retry_state.upcoming_sleep)
+    log.info(
+        "attempt %d failed (%s); retrying in %s s (%s)",
+        retry_state.attempt_number,
+        type(exc).__name__,
+        wait,
+        source,
+    )
+
+
+def _seconds(value: float) -> str:
+    return f"{round(value, 1):g}"

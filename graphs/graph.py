@@ -64,6 +64,15 @@ class _ErrorCollector(BaseCallbackHandler):
     def on_llm_error(self, error: BaseException, **kwargs) -> None:
         self.errors.append(f"{type(error).__name__}: {error}"[:300])
 
+    def on_chain_error(self, error: BaseException, **kwargs) -> None:
+        # Retries given up early because the provider asked to wait longer than allowed: the reason to record
+        # is the wait it asked for, which only the retry wrapper knows (the model's own error is the 429).
+        from ..agents.providers import RetryAfterTooLong
+
+        text = f"{type(error).__name__}: {error}"[:300]
+        if isinstance(error, RetryAfterTooLong) and text not in self.errors:
+            self.errors.append(text)
+
 
 def _invoke_with_timeout(runnable, messages, config: RunnableConfig, timeout_s: float):
     pool = ContextThreadPoolExecutor(max_workers=1)

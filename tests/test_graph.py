@@ -212,6 +212,25 @@ def test_provider_failure_falls_back_to_rules_and_is_recorded(tmp_path):
     assert runner.step().report.epoch == 2  # the run goes on
 
 
+def test_a_retry_after_beyond_the_cap_is_the_recorded_fallback_reason(tmp_path):
+    from types import SimpleNamespace
+
+    class RateLimited(FailingChatModel):
+        def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+            self.calls += 1
+            error = RuntimeError("429 Too Many Requests")
+            error.response = SimpleNamespace(status_code=429, headers={"retry-after": "120"})
+            raise error
+
+    model = RateLimited()
+    provider = ProviderOptions(retries=2, retry_wait=True, max_retry_after_s=60)
+    outcome = make_runner(tmp_path, model=model, provider=provider).step()
+    assert model.calls == 1  # no blind retry after the provider asked for 120 s
+    reasons = " ".join(outcome.state["fallbacks"])
+    assert "retry after 120 s" in reasons and "max_retry_after_s=60" in reasons, reasons
+    assert outcome.decision["calls"], "the rules fallback made the decision"
+
+
 def test_hanging_provider_hits_the_decision_timeout(tmp_path):
     import time
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -128,6 +129,11 @@ def _train_config(params: dict, checkpoint_dir: str | None = None):
     return TrainConfig(**values)
 
 
+# On a child run: what became of its checkpoint folder when it finished ("removed", "kept") or when
+# `mimic-learn clean` removed it ("cleaned"). `resume` reads it to say why a run cannot be resumed.
+CHECKPOINTS_TAG = "mimic.checkpoints"
+
+
 def _fail(message: str) -> None:
     console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(2)
@@ -228,6 +234,7 @@ def _run(
             runner.observers.append(tracker)
             result = runner.run()
             tracking.log_plots({arm: [o.report.to_dict() for o in result.epochs]})  # the parent's overlay
+        _record_checkpoints(spec, result, tracker.run_id)
         uri = tracking_uri or tracking.DEFAULT_TRACKING_URI
         console.print(
             f"MLflow: parent run {parent.info.run_id}, child run {tracker.run_id} in {uri}. "
@@ -236,6 +243,31 @@ def _run(
         return result, tracker.run_id
     finally:
         runner.close()
+
+
+def _record_checkpoints(spec, result, run_id: str | None) -> None:
+    """Tag the MLflow run with what became of its checkpoint folder once it finished, and say it: ``resume`` and
+    ``clean`` read the tag."""
+    if result.checkpoints is None:
+        return
+    if run_id is not None:
+        import mlflow
+
+        try:
+            mlflow.MlflowClient().set_tag(run_id, CHECKPOINTS_TAG, result.checkpoints)
+        except Exception as exc:  # the run itself is complete and logged: a missing tag must not fail it
+            console.print(
+                f"[yellow]could not tag run {run_id} {CHECKPOINTS_TAG}={result.checkpoints}: {exc}[/]"
+            )
+    folder = spec.train.checkpoint_dir
+    if result.checkpoints == "removed":
+        console.print(
+            f"checkpoints: removed {folder} (the run finished, nothing is left to resume; "
+            "--keep-checkpoints keeps them)",
+            highlight=False,
+        )
+    else:
+        console.print(f"checkpoints: kept in {folder} (`mimic-learn clean` removes them)", highlight=False)
 
 
 @app.command()
@@ -340,6 +372,15 @@ def run(
     state_db: Annotated[
         str, typer.Option(help="SQLite file for the graph's checkpointer (memory across epochs/restarts).")
     ] = ".mimic/graph_state.sqlite",
+    keep_checkpoint_dir: Annotated[
+        bool,
+        typer.Option(
+            "--keep-checkpoints",
+            help="Keep the trainer checkpoints (<state-db folder>/checkpoints/<thread>/) when the run finishes; "
+            "by default a finished run removes them (a failed or killed run always keeps them for `resume`). "
+            "`mimic-learn clean` removes kept ones later.",
+        ),
+    ] = False,
 ) -> None:
     """Train with the agent deciding at every epoch boundary; prints each decision and reflection."""
     from .agents.providers import ProviderOptions, default_controller, default_prompt
@@ -354,9 +395,11 @@ def run(
             _fail(f"could not import tools from {module}: {exc}")
     controller = controller or default_controller()
     prompt = prompt or default_prompt(controller, model_path)
-    # Trainer checkpoints every epoch, next to the graph's state, so that `mimic-learn resume` can continue.
+    # Trainer checkpoints every epoch, next to the graph's state, so that `mimic-learn resume` can continue; it
+    # finds them through the MLflow run, so an untracked run writes none (nothing could resume it).
     thread_id = f"run-{uuid.uuid4().hex[:12]}"
-    cfg = _train_config(ctx.params, str(Path(state_db).parent / "checkpoints" / thread_id))
+    checkpoint_dir = str(Path(state_db).parent / "checkpoints" / thread_id) if track else None
+    cfg = _train_config(ctx.params, checkpoint_dir)
     spec = RunSpec(
         train=cfg,
         controller=controller,
@@ -372,6 +415,7 @@ def run(
         every=every,
         state_db=state_db,
         thread_id=thread_id,
+        keep_checkpoint_dir=keep_checkpoint_dir,
     )
     arm = f"{controller.split('/')[-1]}-{reflection}-{prompt}-s{seed}"
     _run(spec, arm, tracking_uri, experiment, log_model, traces, track)
@@ -421,9 +465,21 @@ def resume(
     if tags.get("mimic.role") != "child" or "mimic.thread_id" not in tags:
         _fail(f"run {run.info.run_id} was not made by `mimic-learn run`")
     if run.info.status == "FINISHED":
-        _fail(f"run {run.info.run_id} already finished; nothing to resume")
+        _fail(_finished_run_message(run))
     if "mimic.checkpoint_dir" not in tags:
         _fail(f"run {run.info.run_id} wrote no trainer checkpoints, so it cannot be resumed")
+    folder = Path(tags["mimic.checkpoint_dir"])
+    if not folder.is_dir() and "val_loss" in run.data.metrics:  # epochs were logged: starting over would lie
+        how = (
+            "`mimic-learn clean --all` removed it"
+            if tags.get(CHECKPOINTS_TAG) == "cleaned"
+            else "it is missing"
+        )
+        _fail(
+            f"run {run.info.run_id} ({run.info.status}) cannot continue from its last epoch: its checkpoint "
+            f"folder {folder} is gone ({how}). Start it again with `mimic-learn run` and the same options "
+            "(the run's params in MLflow)."
+        )
     spec = spec_from_params(
         run.data.params,
         thread_id=tags["mimic.thread_id"],
@@ -452,10 +508,156 @@ def resume(
                 resume_run_id=run.info.run_id,
             )
             runner.observers.append(tracker)
-            runner.run()
+            result = runner.run()
     finally:
         runner.close()
+    _record_checkpoints(spec, result, run.info.run_id)
     console.print(f"MLflow: run {run.info.run_id} finished in {tracking_uri}")
+
+
+def _finished_run_message(run) -> str:
+    """Why a FINISHED run cannot be resumed, and what to do instead."""
+    tags = run.data.tags
+    folder = tags.get("mimic.checkpoint_dir", "its checkpoint folder")
+    head = f"run {run.info.run_id} already finished, so there is nothing to resume"
+    again = (
+        "To train it again, start a new `mimic-learn run` with the same options (they are the run's params in "
+        "MLflow)"
+    )
+    state = tags.get(CHECKPOINTS_TAG)
+    if state == "removed":
+        return (
+            f"{head}: its trainer checkpoints ({folder}) were removed when it finished. {again}; add "
+            "--keep-checkpoints to keep a finished run's checkpoints."
+        )
+    if state == "cleaned":
+        return f"{head}: `mimic-learn clean` removed its trainer checkpoints ({folder}). {again}."
+    if state == "kept":
+        return f"{head}. Its checkpoints stay in {folder} until `mimic-learn clean` removes them."
+    return f"{head}."
+
+
+@app.command()
+def clean(
+    state_db: Annotated[
+        str,
+        typer.Option(
+            help="The --state-db the runs used: their checkpoint folders are <its folder>/checkpoints/<thread>/."
+        ),
+    ] = ".mimic/graph_state.sqlite",
+    tracking_uri: Annotated[
+        str,
+        typer.Option(
+            help="MLflow tracking URI the runs logged to; a folder whose run is not in it counts as an orphan."
+        ),
+    ] = "sqlite:///mlflow.db",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List each folder and what would happen to it; remove nothing.")
+    ] = False,
+    remove_all: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help="Also remove the checkpoints of RUNNING, FAILED and KILLED runs: they can then no longer be "
+            "resumed (a run still training recreates its folder at its next epoch).",
+        ),
+    ] = False,
+) -> None:
+    """Remove trainer checkpoint folders that nothing can resume, and print the space freed.
+
+    `mimic-learn run` checkpoints into <state-db folder>/checkpoints/<thread>/ so that `resume` can continue it.
+
+    A run that finishes removes its own folder (unless --keep-checkpoints); this command removes the rest.
+
+    Removed: folders of FINISHED runs, of runs deleted in MLflow, and orphans (no run of that thread in the store).
+
+    Kept: folders of RUNNING, FAILED and KILLED runs, which `resume` continues from (--all removes them too).
+
+    Each folder is listed with its size and the reason; a removed one tags its run mimic.checkpoints=cleaned."""
+    import mlflow
+    from mlflow.entities import ViewType
+
+    root = Path(state_db).parent / "checkpoints"
+    folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if not folders:
+        console.print(f"no checkpoint folders in {root}", highlight=False)
+        return
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
+        _fail(
+            f"there is no MLflow store at {tracking_uri}: without it every folder would look like an orphan. "
+            "Pass the --tracking-uri your runs logged to."
+        )
+    mlflow.set_tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient()
+    experiment_ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+
+    def run_of(folder: Path):
+        """The child run whose thread is this folder's name (the newest, if several); None: an orphan."""
+        if not experiment_ids or "'" in folder.name:  # thread ids never hold a quote
+            return None
+        runs = client.search_runs(
+            experiment_ids,
+            filter_string=f"tags.`mimic.thread_id` = '{folder.name}'",
+            run_view_type=ViewType.ALL,
+            order_by=["attributes.start_time DESC"],
+        )
+        return runs[0] if runs else None
+
+    console.print(
+        f"checkpoint folders in {root} (runs in {tracking_uri})"
+        + (": [bold]dry run, nothing is removed[/]" if dry_run else ""),
+        highlight=False,
+    )
+    # Narrow terminals wrap only the last column: folder names and actions stay whole.
+    table = Table(box=box.SIMPLE_HEAD)
+    table.add_column("folder", no_wrap=True, min_width=max(len(f.name) for f in folders))
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("action", no_wrap=True)
+    table.add_column("why", overflow="fold")
+    freed = kept = removed = 0
+    for folder in folders:
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        run = run_of(folder)
+        remove, why = _clean_verdict(run, remove_all)
+        if remove:
+            freed += size
+            removed += 1
+            if not dry_run:
+                shutil.rmtree(folder)
+                if run is not None and run.info.lifecycle_stage != "deleted":
+                    client.set_tag(run.info.run_id, CHECKPOINTS_TAG, "cleaned")
+        else:
+            kept += size
+        action = ("would remove" if dry_run else "[red]removed[/]") if remove else "[green]kept[/]"
+        table.add_row(folder.name, _size(size), action, why)
+    console.print(table, highlight=False)
+    counts = f"{removed} of {len(folders)} folders; {_size(kept)} kept in {len(folders) - removed}"
+    if dry_run:
+        console.print(f"[bold]would free {_size(freed)}[/] ({counts}); nothing removed (--dry-run)")
+    else:
+        console.print(f"[bold]freed {_size(freed)}[/] ({counts})")
+
+
+def _clean_verdict(run, remove_all: bool) -> tuple[bool, str]:
+    """Whether `clean` removes a checkpoint folder whose run is ``run`` (None: no run), and why."""
+    if run is None:
+        return True, "orphan: no run of this thread in the tracking store"
+    run_id, status = run.info.run_id, run.info.status
+    if run.info.lifecycle_stage == "deleted":
+        return True, f"deleted in MLflow (run {run_id})"
+    if status == "FINISHED":
+        return True, f"FINISHED, nothing to resume (run {run_id})"
+    if remove_all:
+        return True, f"--all: {status}, could have been resumed (run {run_id})"
+    return False, f"{status}, resumable: mimic-learn resume {run_id}"
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
 
 
 class Experiment(StrEnum):

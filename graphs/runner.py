@@ -20,6 +20,9 @@ Resume: with ``train.checkpoint_dir`` set, each completed epoch (trained, decide
 ``resume_<epoch>.pt`` there: the trainer after the decision, its retention checkpoints, the outcomes so far and
 the graph checkpoint id. ``load_resume_state()`` continues from the newest; if the graph had already saved a
 later decision (a kill between the two writes), the next invocation forks from the recorded checkpoint.
+A run that ``run()`` completes (every epoch, the test evaluation, every observer's ``on_end``) then deletes the
+checkpoint files it wrote there (nothing is left to resume; ``RunResult.checkpoints`` says "removed"), unless
+``RunSpec.keep_checkpoint_dir``. A run that raises keeps them, so that it can be resumed.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class RunSpec:
     thread_id: str | None = None  # None: a new id per run
     guard: bool = True  # roll back a non-finite or exploded epoch before the graph runs (agent runs only)
     guard_grad_factor: float = 1e3  # "exploded": total grad norm > this x the previous epoch's
+    keep_checkpoint_dir: bool = False  # True: a finished run leaves its train.checkpoint_dir files in place
 
     def as_params(self) -> dict[str, str]:
         """Everything ``spec_from_params`` needs to rebuild this spec (``mimic-learn resume``)."""
@@ -77,6 +81,7 @@ class RunSpec:
             state_db=self.state_db,
             guard=str(self.guard),
             guard_grad_factor=str(self.guard_grad_factor),
+            keep_checkpoint_dir=str(self.keep_checkpoint_dir),
             bounds=json.dumps(asdict(self.bounds)),
         )
         params.update({f"agent.{k}": json.dumps(v) for k, v in _agent_extras(self.agent).items()})
@@ -156,6 +161,7 @@ def spec_from_params(
         thread_id=thread_id,
         guard=params.get("guard", "True") == "True",
         guard_grad_factor=float(params.get("guard_grad_factor", 1e3)),
+        keep_checkpoint_dir=params.get("keep_checkpoint_dir", "False") == "True",
     )
 
 
@@ -173,6 +179,9 @@ class RunResult:
     epochs: list[EpochOutcome]
     test: EvalResult | None  # None: a user's loop (LoopTrainer) that keeps its test split to itself
     thread_id: str
+    # what ``run()`` did with the checkpoint folder once the run was complete: "removed", "kept" (asked to
+    # keep it), None (the run had none)
+    checkpoints: str | None = None
 
 
 class RunObserver(Protocol):
@@ -424,7 +433,26 @@ class AgentRunner:
         result = RunResult(self.outcomes, self.trainer.test(), self.thread_id)
         for obs in self.observers:
             obs.on_end(self, result)
+        # Only now, with everything logged: a failure above leaves the checkpoints for `resume`.
+        if self.spec.train.resolved_checkpoint_dir() is not None:
+            if not self.spec.keep_checkpoint_dir:
+                self.remove_checkpoints()
+            result.checkpoints = "kept" if self.spec.keep_checkpoint_dir else "removed"
         return result
+
+    def remove_checkpoints(self) -> None:
+        """Delete the checkpoint files this run wrote (``epoch_*.pt``, ``resume_*.pt``, half-written ``*.tmp``)
+        and then the folder if nothing else is in it; a user's own files there are never touched."""
+        ckpt_dir = self.spec.train.resolved_checkpoint_dir()
+        if ckpt_dir is None or not ckpt_dir.is_dir():
+            return
+        for pattern in ("epoch_*.pt", "resume_*.pt", "epoch_*.tmp", "resume_*.tmp"):
+            for path in ckpt_dir.glob(pattern):
+                path.unlink(missing_ok=True)
+        try:
+            ckpt_dir.rmdir()
+        except OSError:  # not empty: someone else's files
+            log.info("kept %s: it holds files this run did not write", ckpt_dir)
 
     def close(self) -> None:
         if self._conn is not None:

@@ -500,7 +500,7 @@ def resume(
         )
         mlflow.set_experiment(experiment_id=run.info.experiment_id)
         parent_id = tags.get("mlflow.parentRunId")
-        with mlflow.start_run(run_id=parent_id) if parent_id else nullcontext():
+        with tracking.parent_run(run_id=parent_id) if parent_id else nullcontext():
             tracker = tracking.MlflowTracker(
                 arm=tags.get("mimic.arm", "arm"),
                 log_model=tags.get("mimic.log_model", "True") == "True",

@@ -493,10 +493,10 @@ def reproduce(
         report_arms.append(PBT_ARM)  # a report shows the classical rival whenever the store has its cells
     start = time.perf_counter()
     ran, skipped = 0, 0
-    with mlflow.start_run(run_name=f"reproduce {kind}") as parent:
-        from .tracking import version_tags
+    from .tracking import parent_run
 
-        mlflow.set_tags(version_tags() | {"mimic.role": "parent", "mimic.experiment_parent": kind})
+    with parent_run(f"reproduce {kind}") as parent:
+        mlflow.set_tags({"mimic.experiment_parent": kind})
         mlflow.log_params(
             {
                 "kind": kind,

@@ -81,13 +81,33 @@ def version_tags() -> dict[str, str]:
     return tags
 
 
+def end_runs_down_to(run_id: str, status: str) -> None:
+    """End every active run above ``run_id`` (a child an exception left open), then ``run_id`` itself, with
+    ``status``. ``mlflow.start_run``'s context manager ends only the innermost active run, so without this an
+    exception inside a child leaves the parent RUNNING for ever."""
+    while (active := mlflow.active_run()) is not None:
+        mlflow.end_run(status=status)
+        if active.info.run_id == run_id:
+            return
+
+
 @contextmanager
-def parent_run(name: str, params: dict | None = None) -> Iterator[mlflow.ActiveRun]:
-    with mlflow.start_run(run_name=name) as run:
-        mlflow.set_tags(version_tags() | {"mimic.role": "parent"})
+def parent_run(
+    name: str | None = None, params: dict | None = None, run_id: str | None = None
+) -> Iterator[mlflow.ActiveRun]:
+    """A parent run that ends FINISHED, or FAILED (KILLED on Ctrl-C) together with any child left open.
+    ``run_id``: reopen an existing parent (``resume``) instead of starting one."""
+    run = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name=name)
+    try:
+        if not run_id:
+            mlflow.set_tags(version_tags() | {"mimic.role": "parent"})
         if params:
             mlflow.log_params(params)
         yield run
+    except BaseException as exc:
+        end_runs_down_to(run.info.run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    end_runs_down_to(run.info.run_id, "FINISHED")
 
 
 def epoch_metrics(outcome) -> dict[str, float]:

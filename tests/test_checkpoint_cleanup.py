@@ -131,6 +131,22 @@ def test_a_failed_run_keeps_its_folder_and_resume_finishes_it(tmp_path, store, m
     assert not folder.exists() and run.data.tags["mimic.checkpoints"] == "removed"
 
 
+def test_a_crash_ends_the_parent_run_failed_too_and_resume_finishes_both(tmp_path, store, monkeypatch):
+    _crash_before_epoch(monkeypatch, 2)
+    assert isinstance(_run(tmp_path, store).exception, RuntimeError)
+    assert mlflow.active_run() is None  # nothing left open in this process
+    child = _child(tmp_path, store)
+    parent = mlflow.MlflowClient().get_run(child.data.tags["mlflow.parentRunId"])
+    assert (child.info.status, parent.info.status) == ("FAILED", "FAILED")
+    monkeypatch.undo()
+    resumed = cli.invoke(app, ["resume", child.info.run_id, "--tracking-uri", store])
+    assert resumed.exit_code == 0, resumed.output
+    client = mlflow.MlflowClient()
+    assert client.get_run(child.info.run_id).info.status == "FINISHED"
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+    assert mlflow.active_run() is None
+
+
 def test_resume_of_a_finished_run_says_its_checkpoints_were_removed_and_what_to_do(tmp_path, store):
     _, run = _finished(tmp_path, store)
     result = cli.invoke(app, ["resume", run.info.run_id, "--tracking-uri", store])

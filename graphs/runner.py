@@ -190,6 +190,11 @@ class RunObserver(Protocol):
     def on_end(self, runner: AgentRunner, result: RunResult) -> None: ...
 
 
+def _largest_grad_norm(report: EpochReport) -> float | None:
+    norms = [v for v in (report.grad_norms or {}).values() if math.isfinite(v)]
+    return max(norms) if norms else None
+
+
 def agent_report(trainer: Trainer, report: EpochReport, total_epochs: int) -> dict:
     """The report the graph sees: the epoch's numbers, the run length and a compact recent history."""
     data = report.to_dict()
@@ -199,6 +204,7 @@ def agent_report(trainer: Trainer, report: EpochReport, total_epochs: int) -> di
             k: getattr(r, k)
             for k in ("epoch", "train_loss", "val_loss", "train_acc", "val_acc", "lr", "dropout")
         }
+        | {"grad_norm": _largest_grad_norm(r)}  # lets `compact` state the gradient norm's trend
         | r.metrics  # a user loop's own numbers (LoopTrainer): flat, beside the standard ones
         for r in trainer.history[-HISTORY_IN_PROMPT:]
     ]

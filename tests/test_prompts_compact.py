@@ -139,3 +139,22 @@ def test_existing_templates_are_unchanged_by_compact():
     r = report([(0.5, 0.52, 0.85, 0.84), (0.4, 0.45, 0.88, 0.86)], metrics={"f1": 0.8})
     assert "Metrics: f1 0.8. The run is judged by val_acc (higher is better)." in render("full", r)
     assert "Recent epochs:" in render("full", r) and "Recent epochs:" not in render("compact", r)
+
+
+def test_compact_states_the_gradient_norm_trend_from_the_runs_history():
+    # agent_report puts each epoch's largest layer gradient norm in the history rows; compact states its trend.
+    from mimic_learn.training import TrainConfig, Trainer
+
+    trainer = Trainer.from_config(TrainConfig(task="digits", regime=100, epochs=3, num_threads=1))
+    for _ in range(3):
+        last = trainer.run_epoch()
+    data = agent_report(trainer, last, total_epochs=3)
+    norms = [max(r.grad_norms.values()) for r in trainer.history]
+    assert [h["grad_norm"] for h in data["history"]] == norms
+    line = next(
+        x for x in render("compact", data).splitlines() if x.startswith("Largest layer gradient norm")
+    )
+    assert line == f"Largest layer gradient norm {max(last.grad_norms.values()):.2g}: {trend(norms)}."
+    # A history row without gradient norms (an epoch that had none) leaves the line without a trend.
+    r = report([(0.5, 0.52, 0.85, 0.84), (0.4, 0.45, 0.88, 0.86)])
+    assert "Largest layer gradient norm 0.3." in render("compact", r)

@@ -335,6 +335,22 @@ def run(
     fallback: Annotated[
         str, typer.Option(help="Controller used when the primary fails ('none' to disable).")
     ] = "rules",
+    retries: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Retries of a failed provider call before the fallback; waits the provider's Retry-After, else "
+            "backs off exponentially with jitter.",
+        ),
+    ] = 2,
+    max_retry_after: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Longest Retry-After (seconds) worth waiting for; a provider asking for more goes straight to "
+            "the fallback.",
+        ),
+    ] = 60.0,
     llm_critic: Annotated[
         bool,
         typer.Option(
@@ -411,7 +427,12 @@ def run(
             llm_critic=llm_critic,
             approve=approve,
         ),
-        provider=ProviderOptions(fallback=None if fallback == "none" else fallback, model_path=model_path),
+        provider=ProviderOptions(
+            fallback=None if fallback == "none" else fallback,
+            model_path=model_path,
+            retries=retries,
+            max_retry_after_s=max_retry_after,
+        ),
         every=every,
         state_db=state_db,
         thread_id=thread_id,

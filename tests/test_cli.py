@@ -52,3 +52,27 @@ def test_train_prints_a_line_per_epoch_and_test_accuracy():
     assert result.exit_code == 0, result.output
     assert "epoch   1/2" in result.output and "epoch   2/2" in result.output
     assert "test accuracy" in result.output
+
+
+def test_run_retry_options_reach_the_provider_and_the_run_params(tmp_path):
+    import mlflow
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    try:
+        result = runner.invoke(
+            app,
+            ["run", "--task", "digits", "--epochs", "1", "--controller", "rules", "--threads", "1",
+             "--no-log-model", "--no-traces", "--tracking-uri", store, "--state-db", str(tmp_path / "s.sqlite"),
+             "--retries", "0", "--max-retry-after", "5"],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        mlflow.set_tracking_uri(store)
+        (child,) = mlflow.search_runs(
+            search_all_experiments=True, filter_string="tags.`mimic.role` = 'child'", output_format="list"
+        )
+        assert child.data.params["retries"] == "0"
+        assert child.data.params["provider.max_retry_after_s"] == "5.0"
+    finally:
+        mlflow.set_tracking_uri(None)
+    bad = runner.invoke(app, ["run", "--max-retry-after", "-1"])
+    assert bad.exit_code == 2 and "max-retry-after" in bad.output

@@ -734,6 +734,18 @@ def reproduce(
         int | None,
         typer.Option(help="Override the epochs per cell (paper: 5 for full/6000, 30 below; blog: 20)."),
     ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Override the model (paper: paper_cnn; blog: resnet18_cifar, the CIFAR stem; resnet18, the "
+            "ImageNet stem, is about 10x cheaper per image, for CPU proxies). Use a separate --mlflow-experiment "
+            "per model: cells are keyed by experiment, regime, arm and seed."
+        ),
+    ] = None,
+    val_size: Annotated[
+        int | None,
+        typer.Option(min=1, help="Override the validation split held out from train (default 5000)."),
+    ] = None,
     data_dir: DataDirOpt = "data",
     threads: Annotated[int | None, typer.Option(help="torch CPU threads per run.")] = None,
     force: Annotated[bool, typer.Option(help="Rerun cells already finished in the MLflow store.")] = False,
@@ -804,7 +816,7 @@ def reproduce(
                 kind, regime_list, seed_list, [a for a in arms.split(",") if a] or None, controller or default_controller(),
                 data_dir, epochs, threads, force, out or Path("docs/results") / f"{kind}.md", task, command,
                 provider=ProviderOptions(model_path=model_path), echo=console.print, report_only=report_only,
-                run_cells=run_cells,
+                run_cells=run_cells, model=model, val_size=val_size,
             )  # fmt: skip
     except DataUnavailableError as exc:
         hint = (

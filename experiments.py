@@ -470,8 +470,12 @@ def reproduce(
     echo=print,
     report_only: bool = False,
     run_cells=None,
+    model: str | None = None,
+    val_size: int | None = None,
 ) -> Path:
     """Run every missing cell (arm x regime x seed) under one parent run, then write the report.
+
+    ``model`` / ``val_size``: override the experiment's model and validation split (e.g. a cheaper proxy).
 
     ``run_cells(cells)``: an executor for the cells to run (``sweep.ray_executor``: one Ray Tune trial each,
     failures recorded in the store); None runs them one after the other in this process."""
@@ -524,6 +528,10 @@ def reproduce(
                             train = replace(train, model=None, val_size=None)
                     else:
                         train = blog_config(task, regime, seed, data_dir, epochs or 20, threads)
+                    if model is not None:
+                        train = replace(train, model=model)
+                    if val_size is not None:
+                        train = replace(train, val_size=val_size)
                     spec = arm_spec(arm, train, controller, state_db, provider)
                     pending.append(Cell(kind, regime, seed, arm, spec))
         if run_cells is not None and pending:
@@ -555,9 +563,11 @@ def reproduce(
         ]
         note = ""
         if kind == "blog" and task != "cifar10":
+            stem = "ImageNet stem (torchvision's resnet18)" if model == "resnet18" else "CIFAR stem"
             note = (
-                f"PROXY: task `{task}`, not CIFAR-10 (no copy is available offline here). ResNet-18 with the blog's "
-                "optimizer and schedule, on a smaller data set and fewer epochs; the numbers are not comparable to the blog's."
+                f"PROXY: task `{task}`, not CIFAR-10 (no copy is available offline here). ResNet-18 ({stem}) with "
+                "the blog's optimizer and schedule, on a smaller data set and fewer epochs; the numbers are not "
+                "comparable to the blog's."
             )
         cells_in_report = [c for arms_ in data.values() for seeds_ in arms_.values() for c in seeds_.values()]
         header += [

@@ -103,6 +103,23 @@ def test_blog_reproduction_on_synthetic_data_runs_every_arm(workdir):
     assert [row.split(" | ")[0].strip("| ") for row in table] == [a.name for a in BLOG_ARMS]
 
 
+def test_model_and_val_size_overrides_reach_every_cell_and_the_proxy_note(workdir):
+    out = _reproduce(
+        "blog", "--task", "synthetic", "--model", "resnet18", "--val-size", "40", "--regimes", "32",
+        "--seeds", "0", "--epochs", "1", "--arms", "steplr,onecycle", "--controller", "rules",
+        "--tracking-uri", f"sqlite:///{workdir / 'm.db'}", "--threads", "2",
+    )  # fmt: skip
+    assert out.count("done blog/32/") == 2
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'm.db'}")
+    children = mlflow.search_runs(
+        search_all_experiments=True, filter_string="tags.`mimic.role` = 'child'", output_format="list"
+    )
+    assert len(children) == 2
+    assert all(r.data.params["model"] == "resnet18" and r.data.params["val_size"] == "40" for r in children)
+    report = (workdir / "docs/results/blog.md").read_text()
+    assert "ResNet-18 (ImageNet stem (torchvision's resnet18))" in report
+
+
 def test_blog_without_cifar_says_what_to_do(workdir):
     result = CliRunner().invoke(
         app,

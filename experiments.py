@@ -563,7 +563,7 @@ def reproduce(
         ]
         note = ""
         if kind == "blog" and task != "cifar10":
-            stem = "ImageNet stem (torchvision's resnet18)" if model == "resnet18" else "CIFAR stem"
+            stem = "ImageNet stem: torchvision's resnet18" if model == "resnet18" else "CIFAR stem"
             note = (
                 f"PROXY: task `{task}`, not CIFAR-10 (no copy is available offline here). ResNet-18 ({stem}) with "
                 "the blog's optimizer and schedule, on a smaller data set and fewer epochs; the numbers are not "

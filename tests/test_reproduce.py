@@ -117,7 +117,7 @@ def test_model_and_val_size_overrides_reach_every_cell_and_the_proxy_note(workdi
     assert len(children) == 2
     assert all(r.data.params["model"] == "resnet18" and r.data.params["val_size"] == "40" for r in children)
     report = (workdir / "docs/results/blog.md").read_text()
-    assert "ResNet-18 (ImageNet stem (torchvision's resnet18))" in report
+    assert "ResNet-18 (ImageNet stem: torchvision's resnet18)" in report
 
 
 def test_blog_without_cifar_says_what_to_do(workdir):

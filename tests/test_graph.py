@@ -177,6 +177,21 @@ def test_revert_on_harm_restores_the_pre_decision_checkpoint_exactly(tmp_path, m
     assert "was reverted" in human.content
 
 
+def test_revert_on_harm_never_reverts_a_decision_that_changed_nothing(tmp_path, monkeypatch):
+    # Seen in the blog proxy: setting weight decay to the value it already had was recorded as a change, judged
+    # harmful after a noisy epoch and reverted, again and again (rolling the schedule back each time).
+    monkeypatch.setattr(RevertOnHarm, "acc_threshold", -1.0)  # every real change counts as harmful
+    model = scripted({"epoch": 1, "tool_calls": [call("set_dropout", dropout=0.2, reason="same as now")]})
+    runner = make_runner(tmp_path, model=model, reflection="revert_on_harm", epochs=3)
+    first = runner.step()
+    assert runner.trainer.dropout == 0.2
+    assert first.decision["changes"] == [] and first.decision["kept"] == ["dropout already 0.2 (no change)"]
+    after = {k: v.clone() for k, v in runner.trainer.model.state_dict().items()}
+    second = runner.step()
+    assert not second.state["reverted"]
+    assert any(not torch.equal(v, after[k]) for k, v in runner.trainer.model.state_dict().items())
+
+
 def test_revert_on_harm_keeps_a_helpful_decision(tmp_path, monkeypatch):
     monkeypatch.setattr(RevertOnHarm, "acc_threshold", 1.0)
     monkeypatch.setattr(RevertOnHarm, "loss_threshold", 1e9)

@@ -188,6 +188,16 @@ def test_propose_weight_delta_unknown_layer_lists_the_parameters(ctl):
     assert ctl.pending == {}
 
 
+def test_a_knob_set_to_its_current_value_is_kept_not_applied(trainer, ctl):
+    call_tool("set_weight_decay", ctl, {"weight_decay": trainer.weight_decay, "reason": "same"})
+    call_tool("set_lr", ctl, {"lr": trainer.lr / 2, "reason": "halve"})
+    events = len(trainer.events)
+    result = ctl.commit()
+    assert [c.key for c in result.applied] == ["lr"]
+    assert result.kept == [f"weight_decay already {trainer.weight_decay:.6g} (no change)"]
+    assert len(trainer.events) == events + 1  # only the lr change is an event
+
+
 def test_stage_raw_delta_keeps_to_the_delta_norm_limit(trainer):
     weight_norm = dict(trainer.model.named_parameters())[LAYER].norm().item()
     limit = 0.1 * weight_norm

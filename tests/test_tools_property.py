@@ -163,4 +163,6 @@ def test_in_range_arguments_are_applied(setup, tool, data):
     if tool == "keep_current":
         assert result.kept == [args["reason"]]
     if discover()[tool].mutating and tool != "keep_current":
-        assert result.applied, f"{tool} accepted {args} but staged nothing"
+        # A knob set to the value it already has (adjust weight_decay_down at 0, say) is kept as "no change".
+        no_change = [k for k in result.kept if k.endswith("(no change)")]
+        assert result.applied or no_change, f"{tool} accepted {args} but staged nothing"

@@ -173,6 +173,12 @@ class TrainerControls:
             kept = list(self.keep_reasons)
             self.pending.clear()
             self.keep_reasons = []
+        if not any(c.key == "rollback" for c in changes):
+            # A knob set to the value it already has changes nothing: it is recorded as kept, not as a change,
+            # so that reflection never judges (or reverts) a decision that did nothing.
+            noop = [c for c in changes if c.key in KNOBS and _same(self.current(c.key), c.value)]
+            kept += [f"{c.key} already {_show(c.value)} (no change)" for c in noop]
+            changes = [c for c in changes if c not in noop]
         t = self.trainer
         saved_groups = [dict(g) for g in t.optimizer.param_groups]
         saved = (t.dropout, t.alpha, dict(t._deltas))
@@ -262,7 +268,20 @@ class TrainerControls:
             tensor = tensor * (limit / size)
             note = f" (scaled from norm {size:.6g} to the limit {limit:.6g})"
         replaced = self.stage(f"delta:{name}", tensor, reason, "stage_raw_delta", note)
-        return f"raw delta for {name} {tuple(param.shape)} staged, norm {min(size, limit):.6g}{note}{replaced}"
+        return (
+            f"raw delta for {name} {tuple(param.shape)} staged, norm {min(size, limit):.6g}{note}{replaced}"
+        )
+
+
+KNOBS = ("lr", "dropout", "weight_decay", "alpha")
+
+
+def _same(current: float | None, value: object) -> bool:
+    return (
+        current is not None
+        and isinstance(value, int | float)
+        and math.isclose(current, float(value), rel_tol=1e-12, abs_tol=0.0)
+    )
 
 
 def _order(key: str) -> int:

@@ -189,6 +189,9 @@ def test_revert_on_harm_never_reverts_a_decision_that_changed_nothing(tmp_path, 
     after = {k: v.clone() for k, v in runner.trainer.model.state_dict().items()}
     second = runner.step()
     assert not second.state["reverted"]
+    assert second.state["reflection"].endswith(
+        "Verdict: nothing was changed, so there is nothing to credit or blame."
+    )
     assert any(not torch.equal(v, after[k]) for k, v in runner.trainer.model.state_dict().items())
 
 

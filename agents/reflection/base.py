@@ -74,7 +74,9 @@ class ReflectionContext:
         facts = f"Decision after epoch {self.previous['epoch']} ({changes}); {', '.join(parts)}."
         if self.critic is None:
             delta, tol = n["improvement"], _tolerance(n)
-            if delta is None or delta != delta:
+            if not self.previous["changes"]:
+                verdict = "nothing was changed, so there is nothing to credit or blame"
+            elif delta is None or delta != delta:
                 verdict = "no comparable number"
             else:
                 verdict = "it helped" if delta > tol else "it hurt" if delta < -tol else "no clear effect"

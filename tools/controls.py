@@ -176,7 +176,8 @@ class TrainerControls:
         if not any(c.key == "rollback" for c in changes):
             # A knob set to the value it already has changes nothing: it is recorded as kept, not as a change,
             # so that reflection never judges (or reverts) a decision that did nothing.
-            noop = [c for c in changes if c.key in KNOBS and _same(self.current(c.key), c.value)]
+            # (``current`` is None for rollback and delta keys, so only scalar knobs can be no-ops.)
+            noop = [c for c in changes if _same(self.current(c.key), c.value)]
             kept += [f"{c.key} already {_show(c.value)} (no change)" for c in noop]
             changes = [c for c in changes if c not in noop]
         t = self.trainer
@@ -271,9 +272,6 @@ class TrainerControls:
         return (
             f"raw delta for {name} {tuple(param.shape)} staged, norm {min(size, limit):.6g}{note}{replaced}"
         )
-
-
-KNOBS = ("lr", "dropout", "weight_decay", "alpha")
 
 
 def _same(current: float | None, value: object) -> bool:

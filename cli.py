@@ -184,6 +184,8 @@ class ConsoleObserver:
             f"epoch {r.epoch:>3}/{runner.spec.train.epochs}  train loss {r.train_loss:.4f} acc {r.train_acc:.4f} | "
             f"val loss {r.val_loss:.4f} acc {r.val_acc:.4f} | lr {r.lr:.3g} dropout {dropout} alpha {r.alpha:.2f} | {r.wall_time:.1f}s"
         )
+        for verdict in getattr(outcome, "counterfactual", None) or []:
+            self.progress.console.print(f"   measured: {verdict['text']}", highlight=False)
         if outcome.decision is not None:
             self.progress.console.print(f"   reflect: {outcome.decision['reflection'][:200]}")
             self.progress.console.print(f"   decide:  {_describe_decision(outcome.decision)}")
@@ -314,12 +316,36 @@ def run(
     controller: Annotated[
         str | None,
         typer.Option(
-            help="Who decides: local (embedded SmolLM2, offline), rules, scripted:<file>, openai:gpt-4o, google_genai:gemini-2.5-flash, openai-compatible:<model>@<url>, none. Default: local if installed, else rules."
+            help="Who decides: local (embedded SmolLM2, offline), rules, scripted:<file>, openai:gpt-4o, google_genai:gemini-2.5-flash, openai-compatible:<model>@<url>, none. Default: local if installed, else rules. "
+            "oracle[:h|:end]: a reference, not a controller for production: tries every candidate action in shadow for h "
+            "epochs (oracle:end: to the end of the run; oracle: end on small data, else 5) and commits the best by "
+            "validation; costs candidates x h extra epochs per decision (~7-9 candidates)."
         ),
     ] = None,
     reflection: Annotated[
-        str, typer.Option(help="Reflection policy: log_only (the paper's), memory, revert_on_harm.")
+        str,
+        typer.Option(
+            help="Reflection policy: log_only (the paper's), memory, revert_on_harm, counterfactual. "
+            "counterfactual judges each decision against the same epoch(s) trained without it from the same "
+            "checkpoint and batches: costs --counterfactual-horizon extra epochs per decision that changes "
+            "something (about 2x training at horizon 1); decisions that change nothing cost nothing."
+        ),
     ] = "log_only",
+    counterfactual_horizon: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="--reflection counterfactual: epochs the branch without the decision trains (k extra epochs per "
+            "decision that changes something). 1 gives a short-term verdict.",
+        ),
+    ] = 1,
+    keep_better: Annotated[
+        bool,
+        typer.Option(
+            help="--reflection counterfactual: when not acting was better at the horizon, continue from that "
+            "branch (the decision is undone)."
+        ),
+    ] = False,
     prompt: Annotated[
         str | None,
         typer.Option(
@@ -437,7 +463,14 @@ def run(
         state_db=state_db,
         thread_id=thread_id,
         keep_checkpoint_dir=keep_checkpoint_dir,
+        counterfactual_horizon=counterfactual_horizon,
+        keep_better=keep_better,
     )
+    if (counterfactual_horizon != 1 or keep_better) and reflection != "counterfactual":
+        _fail(
+            f"--counterfactual-horizon={counterfactual_horizon} / --keep-better act only with --reflection "
+            f"counterfactual; current --reflection is {reflection}"
+        )
     arm = f"{controller.split('/')[-1]}-{reflection}-{prompt}-s{seed}"
     _run(spec, arm, tracking_uri, experiment, log_model, traces, track)
 
@@ -1069,6 +1102,41 @@ def export_decisions(
     console.print(
         f"wrote {len(script['decisions'])} decisions to {out}; replay with --controller scripted:{out}"
     )
+
+
+@app.command("export-outcomes")
+def export_outcomes(
+    args: Annotated[
+        list[str],
+        typer.Argument(help="One or more MLflow child run ids, then the output file (JSON lines)."),
+    ],
+    tracking_uri: TrackingOpt = "sqlite:///mlflow.db",
+) -> None:
+    """Collect the outcome records (counterfactual forks, oracle trials) of logged runs into one JSON-lines file:
+    what the controller saw, the action, and what it caused vs not acting. Format: docs/reference/outcomes.md."""
+    import mlflow
+
+    from .tracking import load_outcomes
+    from .training.outcomes import write_jsonl
+
+    if len(args) < 2:
+        _fail(f"give at least one run id and the output file; got {len(args)} argument(s): {' '.join(args)}")
+    *run_ids, out = args
+    mlflow.set_tracking_uri(tracking_uri)
+    records = []
+    for run_id in run_ids:
+        try:
+            found = load_outcomes(run_id)
+        except Exception as exc:
+            _fail(f"could not read the outcomes of run {run_id} from {tracking_uri}: {exc}")
+        if not found:
+            console.print(
+                f"[yellow]run {run_id} has no outcomes.jsonl (it ran without --reflection counterfactual or "
+                "--controller oracle)[/]"
+            )
+        records += found
+    n = write_jsonl(records, out)
+    console.print(f"wrote {n} outcome records from {len(run_ids)} run(s) to {out}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import mlflow.pytorch
 from .training.trainer import metric_value
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+OUTCOMES_ARTIFACT = "outcomes.jsonl"  # a child run's outcome records (training/outcomes.py)
 
 
 def setup(tracking_uri: str | None, experiment: str) -> None:
@@ -147,6 +148,18 @@ def epoch_metrics(outcome) -> dict[str, float]:
         if reviews:  # --approve: what the human did with this decision's proposals
             for action in ("accept", "edit", "reject"):
                 metrics[f"review_{action}s"] = sum(rv["action"] == action for rv in reviews)
+    # Counterfactual forks measured at this epoch (graphs/counterfactual.py): the decision's effect vs not acting
+    verdicts = getattr(outcome, "counterfactual", None) or []
+    effects = [v["effect"] for v in verdicts if v.get("effect") is not None]
+    if effects:
+        metrics["decision_effect"] = effects[-1]
+    if verdicts or getattr(outcome, "shadow_epochs", 0):
+        metrics["shadow_epochs"] = outcome.shadow_epochs  # cumulative extra epochs (forks + oracle rollouts)
+    oracle = getattr(outcome, "oracle", None)
+    if oracle:
+        metrics["oracle_candidates"] = len(oracle["candidates"])
+        metrics["oracle_horizon"] = oracle["horizon"]
+        metrics["oracle_compute_epochs"] = oracle["compute_epochs"]  # candidates x horizon, this decision
     # MLflow stores floats; a NaN loss is kept as NaN (that is the information)
     return {k: float(v) for k, v in metrics.items()}
 
@@ -166,6 +179,8 @@ def decision_rows(outcome) -> list[dict]:
         "changes": json.dumps(d.get("changes", [])),
         "fallbacks": "; ".join(d.get("fallbacks", [])),
         "reverted": bool(d.get("reverted")),
+        # counterfactual reflection: the measured effect vs not acting (None: no fork, or not measured yet)
+        "decision_effect": (d.get("counterfactual") or {}).get("effect"),
         "final_text": d.get("final_text", ""),
         "review": json.dumps(
             [{k: v for k, v in rv.items() if k != "message_id"} for rv in d.get("reviews") or []], default=str
@@ -271,7 +286,20 @@ class MlflowTracker:
     def on_decision_start(self, runner, epoch: int) -> None:
         """Called inside the graph invocation: tag the trace being recorded (no flush, no extra write)."""
         if self.traces:
-            mlflow.update_current_trace(tags={"epoch": str(epoch), "mimic.arm": self.arm})
+            tags = {"epoch": str(epoch), "mimic.arm": self.arm}
+            verdicts = getattr(runner, "current_verdicts", None) or []
+            if verdicts:  # the previous decision's measured effect (counterfactual reflection)
+                tags["mimic.decision_effect"] = str(verdicts[-1]["effect"])
+                span = mlflow.get_current_active_span()
+                if span is not None:
+                    span.set_attributes(
+                        {
+                            "mimic.decision_effect": verdicts[-1]["effect"],
+                            "mimic.decision_effect_epoch": verdicts[-1]["decision_epoch"],
+                            "mimic.counterfactual_horizon": verdicts[-1]["horizon"],
+                        }
+                    )
+            mlflow.update_current_trace(tags=tags)
 
     def on_epoch(self, runner, outcome) -> None:
         epoch = outcome.report.epoch
@@ -288,8 +316,18 @@ class MlflowTracker:
 
         if result.test is not None:
             mlflow.log_metrics({"test_acc": result.test.acc, "test_loss": result.test.loss})
+        # Rebuilt from the outcomes: a counterfactual verdict arrives after its decision's row was made.
+        self.rows = [row for o in result.epochs for row in decision_rows(o)] or self.rows
         if self.rows:
             mlflow.log_table(_columns(self.rows), artifact_file="decisions.json")
+        records = getattr(runner, "outcome_records", None) or []
+        if records:
+            from .training.outcomes import write_jsonl
+
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / OUTCOMES_ARTIFACT
+                write_jsonl(records, path)
+                mlflow.log_artifact(str(path))
         reports = [o.report.to_dict() for o in result.epochs]
         log_plots({self.arm: reports})
         with tempfile.TemporaryDirectory() as tmp:
@@ -331,6 +369,21 @@ def load_decisions(run_id: str) -> list[dict]:
         data = json.loads(Path(path).read_text())
     columns, values = data["columns"], data["data"]
     return [dict(zip(columns, row, strict=True)) for row in values]
+
+
+def load_outcomes(run_id: str) -> list:
+    """A logged run's outcome records (``OutcomeRecord``), each with ``source_run_id`` set; [] when it has none."""
+    from .training.outcomes import read_jsonl
+
+    client = mlflow.MlflowClient()
+    names = {a.path for a in client.list_artifacts(run_id)}
+    if OUTCOMES_ARTIFACT not in names:
+        return []
+    with tempfile.TemporaryDirectory() as tmp:
+        records = read_jsonl(client.download_artifacts(run_id, OUTCOMES_ARTIFACT, tmp))
+    for record in records:
+        record.source_run_id = run_id
+    return records
 
 
 def decisions_to_script(rows: list[dict]) -> dict:

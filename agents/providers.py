@@ -3,6 +3,8 @@
     rules                               deterministic LLM-free policy (agents/rules.py)
     scripted:<file.yaml|json>           replay tool calls from a file (agents/scripted.py)
     random[:seed]                       a seeded random policy (agents/random_policy.py), the floor to beat
+    oracle[:h|:end]                     tries every candidate action in shadow for h epochs and commits the best
+                                        by validation (agents/oracle.py; needs AgentRunner's trainer)
     local[:<file.gguf>]                 the embedded offline LLM (SmolLM2-135M by default; agents/local.py)
     openai:gpt-4o, google_genai:gemini-2.5-flash, anthropic:..., ...
                                         any provider ``init_chat_model`` knows (keys from the environment)
@@ -80,6 +82,10 @@ def load_chat_model(spec: str, options: ProviderOptions | None = None) -> BaseCh
         from .random_policy import RandomChatModel
 
         return RandomChatModel(seed=int(spec.partition(":")[2] or 0))
+    if spec == "oracle" or spec.startswith("oracle:"):
+        from .oracle import OracleChatModel, parse_oracle
+
+        return OracleChatModel(horizon=parse_oracle(spec))
     if spec.startswith("scripted:"):
         return ScriptedChatModel.from_file(spec.removeprefix("scripted:"))
     if spec == "local" or spec.startswith("local:"):
@@ -108,7 +114,7 @@ def load_chat_model(spec: str, options: ProviderOptions | None = None) -> BaseCh
         )
     if ":" not in spec:
         raise ValueError(
-            f"unknown controller {spec!r}: use rules, scripted:<file>, local, <provider>:<model> "
+            f"unknown controller {spec!r}: use rules, scripted:<file>, oracle[:h], local, <provider>:<model> "
             "(e.g. openai:gpt-4o, google_genai:gemini-2.5-flash) or openai-compatible:<model>@<url>"
         )
     from langchain.chat_models import init_chat_model
@@ -133,6 +139,7 @@ def build_controller(model: BaseChatModel, tools: list, options: ProviderOptions
         "mimic-rules",
         "mimic-scripted",
         "mimic-random",
+        "mimic-oracle",
     ):  # deterministic: nothing to retry
         return bound
     if opts.retries > 0:

@@ -44,7 +44,10 @@ from ..agents.providers import ProviderOptions, load_chat_model
 from ..agents.reflection.base import describe_changes
 from ..tools.controls import Bounds, TrainerControls
 from ..training.config import TrainConfig, parse_regime
+from ..training.loop import LoopTrainer
+from ..training.outcomes import OutcomeRecord
 from ..training.trainer import EpochReport, EvalResult, Trainer, metric_value
+from .counterfactual import Counterfactual, oracle_horizon, oracle_records, plan_oracle
 from .graph import AgentConfig, build_graph
 
 HISTORY_IN_PROMPT = 10
@@ -65,6 +68,15 @@ class RunSpec:
     guard: bool = True  # roll back a non-finite or exploded epoch before the graph runs (agent runs only)
     guard_grad_factor: float = 1e3  # "exploded": total grad norm > this x the previous epoch's
     keep_checkpoint_dir: bool = False  # True: a finished run leaves its train.checkpoint_dir files in place
+    # agent.reflection == "counterfactual": epochs the shadow branch of a decision trains (graphs/counterfactual.py)
+    counterfactual_horizon: int = 1
+    keep_better: bool = False  # counterfactual: continue from the better branch at the horizon
+
+    def __post_init__(self) -> None:
+        if self.counterfactual_horizon < 1:
+            raise ValueError(
+                f"counterfactual_horizon={self.counterfactual_horizon} must be >= 1 (epochs the shadow branch trains)"
+            )
 
     def as_params(self) -> dict[str, str]:
         """Everything ``spec_from_params`` needs to rebuild this spec (``mimic-learn resume``)."""
@@ -82,6 +94,8 @@ class RunSpec:
             guard=str(self.guard),
             guard_grad_factor=str(self.guard_grad_factor),
             keep_checkpoint_dir=str(self.keep_checkpoint_dir),
+            counterfactual_horizon=str(self.counterfactual_horizon),
+            keep_better=str(self.keep_better),
             bounds=json.dumps(asdict(self.bounds)),
         )
         params.update({f"agent.{k}": json.dumps(v) for k, v in _agent_extras(self.agent).items()})
@@ -162,6 +176,8 @@ def spec_from_params(
         guard=params.get("guard", "True") == "True",
         guard_grad_factor=float(params.get("guard_grad_factor", 1e3)),
         keep_checkpoint_dir=params.get("keep_checkpoint_dir", "False") == "True",
+        counterfactual_horizon=int(params.get("counterfactual_horizon", 1)),
+        keep_better=params.get("keep_better", "False") == "True",
     )
 
 
@@ -172,6 +188,10 @@ class EpochOutcome:
     state: dict | None  # the graph's final state for this invocation
     guard: str | None = None  # what the guard did after this epoch (None: nothing)
     guard_rollbacks: int = 0  # guard rollbacks in this run so far, this epoch's included
+    # counterfactual verdicts measured at this epoch (forks whose horizon ends here); see graphs/counterfactual.py
+    counterfactual: list[dict] = field(default_factory=list)
+    shadow_epochs: int = 0  # shadow (counterfactual and oracle) epochs trained in this run so far
+    oracle: dict | None = None  # this boundary's oracle plan: candidates, horizon, chosen, compute
 
 
 @dataclass
@@ -219,6 +239,7 @@ class AgentRunner:
         observers: list | None = None,
         approver: Callable[[dict], object] | None = None,
         model=None,
+        train_epoch: Callable[[], EpochReport] | None = None,
     ):
         self.spec = spec
         # spec.agent.approve: each proposal that changes something is put to ``approver(proposal) -> answer``
@@ -235,6 +256,29 @@ class AgentRunner:
         self._conn = None
         self.guard_rollbacks = 0
         self._fork_from: str | None = None  # resume: the graph checkpoint the next decision continues from
+        # Shadow branches (counterfactual reflection, oracle) train epochs with this; a user's loop passes its own
+        # (integrations.Steering's ``train_epoch``): LoopTrainer cannot train by itself.
+        self.train_epoch = train_epoch
+        if train_epoch is None and not isinstance(self.trainer, LoopTrainer):
+            self.train_epoch = self.trainer.run_epoch
+        self.outcome_records: list[OutcomeRecord] = []  # forks, oracle trials: the outcomes.jsonl artifact
+        self.current_verdicts: list[dict] = []  # the verdicts of the decision being made (trace attributes)
+        self.counterfactual: Counterfactual | None = None
+        needs_branches = spec.agent.reflection == "counterfactual" or _is_oracle(spec.controller)
+        if needs_branches and spec.controller != "none" and self.train_epoch is None:
+            raise ValueError(
+                f"reflection={spec.agent.reflection!r} / controller={spec.controller!r} trains shadow branches, "
+                "which needs a function that trains one epoch: pass train_epoch=... (Steering(train_epoch=...); "
+                "see docs/guides/counterfactual.md)"
+            )
+        if spec.agent.reflection == "counterfactual" and spec.controller != "none":
+            self.counterfactual = Counterfactual(
+                self.trainer,
+                self.train_epoch,
+                horizon=spec.counterfactual_horizon,
+                keep_better=spec.keep_better,
+                total_epochs=spec.train.epochs,
+            )
         if spec.controller != "none":
             # ``model``: a chat model object used instead of loading ``spec.controller`` (which then only names it)
             self.model = model if model is not None else load_chat_model(spec.controller, spec.provider)
@@ -295,22 +339,85 @@ class AgentRunner:
         """Everything after an epoch was trained: guard, decision (at a boundary), observers, resume state.
         ``step()`` calls it after ``trainer.run_epoch()``; a user's own loop calls it (through
         ``mimic_learn.integrations.Steering``) after ``LoopTrainer.end_epoch()``."""
-        guard = self.guard_epoch(report) if (self.graph is not None and self.spec.guard) else None
-        decision, state = None, None
+        verdicts = self._resolve_forks(report)
+        switched = any(v["kept"] == "without" for v in verdicts)  # keep_better: already on a sound state
+        guard = (
+            self.guard_epoch(report)
+            if (self.graph is not None and self.spec.guard and not switched)
+            else None
+        )
+        decision, state, oracle = None, None, None
         total = self.spec.train.epochs
         if self.graph is not None and report.epoch % self.spec.every == 0 and report.epoch < total:
             seen = agent_report(self.trainer, report, total)
             if guard:
                 seen["guard"] = guard
                 seen["events"] = [*seen.get("events", []), guard]
+            if verdicts:
+                seen["counterfactual"] = [{k: v[k] for k in VERDICT_KEYS} for v in verdicts]
+            # the pre-decision state a fork's shadow branch starts from (the guard and keep_better keep it current)
+            start = self.trainer.pre_decision.get(report.epoch) if self.counterfactual is not None else None
+            if self.counterfactual is not None and start is None:
+                start = self.trainer.checkpoint()
+            plan = self._plan_oracle(report.epoch) if _is_oracle(self.spec.controller) else None
+            self.current_verdicts = verdicts
             state = self.invoke_graph({"epoch": report.epoch, "report": seen})
+            self.current_verdicts = []
             decision = state.get("decision")
-        outcome = EpochOutcome(report, decision, state, guard, self.guard_rollbacks)
+            rendered = _prompt_text(state)
+            config = self.trainer.config.as_params()
+            if plan is not None:
+                oracle = {
+                    "horizon": plan.horizon,
+                    "candidates": [c.name for c in plan.candidates],
+                    "chosen": plan.candidates[plan.best].name,
+                    "compute_epochs": plan.compute_epochs,
+                }
+                self.outcome_records += oracle_records(plan, seen, rendered, config, self.thread_id)
+            if self.counterfactual is not None and decision is not None:
+                self.counterfactual.open(report.epoch, decision, seen, rendered, start)
+        outcome = EpochOutcome(
+            report, decision, state, guard, self.guard_rollbacks, verdicts, self.shadow_epochs, oracle
+        )
         self.outcomes.append(outcome)
         for obs in self.observers:
             obs.on_epoch(self, outcome)
         self.save_resume_state()
         return outcome
+
+    # ------------------------------------------------------------------ counterfactual branches
+    @property
+    def shadow_epochs(self) -> int:
+        """Epochs trained in shadow branches so far (forks and oracle rollouts): the extra compute."""
+        return self._oracle_epochs + (self.counterfactual.shadow_epochs if self.counterfactual else 0)
+
+    _oracle_epochs = 0
+
+    def _resolve_forks(self, report: EpochReport) -> list[dict]:
+        """The verdicts of forks whose horizon ends at this epoch; each is also written into its decision
+        (``decision["counterfactual"]``, the decisions table's ``decision_effect``) and recorded."""
+        if self.counterfactual is None:
+            return []
+        out = []
+        config = self.trainer.config.as_params()
+        for verdict, record in self.counterfactual.resolve(report, config, self.thread_id):
+            self.outcome_records.append(record)
+            for past in self.outcomes:
+                if past.report.epoch == verdict["decision_epoch"] and past.decision is not None:
+                    past.decision["counterfactual"] = {k: verdict[k] for k in VERDICT_KEYS}
+            out.append(verdict)
+        return out
+
+    def _plan_oracle(self, epoch: int):
+        """Roll every candidate out in shadow and hand the winner to the oracle chat model for this epoch."""
+        model = self.model
+        horizon = oracle_horizon(getattr(model, "horizon", None), self.trainer, epoch, self.spec.train.epochs)
+        plan = plan_oracle(self.controls, self.spec.agent.tools, horizon, self.train_epoch)
+        self._oracle_epochs += plan.compute_epochs
+        if hasattr(model, "plans"):
+            model.plans[epoch] = plan.candidates[plan.best].tool_calls
+            model.chosen[epoch] = plan.candidates[plan.best].name
+        return plan
 
     # ------------------------------------------------------------------ guard
     def guard_epoch(self, report: EpochReport) -> str | None:
@@ -383,6 +490,7 @@ class AgentRunner:
             "pre_decision": dict(trainer.pre_decision),
             "graph_checkpoint_id": graph_id,
             "guard_rollbacks": self.guard_rollbacks,
+            "outcome_records": [r.to_json() for r in self.outcome_records],
             "outcomes": json.dumps(
                 [
                     {
@@ -418,6 +526,7 @@ class AgentRunner:
         trainer.last_good = state["last_good"]
         trainer.pre_decision = dict(state["pre_decision"])
         self.guard_rollbacks = state["guard_rollbacks"]
+        self.outcome_records = [OutcomeRecord.from_json(r) for r in state.get("outcome_records", [])]
         self.outcomes = [
             EpochOutcome(EpochReport(**o["report"]), o["decision"], None, o["guard"], o["guard_rollbacks"])
             for o in json.loads(state["outcomes"])
@@ -464,6 +573,23 @@ class AgentRunner:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+VERDICT_KEYS = ("decision_epoch", "epoch", "horizon", "monitor", "effect", "val_loss_effect", "kept", "text")
+
+
+def _is_oracle(controller: str) -> bool:
+    return controller == "oracle" or controller.startswith("oracle:")
+
+
+def _prompt_text(state: dict) -> str:
+    """The report as the controller read it: the decision's human message."""
+    from langchain_core.messages import HumanMessage
+
+    for m in state.get("messages") or []:
+        if isinstance(m, HumanMessage):
+            return str(m.content)
+    return ""
 
 
 def _total_grad_norm(report: EpochReport) -> float:

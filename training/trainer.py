@@ -167,6 +167,7 @@ class Trainer:
         self.pre_decision_keep = 2  # boundaries kept in memory (a runner deciding every k epochs keeps k+1)
         self.last_good: dict | None = None
         self._pending_events: list[str] = []
+        self._in_shadow = False  # a counterfactual branch (see shadow_branch) writes no retention checkpoints
         self._at_boundary()  # boundary 0: before the first epoch
 
     @classmethod
@@ -500,9 +501,42 @@ class Trainer:
     def load_checkpoint(path: str | Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
 
+    # ------------------------------------------------------------------ shadow branches
+    def snapshot(self) -> dict:
+        """Everything ``restore_snapshot`` needs to put the trainer back exactly as it is now, between epochs:
+        a full checkpoint plus what a checkpoint leaves out (staged deltas, events not yet reported, the
+        retention checkpoints). Used to run a counterfactual branch and come back (``training.fork``)."""
+        return {
+            "ckpt": self.checkpoint(),
+            "deltas": dict(self._deltas),
+            "pending_events": list(self._pending_events),
+            "pre_decision": dict(self.pre_decision),
+            "last_good": self.last_good,
+        }
+
+    def restore_snapshot(self, snap: dict) -> None:
+        self.restore(snap["ckpt"])
+        self._deltas = dict(snap["deltas"])
+        self._pending_events = list(snap["pending_events"])
+        self.pre_decision = dict(snap["pre_decision"])
+        self.last_good = snap["last_good"]
+
+    @contextmanager
+    def shadow_branch(self):
+        """Train a counterfactual branch inside this block: epoch boundaries keep no retention checkpoints
+        (nothing on disk, no pre-decision or last-good entries). The caller restores the real branch after
+        (``restore_snapshot``)."""
+        was, self._in_shadow = getattr(self, "_in_shadow", False), True
+        try:
+            yield
+        finally:
+            self._in_shadow = was
+
     def _at_boundary(self) -> None:
         """Retention at each epoch boundary, before any decision: pre-decision (last 2 boundaries in memory),
         last good (newest boundary with finite losses), and the last K boundaries on disk."""
+        if getattr(self, "_in_shadow", False):
+            return
         ckpt = self.checkpoint()
         self.pre_decision[self.epoch] = ckpt
         for old in sorted(self.pre_decision)[: -self.pre_decision_keep]:

@@ -46,6 +46,17 @@ class SteeringCallback:
     ):
         if every_n_steps is not None and every_n_steps < 1:
             raise ValueError(f"every_n_steps={every_n_steps} must be >= 1 (or None: decide once per epoch)")
+        agent = steering_kwargs.get("agent")
+        reflection = steering_kwargs.get("reflection") or getattr(agent, "reflection", None)
+        if reflection == "counterfactual" or (
+            isinstance(controller, str) and controller.startswith("oracle")
+        ):
+            raise ValueError(
+                f"reflection={reflection!r} / controller={controller!r} trains the same epoch again from a "
+                f"checkpoint (a shadow branch), which the {self.framework} trainer cannot do from a callback; "
+                "use another reflection policy (log_only, memory, revert_on_harm) and controller here, or steer "
+                "your own loop with mimic_learn.integrations.Steering(..., train_epoch=...)"
+            )
         for taken in ("model", "optimizer", "scheduler"):
             if taken in steering_kwargs:
                 raise TypeError(

@@ -22,6 +22,20 @@ Metrics are yours: any names. ``train_loss``/``train_acc``/``val_loss``/``val_ac
 every other name is shown to the controller as is, and ``monitor``/``mode`` say which number decisions are
 judged by (reflection, the ``rules`` controller, ``revert_on_harm``).
 
+Counterfactual reflection (``reflection="counterfactual"``) and the oracle (``controller="oracle:<h>"``) train
+shadow branches, which needs a function that trains one epoch of *your* loop:
+
+    def train_one_epoch(epoch: int) -> Mapping[str, float]:
+        # train epoch `epoch` (1-based) on the same model/optimizer/scheduler, exactly as your loop does, and
+        # return the metrics you would pass to epoch_end. Seed the data order with `epoch` (and draw dropout
+        # from a generator seeded the same way) so both branches see the same batches.
+        ...
+    steering = Steering(model, optimizer, epochs=20, reflection="counterfactual", train_epoch=train_one_epoch)
+
+Steering restores model, optimizer, scheduler and knobs around each branch; your loop's own state (data
+iterators, RNG, anything else it keeps) is yours to keep the same. Costs one extra epoch per decision that
+changes something (horizon 1; ``counterfactual_horizon`` k: k epochs).
+
 Long epochs: an "epoch" here is simply the period between two calls. Call ``epoch_end`` every N optimizer
 steps (pass ``epochs`` = the number of periods) to decide more often; the Lightning and Hugging Face
 callbacks do this with ``every_n_steps``.
@@ -78,6 +92,9 @@ class Steering:
         checkpoint_dir: str | Path | None = None,
         steps_per_epoch: int | None = None,
         observers: list | None = None,
+        train_epoch: Callable[[int], Mapping[str, float]] | None = None,
+        counterfactual_horizon: int = 1,
+        keep_better: bool = False,
     ):
         self.trainer = LoopTrainer(
             model,
@@ -103,13 +120,17 @@ class Steering:
             bounds=bounds or Bounds(),
             every=every,
             state_db=state_db,
+            counterfactual_horizon=counterfactual_horizon,
+            keep_better=keep_better,
         )
+        self.user_train_epoch = train_epoch
         self.runner = AgentRunner(
             spec,
             trainer=self.trainer,
             observers=observers,
             approver=approver,
             model=None if isinstance(controller, str) else controller,
+            train_epoch=self._shadow_epoch if train_epoch is not None else None,
         )
         self.track = track
         self.tracking_uri = tracking_uri
@@ -122,6 +143,10 @@ class Steering:
             self.runner.observers.append(self.tracker)
         self._started = False
         self._closed = False
+
+    def _shadow_epoch(self):
+        """One epoch of a shadow branch: the user's ``train_epoch`` callback, closed like a real epoch."""
+        return self.trainer.end_epoch(self.user_train_epoch(self.trainer.epoch + 1))
 
     @property
     def run_id(self) -> str | None:

@@ -197,3 +197,75 @@ def test_outcome_records_round_trip_through_mlflow_and_export_outcomes(tmp_path,
 def test_outcome_record_from_a_newer_schema_is_refused():
     with pytest.raises(ValueError, match="schema_version=99"):
         OutcomeRecord.from_dict({"schema_version": 99})
+
+
+# ---------------------------------------------------------------------------------------------- a user's loop
+def _steered_regression(reflection: str, epochs: int = 3):
+    from mimic_learn.agents.scripted import ScriptedChatModel
+    from mimic_learn.integrations import Steering
+
+    torch.manual_seed(0)
+    x = torch.randn(256, 8)
+    y = x @ torch.linspace(-1, 1, 8)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+
+    def train_one_epoch(epoch: int) -> dict[str, float]:
+        order = torch.randperm(192, generator=torch.Generator().manual_seed(epoch))  # same batches per epoch
+        for i in range(0, 192, 32):
+            idx = order[i : i + 32]
+            loss = torch.nn.functional.mse_loss(model(x[idx]).squeeze(1), y[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            val = torch.nn.functional.mse_loss(model(x[192:]).squeeze(1), y[192:]).item()
+        return {"train_mse": loss.item(), "val_mse": val}
+
+    script = ScriptedChatModel(
+        decisions=[{"epoch": 1, "tool_calls": [{"name": "set_lr", "args": {"lr": 0.01, "reason": "t"}}]}]
+    )
+    steering = Steering(
+        model, optimizer, epochs=epochs, controller=script, monitor="val_mse", mode="min",
+        reflection=reflection, train_epoch=train_one_epoch, track=False,
+    )  # fmt: skip
+    outcomes = [steering.epoch_end(train_one_epoch(e)) for e in range(1, epochs + 1)]
+    steering.close()
+    return model, outcomes, steering
+
+
+def test_steering_measures_a_decision_with_a_user_train_epoch_callback(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model_cf, outcomes, steering = _steered_regression("counterfactual")
+    (verdict,) = outcomes[1].counterfactual
+    assert (
+        verdict["monitor"] == "val_mse"
+        and verdict["effect"] is not None
+        and verdict["effect"] == verdict["effect"]
+    )
+    (record,) = steering.runner.outcome_records
+    assert record.mode == "min" and record.with_action.metrics["val_mse"] == record.with_action.monitor
+    model_plain, _, _ = _steered_regression("log_only")
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(model_cf.state_dict().values(), model_plain.state_dict().values(), strict=True)
+    )
+
+
+def test_counterfactual_needs_a_train_epoch_and_framework_callbacks_refuse_it(tmp_path, monkeypatch):
+    from mimic_learn.integrations import Steering
+    from mimic_learn.integrations._callback import SteeringCallback
+
+    monkeypatch.chdir(tmp_path)
+    model = torch.nn.Linear(2, 1)
+    with pytest.raises(ValueError, match="train_epoch"):
+        Steering(
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            epochs=2,
+            reflection="counterfactual",
+            track=False,
+        )
+    for kwargs in ({"reflection": "counterfactual"}, {"controller": "oracle:1"}):
+        with pytest.raises(ValueError, match="cannot do from a callback"):
+            SteeringCallback(**kwargs)

@@ -184,8 +184,10 @@ class ConsoleObserver:
             f"epoch {r.epoch:>3}/{runner.spec.train.epochs}  train loss {r.train_loss:.4f} acc {r.train_acc:.4f} | "
             f"val loss {r.val_loss:.4f} acc {r.val_acc:.4f} | lr {r.lr:.3g} dropout {dropout} alpha {r.alpha:.2f} | {r.wall_time:.1f}s"
         )
+        said = (outcome.decision or {}).get("reflection", "")
         for verdict in getattr(outcome, "counterfactual", None) or []:
-            self.progress.console.print(f"   measured: {verdict['text']}", highlight=False)
+            if verdict["text"] not in said:  # the counterfactual policy's critique already states it
+                self.progress.console.print(f"   measured: {verdict['text']}", highlight=False)
         if outcome.decision is not None:
             self.progress.console.print(f"   reflect: {outcome.decision['reflection'][:200]}")
             self.progress.console.print(f"   decide:  {_describe_decision(outcome.decision)}")

@@ -290,15 +290,18 @@ class MlflowTracker:
             verdicts = getattr(runner, "current_verdicts", None) or []
             if verdicts:  # the previous decision's measured effect (counterfactual reflection)
                 tags["mimic.decision_effect"] = str(verdicts[-1]["effect"])
-                span = mlflow.get_current_active_span()
-                if span is not None:
-                    span.set_attributes(
-                        {
-                            "mimic.decision_effect": verdicts[-1]["effect"],
-                            "mimic.decision_effect_epoch": verdicts[-1]["decision_epoch"],
-                            "mimic.counterfactual_horizon": verdicts[-1]["horizon"],
-                        }
-                    )
+                try:  # the graph's `observe` span; a tracing hiccup must not stop the run
+                    span = mlflow.get_current_active_span()
+                    if span is not None:
+                        span.set_attributes(
+                            {
+                                "mimic.decision_effect": verdicts[-1]["effect"],
+                                "mimic.decision_effect_epoch": verdicts[-1]["decision_epoch"],
+                                "mimic.counterfactual_horizon": verdicts[-1]["horizon"],
+                            }
+                        )
+                except Exception as exc:  # pragma: no cover - depends on the tracing backend
+                    mlflow.set_tag("mimic.trace_attribute_error", f"{type(exc).__name__}: {exc}"[:300])
             mlflow.update_current_trace(tags=tags)
 
     def on_epoch(self, runner, outcome) -> None:

@@ -168,7 +168,7 @@ def test_outcome_records_round_trip_through_mlflow_and_export_outcomes(tmp_path,
         catch_exceptions=False,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "measured: Decision after epoch 1" in result.output
+    assert "reflect: Decision after epoch 1" in result.output
     assert "vs not acting (same batches)" in " ".join(result.output.split())
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["cf"], filter_string="tags.`mimic.role` = 'child'")

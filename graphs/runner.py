@@ -264,6 +264,7 @@ class AgentRunner:
         self.outcome_records: list[OutcomeRecord] = []  # forks, oracle trials: the outcomes.jsonl artifact
         self.current_verdicts: list[dict] = []  # the verdicts of the decision being made (trace attributes)
         self.counterfactual: Counterfactual | None = None
+        self._oracle_epochs = 0  # shadow epochs the oracle's rollouts trained
         needs_branches = spec.agent.reflection == "counterfactual" or _is_oracle(spec.controller)
         if needs_branches and spec.controller != "none" and self.train_epoch is None:
             raise ValueError(
@@ -391,8 +392,6 @@ class AgentRunner:
         """Epochs trained in shadow branches so far (forks and oracle rollouts): the extra compute."""
         return self._oracle_epochs + (self.counterfactual.shadow_epochs if self.counterfactual else 0)
 
-    _oracle_epochs = 0
-
     def _resolve_forks(self, report: EpochReport) -> list[dict]:
         """The verdicts of forks whose horizon ends at this epoch; each is also written into its decision
         (``decision["counterfactual"]``, the decisions table's ``decision_effect``) and recorded."""
@@ -491,6 +490,10 @@ class AgentRunner:
             "graph_checkpoint_id": graph_id,
             "guard_rollbacks": self.guard_rollbacks,
             "outcome_records": [r.to_json() for r in self.outcome_records],
+            "shadow_epochs": {
+                "oracle": self._oracle_epochs,
+                "forks": self.counterfactual.shadow_epochs if self.counterfactual else 0,
+            },
             "outcomes": json.dumps(
                 [
                     {
@@ -527,6 +530,10 @@ class AgentRunner:
         trainer.pre_decision = dict(state["pre_decision"])
         self.guard_rollbacks = state["guard_rollbacks"]
         self.outcome_records = [OutcomeRecord.from_json(r) for r in state.get("outcome_records", [])]
+        shadow = state.get("shadow_epochs") or {}
+        self._oracle_epochs = shadow.get("oracle", 0)
+        if self.counterfactual is not None:
+            self.counterfactual.shadow_epochs = shadow.get("forks", 0)
         self.outcomes = [
             EpochOutcome(EpochReport(**o["report"]), o["decision"], None, o["guard"], o["guard_rollbacks"])
             for o in json.loads(state["outcomes"])

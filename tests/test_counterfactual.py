@@ -269,3 +269,24 @@ def test_counterfactual_needs_a_train_epoch_and_framework_callbacks_refuse_it(tm
     for kwargs in ({"reflection": "counterfactual"}, {"controller": "oracle:1"}):
         with pytest.raises(ValueError, match="cannot do from a callback"):
             SteeringCallback(**kwargs)
+
+
+def test_bad_counterfactual_options_are_refused_with_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="counterfactual_horizon=0 must be >= 1"):
+        RunSpec(counterfactual_horizon=0)
+    result = CliRunner().invoke(
+        app,
+        ["run", "--task", "digits", "--epochs", "2", "--controller", "rules", "--keep-better", "--no-track"],
+    )
+    assert result.exit_code == 2
+    assert "act only with --reflection counterfactual; current --reflection is log_only" in " ".join(
+        result.output.split()
+    )
+
+
+def test_the_oracle_is_a_one_line_experiment_arm():
+    from mimic_learn.agents.providers import ProviderOptions
+    from mimic_learn.experiments import Arm, arm_spec
+
+    spec = arm_spec(Arm("oracle_end", "oracle:end"), TrainConfig(), "rules", "g.sqlite", ProviderOptions())
+    assert spec.controller == "oracle:end"

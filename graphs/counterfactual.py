@@ -119,8 +119,8 @@ class Counterfactual:
                     ],
                     "changes": fork.decision.get("changes", []),
                 },
-                with_action=_outcome(real, real=True),
-                without_action=_outcome(shadow, real=False),
+                with_action=_outcome(real, real=kept == "with"),  # the branch the run continues from
+                without_action=_outcome(shadow, real=kept == "without"),
                 effect=eff,
                 val_loss_effect=loss_eff,
                 report=fork.report,

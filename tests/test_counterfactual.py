@@ -110,6 +110,8 @@ def test_a_harmful_decision_shows_a_negative_effect_and_keep_better_undoes_it(tm
             assert runner.trainer.lr == pytest.approx(0.05)
             state = runner.trainer.model.state_dict()
             assert all(torch.equal(fork.shadow.final_state["model"][k], state[k]) for k in state)
+            record = runner.outcome_records[-1]
+            assert record.without_action.real and not record.with_action.real and record.effect < 0
             assert runner.step().report.lr == pytest.approx(0.05)
         else:
             assert verdict["kept"] == "with" and runner.trainer.lr == pytest.approx(0.5)

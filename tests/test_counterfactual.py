@@ -104,6 +104,8 @@ def test_a_harmful_decision_shows_a_negative_effect_and_keep_better_undoes_it(tm
         assert verdict["effect"] < 0, verdict["text"]
         assert "vs not acting (same batches)" in verdict["text"] and "short-term" in verdict["text"]
         assert outcome.decision["reflection"].startswith("Decision after epoch 1 (lr 0.05\u21920.5)")
+        prompt = next(m.content for m in outcome.state["messages"] if m.type == "human")
+        assert "Measured effects of your recent decisions" in prompt and verdict["text"] in prompt
         if keep_better:
             assert verdict["kept"] == "without" and "keep_better" in verdict["text"]
             # the run continued from the branch without the decision: its weights and its lr

@@ -294,3 +294,26 @@ def test_the_oracle_is_a_one_line_experiment_arm():
 
     spec = arm_spec(Arm("oracle_end", "oracle:end"), TrainConfig(), "rules", "g.sqlite", ProviderOptions())
     assert spec.controller == "oracle:end"
+
+
+def test_outcome_records_and_shadow_epochs_survive_resume(tmp_path):
+    controller = _script(tmp_path, [_set_lr(1, 1e-3), _set_lr(2, 3e-3)])
+
+    def spec() -> RunSpec:
+        return RunSpec(
+            train=TrainConfig(task="digits", epochs=4, lr=3e-3, checkpoint_dir=str(tmp_path / "ckpt")),
+            controller=controller,
+            agent=AgentConfig(reflection="counterfactual"),
+            state_db=str(tmp_path / "g.sqlite"),
+            thread_id="resume-cf",
+        )
+
+    first = AgentRunner(spec())
+    first.step(), first.step(), first.step()  # two decisions made, the first one measured
+    records = [r.to_dict() for r in first.outcome_records]
+    first.close()
+    again = AgentRunner(spec())
+    assert again.load_resume_state() == 3
+    assert [r.to_dict() for r in again.outcome_records] == records and len(records) == 2
+    assert again.shadow_epochs == 2
+    again.close()

@@ -74,6 +74,17 @@ DownloadOpt = Annotated[bool, typer.Option(help="Download the dataset if missing
 ThreadsOpt = Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")]
 ValSizeOpt = Annotated[int | None, typer.Option(help="Validation images held out from the train split.")]
 TrackOpt = Annotated[bool, typer.Option(help="Log to MLflow.")]
+PriceInOpt = Annotated[
+    float | None,
+    typer.Option(
+        min=0,
+        help="USD per million input tokens, for the estimated cost (default: the built-in estimate for gpt-4o "
+        "and gemini-2.5-flash, none for other models).",
+    ),
+]
+PriceOutOpt = Annotated[
+    float | None, typer.Option(min=0, help="USD per million output tokens (see --price-in).")
+]
 ExperimentOpt = Annotated[str | None, typer.Option(help="MLflow experiment (default mimic-<task>).")]
 
 
@@ -227,13 +238,16 @@ def _run(
     )
     try:
         if not track:
-            return runner.run(), None
+            result = runner.run()
+            _print_usage(result, spec)
+            return result, None
         tracking.setup(tracking_uri, experiment or f"mimic-{spec.train.task}")
         with tracking.parent_run(f"run {arm}") as parent:
             tracker = tracking.MlflowTracker(arm=arm, log_model=log_model, traces=traces)
             runner.observers.append(tracker)
             result = runner.run()
             tracking.log_plots({arm: [o.report.to_dict() for o in result.epochs]})  # the parent's overlay
+        _print_usage(result, spec)
         _record_checkpoints(spec, result, tracker.run_id)
         uri = tracking_uri or tracking.DEFAULT_TRACKING_URI
         console.print(
@@ -243,6 +257,16 @@ def _run(
         return result, tracker.run_id
     finally:
         runner.close()
+
+
+def _print_usage(result, spec) -> None:
+    """Total provider tokens of the run's decisions and, where a price is known, the estimated cost."""
+    from .tracking import describe_usage, run_usage
+
+    if spec.controller != "none":
+        console.print(
+            describe_usage(run_usage(result.epochs, spec.controller, spec.provider)), highlight=False
+        )
 
 
 def _record_checkpoints(spec, result, run_id: str | None) -> None:
@@ -370,6 +394,8 @@ def run(
             "edit a value or reject. Your answer is recorded in MLflow beside the model's proposal."
         ),
     ] = False,
+    price_in: PriceInOpt = None,
+    price_out: PriceOutOpt = None,
     optimizer: OptimizerOpt = Optim.adam,
     schedule: ScheduleOpt = Schedule.none,
     lr: LrOpt = 1e-3,
@@ -432,6 +458,8 @@ def run(
             model_path=model_path,
             retries=retries,
             max_retry_after_s=max_retry_after,
+            price_in_per_m=price_in,
+            price_out_per_m=price_out,
         ),
         every=every,
         state_db=state_db,
@@ -772,6 +800,15 @@ def reproduce(
     num_cpus: NumCpusOpt = None,
     cpus_per_trial: CpusPerTrialOpt = 1.0,
     gpus_per_trial: GpusPerTrialOpt = 0.0,
+    price_in: PriceInOpt = None,
+    price_out: PriceOutOpt = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Run nothing: print the cells, the controller decisions and the estimated tokens and cost.",
+        ),
+    ] = False,
 ) -> None:
     """Reproduce a published experiment side by side with its numbers; resumable (finished cells are skipped).
     The arm `pbt` (Population Based Training, needs Ray) is added with --arms ...,pbt."""
@@ -807,6 +844,19 @@ def reproduce(
     seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     task = task or ("mnist" if kind == "paper" else "cifar10")
     command = _command_line(ctx)
+    provider = ProviderOptions(model_path=model_path, price_in_per_m=price_in, price_out_per_m=price_out)
+    if dry_run:
+        from .experiments import describe_plan, plan_reproduce
+
+        try:
+            plan = plan_reproduce(
+                kind, regime_list, seed_list, [a for a in arms.split(",") if a] or None,
+                controller or default_controller(), epochs, provider,
+            )  # fmt: skip
+        except ValueError as exc:
+            _fail(str(exc))
+        console.print(describe_plan(plan), highlight=False)
+        return
     try:
         with server as uri:
             if uri != tracking_uri:
@@ -815,7 +865,7 @@ def reproduce(
             path = run_reproduce(
                 kind, regime_list, seed_list, [a for a in arms.split(",") if a] or None, controller or default_controller(),
                 data_dir, epochs, threads, force, out or Path("docs/results") / f"{kind}.md", task, command,
-                provider=ProviderOptions(model_path=model_path), echo=console.print, report_only=report_only,
+                provider=provider, echo=console.print, report_only=report_only,
                 run_cells=run_cells, model=model, val_size=val_size,
             )  # fmt: skip
     except DataUnavailableError as exc:
@@ -923,6 +973,9 @@ def eval_controller(
     ] = None,
     tools: Annotated[str, typer.Option(help="Comma-separated tools to bind (default: all registered).")] = "",
     as_json: Annotated[bool, typer.Option("--json", help="Print per-scenario results as JSON.")] = False,
+    scenario: Annotated[
+        list[str] | None, typer.Option(help="Only these scenarios (repeatable; default: the whole bank).")
+    ] = None,
 ) -> None:
     """Score controllers on a fixed bank of training situations (diverging, plateau, overfitting, ...):
     valid-call rate, sensible-decision rate, median latency, and which tools each one used."""
@@ -932,6 +985,13 @@ def eval_controller(
     from .agents.scenarios import bank, evaluate_controller
 
     scenarios = bank()
+    if scenario:
+        unknown = sorted(set(scenario) - {s.name for s in scenarios})
+        if unknown:
+            _fail(
+                f"--scenario {', '.join(unknown)}: not in the bank ({', '.join(s.name for s in scenarios)})"
+            )
+        scenarios = [s for s in scenarios if s.name in scenario]
     reports = []
     for spec in controller:
         try:

@@ -52,6 +52,9 @@ class ProviderOptions:
     temperature: float | None = 0.0
     model_path: str | None = None  # for `local`: any GGUF chat model
     n_threads: int = 1
+    # USD per million tokens, for the run's estimated cost (None: pricing.PRICE_TABLE's entry, if any)
+    price_in_per_m: float | None = None
+    price_out_per_m: float | None = None
 
 
 def default_controller() -> str:

@@ -33,7 +33,7 @@ def load_reply(name: str, **overrides: Any) -> dict:
 class Request:
     method: str
     path: str
-    headers: dict[str, str]
+    headers: dict[str, str]  # names in lower case
     body: bytes
 
     @property
@@ -66,7 +66,11 @@ class ReplayServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 with replay._lock:
-                    replay.requests.append(Request(self.command, self.path, dict(self.headers), body))
+                    replay.requests.append(
+                        Request(
+                            self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body
+                        )
+                    )
                     index = len(replay.requests) - 1
                 reply = replay.replies[index] if index < len(replay.replies) else None
                 if reply is None:

@@ -85,6 +85,13 @@ PriceInOpt = Annotated[
 PriceOutOpt = Annotated[
     float | None, typer.Option(min=0, help="USD per million output tokens (see --price-in).")
 ]
+RequestTimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        min=1,
+        help="Seconds one HTTP request to the provider may take (a CPU-served local model may need minutes).",
+    ),
+]
 ExperimentOpt = Annotated[str | None, typer.Option(help="MLflow experiment (default mimic-<task>).")]
 
 
@@ -396,6 +403,7 @@ def run(
     ] = False,
     price_in: PriceInOpt = None,
     price_out: PriceOutOpt = None,
+    request_timeout: RequestTimeoutOpt = 60.0,
     optimizer: OptimizerOpt = Optim.adam,
     schedule: ScheduleOpt = Schedule.none,
     lr: LrOpt = 1e-3,
@@ -460,6 +468,7 @@ def run(
             max_retry_after_s=max_retry_after,
             price_in_per_m=price_in,
             price_out_per_m=price_out,
+            timeout_s=request_timeout,
         ),
         every=every,
         state_db=state_db,
@@ -976,6 +985,7 @@ def eval_controller(
     scenario: Annotated[
         list[str] | None, typer.Option(help="Only these scenarios (repeatable; default: the whole bank).")
     ] = None,
+    request_timeout: RequestTimeoutOpt = 60.0,
 ) -> None:
     """Score controllers on a fixed bank of training situations (diverging, plateau, overfitting, ...):
     valid-call rate, sensible-decision rate, median latency, and which tools each one used."""
@@ -995,7 +1005,7 @@ def eval_controller(
     reports = []
     for spec in controller:
         try:
-            model = load_chat_model(spec, ProviderOptions(model_path=model_path))
+            model = load_chat_model(spec, ProviderOptions(model_path=model_path, timeout_s=request_timeout))
         except Exception as exc:
             _fail(str(exc))
         with Progress(

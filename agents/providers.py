@@ -192,9 +192,10 @@ def checked_reply(bound: Runnable) -> Runnable:
 
 
 def explain_empty_reply(message: AIMessage) -> AIMessage:
-    """A reply with no tool call and no text gets, as its text, why it is empty (read from the provider's
-    metadata: OpenAI ``refusal`` and ``finish_reason``, Gemini ``finishReason`` and ``promptFeedback``), so the
-    decisions table says why nothing changed. Other replies are returned as they are."""
+    """A reply with no tool call and no text that a refusal, a content filter / safety block or the output limit
+    explains gets that explanation as its text (read from the provider's metadata: OpenAI ``refusal`` and
+    ``finish_reason``, Gemini ``finishReason`` and ``promptFeedback``), so the decisions table says why the
+    model decided nothing. Other replies are returned as they are."""
     if message.tool_calls or message.invalid_tool_calls or str(message.content or "").strip():
         return message
     meta = message.response_metadata or {}
@@ -216,9 +217,10 @@ def explain_empty_reply(message: AIMessage) -> AIMessage:
         )
     elif finish in ("length", "MAX_TOKENS"):
         why = f"the reply hit the output token limit before any tool call (finish_reason={finish})"
-    else:
-        why = f"the provider returned neither text nor a tool call (finish_reason={finish or 'not given'})"
-    return message.model_copy(update={"content": f"[no decision: {why}; nothing changed]"})
+    else:  # an empty closing turn after tool calls is ordinary: nothing to explain
+        return message
+    # Not "nothing changed": calls made earlier in the same decision still apply.
+    return message.model_copy(update={"content": f"[{why}]"})
 
 
 # ---------------------------------------------------------------------------------------------- Retry-After

@@ -86,7 +86,7 @@ def test_refusal_is_recorded_and_nothing_changes(tmp_path):
     outcome, _ = decide_once(tmp_path, openai_replies("refusal"))
     decision = outcome.decision
     assert decision["changes"] == [] and decision["calls"] == [] and decision["fallbacks"] == []
-    assert decision["final_text"].startswith("[no decision: the provider refused: I'm sorry")
+    assert decision["final_text"].startswith("[the provider refused: I'm sorry")
 
 
 def test_content_filter_is_recorded_and_nothing_changes(tmp_path):

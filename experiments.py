@@ -452,6 +452,98 @@ def missing_cells(
 
 
 # ---------------------------------------------------------------------------------------------- driver
+# ------------------------------------------------------------------------------------------ dry run (plan)
+# Tokens per controller decision when nothing better is known: two model turns (the tool call, then the turn
+# that ends the decision after the tool's reply) of the ``full`` prompt. Measured here: 2,268 input tokens per
+# turn (system prompt, tool schemas, full report; Qwen2.5 tokenizer via llama.cpp's server, digits, 2026-12-02)
+# and 82 output tokens. Other tokenizers and prompts differ: this is an order of magnitude, not a quote.
+TOKENS_PER_DECISION = (2 * 2_300, 2 * 100)
+NO_TOKEN_CONTROLLERS = ("rules", "scripted:", "random", "none")
+
+
+@dataclass
+class ReproducePlan:
+    cells: int
+    decisions: int  # controller decisions over every cell (epoch boundaries before the last, every k-th)
+    llm_decisions: int  # those made by a controller that spends provider tokens
+    tokens_in: int
+    tokens_out: int
+    cost_usd: float | None
+    price: str | None
+    per_arm: dict[str, int]  # decisions per arm
+
+
+def cell_epochs(kind: str, regime: str, epochs: int | None) -> int:
+    """Epochs of one cell, as ``reproduce`` runs it."""
+    return epochs or (PAPER_EPOCHS[regime] if kind == "paper" else 20)
+
+
+def plan_reproduce(
+    kind: str,
+    regimes: list[str],
+    seeds: list[int],
+    arm_names: list[str] | None,
+    controller: str,
+    epochs: int | None,
+    provider: ProviderOptions | None = None,
+    tokens_per_decision: tuple[int, int] = TOKENS_PER_DECISION,
+) -> ReproducePlan:
+    """What ``reproduce`` would run, before anything runs: cells, decisions, estimated tokens and cost. Counts
+    every cell, including those the store already holds (``reproduce`` skips those unless --force)."""
+    from .pricing import price_for
+
+    all_arms = PAPER_ARMS if kind == "paper" else BLOG_ARMS
+    known = [*all_arms, PBT_ARM]
+    unknown = set(arm_names or []) - {a.name for a in known}
+    if unknown:
+        raise ValueError(f"unknown arms {sorted(unknown)}; choose from {', '.join(a.name for a in known)}")
+    arms = [a for a in known if a.name in arm_names] if arm_names else list(all_arms)
+    if kind == "paper":
+        bad = [r for r in regimes if r not in PAPER_EPOCHS and epochs is None]
+        if bad:
+            raise ValueError(
+                f"regimes {bad}: no default epochs; choose from {', '.join(PAPER_EPOCHS)} or pass --epochs"
+            )
+    per_arm: dict[str, int] = {}
+    llm = 0
+    for arm in arms:
+        if arm.controller is None:
+            continue
+        chosen = controller if arm.controller == "LLM" else arm.controller
+        n = sum((cell_epochs(kind, r, epochs) - 1) // arm.every for r in regimes) * len(seeds)
+        per_arm[arm.name] = n
+        if not chosen.startswith(NO_TOKEN_CONTROLLERS):
+            llm += n
+    tokens_in, tokens_out = llm * tokens_per_decision[0], llm * tokens_per_decision[1]
+    provider = provider or ProviderOptions()
+    price = price_for(controller, provider.price_in_per_m, provider.price_out_per_m)
+    return ReproducePlan(
+        cells=len(arms) * len(regimes) * len(seeds),
+        decisions=sum(per_arm.values()),
+        llm_decisions=llm,
+        tokens_in=tokens_in,
+        tokens_out=tokens_out,
+        cost_usd=price.cost_usd(tokens_in, tokens_out) if price else None,
+        price=price.describe() if price else None,
+        per_arm=per_arm,
+    )
+
+
+def describe_plan(plan: ReproducePlan) -> str:
+    lines = [
+        f"dry run: {plan.cells} cells, {plan.decisions} controller decisions "
+        f"({plan.llm_decisions} by a model that spends tokens); nothing was run",
+        "decisions per arm: " + (", ".join(f"{k} {v}" for k, v in plan.per_arm.items()) or "none"),
+        f"estimated tokens: {plan.tokens_in:,} in / {plan.tokens_out:,} out "
+        f"({TOKENS_PER_DECISION[0]:,} / {TOKENS_PER_DECISION[1]:,} per decision, an order of magnitude)",
+    ]
+    if plan.cost_usd is not None:
+        lines.append(f"estimated cost: ${plan.cost_usd:.2f} at {plan.price}")
+    else:
+        lines.append("estimated cost: no price known for this controller (set --price-in / --price-out)")
+    return "\n".join(lines)
+
+
 def reproduce(
     kind: str,
     regimes: list[str],

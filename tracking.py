@@ -182,6 +182,9 @@ def decision_rows(outcome) -> list[dict]:
         # counterfactual reflection: the measured effect vs not acting (None: no fork, or not measured yet)
         "decision_effect": (d.get("counterfactual") or {}).get("effect"),
         "final_text": d.get("final_text", ""),
+        # the whole decision's provider usage (every model turn of it), repeated on each of its rows
+        "tokens_in": int((outcome.state or {}).get("tokens_in", 0)),
+        "tokens_out": int((outcome.state or {}).get("tokens_out", 0)),
         "review": json.dumps(
             [{k: v for k, v in rv.items() if k != "message_id"} for rv in d.get("reviews") or []], default=str
         )
@@ -321,6 +324,11 @@ class MlflowTracker:
             mlflow.log_metrics({"test_acc": result.test.acc, "test_loss": result.test.loss})
         # Rebuilt from the outcomes: a counterfactual verdict arrives after its decision's row was made.
         self.rows = [row for o in result.epochs for row in decision_rows(o)] or self.rows
+        if runner.graph is not None:
+            usage = run_usage(result.epochs, runner.spec.controller, runner.spec.provider)
+            mlflow.log_metrics({k: v for k, v in usage.items() if isinstance(v, int | float)})
+            if "price" in usage:
+                mlflow.set_tag("mimic.price", usage["price"])
         if self.rows:
             mlflow.log_table(_columns(self.rows), artifact_file="decisions.json")
         records = getattr(runner, "outcome_records", None) or []
@@ -348,6 +356,39 @@ class MlflowTracker:
             mlflow.flush_trace_async_logging()  # every trace of this run is in the store before the run ends
             mlflow.langchain.autolog(disable=True)
         mlflow.end_run()
+
+
+def run_usage(outcomes, controller: str, provider=None) -> dict:
+    """A run's total provider tokens over its decisions and, where a price is known (``--price-in/--price-out``
+    or ``pricing.PRICE_TABLE``), the estimated cost in USD: ``total_tokens_in``, ``total_tokens_out``,
+    ``decisions``, and ``estimated_cost_usd`` with ``price`` (where the price came from)."""
+    from .pricing import price_for
+
+    states = [o.state for o in outcomes if o.state is not None]
+    usage: dict = {
+        "decisions": len(states),
+        "total_tokens_in": sum(int(s.get("tokens_in", 0)) for s in states),
+        "total_tokens_out": sum(int(s.get("tokens_out", 0)) for s in states),
+    }
+    price = price_for(
+        controller,
+        getattr(provider, "price_in_per_m", None),
+        getattr(provider, "price_out_per_m", None),
+    )
+    if price is not None:
+        usage["estimated_cost_usd"] = price.cost_usd(usage["total_tokens_in"], usage["total_tokens_out"])
+        usage["price"] = price.describe()
+    return usage
+
+
+def describe_usage(usage: dict) -> str:
+    text = (
+        f"tokens: {usage['total_tokens_in']:,} in / {usage['total_tokens_out']:,} out "
+        f"over {usage['decisions']} decisions"
+    )
+    if "estimated_cost_usd" in usage:
+        text += f"; estimated cost ${usage['estimated_cost_usd']:.4f} at {usage['price']}"
+    return text
 
 
 def log_plots(arms: dict[str, list[dict]]) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage
-from langchain_core.runnables import Runnable, RunnableLambda
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 from langchain_core.runnables.retry import RunnableRetry
 from tenacity import AsyncRetrying, RetryCallState, Retrying, wait_none
 from tenacity.stop import stop_base
@@ -54,6 +54,9 @@ class ProviderOptions:
     temperature: float | None = 0.0
     model_path: str | None = None  # for `local`: any GGUF chat model
     n_threads: int = 1
+    # USD per million tokens, for the run's estimated cost (None: pricing.PRICE_TABLE's entry, if any)
+    price_in_per_m: float | None = None
+    price_out_per_m: float | None = None
 
 
 def default_controller() -> str:
@@ -132,7 +135,8 @@ def load_chat_model(spec: str, options: ProviderOptions | None = None) -> BaseCh
 
 
 def build_controller(model: BaseChatModel, tools: list, options: ProviderOptions | None = None) -> Runnable:
-    """Bind tools, add retries (Retry-After or backoff, see ``RetryAfterRetry``), then the fallback controller."""
+    """Bind tools, check the reply (``checked_reply``), add retries (Retry-After or backoff, see
+    ``RetryAfterRetry``), then the fallback controller."""
     opts = options or ProviderOptions()
     bound = model.bind_tools(tools)
     if model._llm_type in (
@@ -142,6 +146,7 @@ def build_controller(model: BaseChatModel, tools: list, options: ProviderOptions
         "mimic-oracle",
     ):  # deterministic: nothing to retry
         return bound
+    bound = checked_reply(bound)
     if opts.retries > 0:
         bound = RetryAfterRetry(
             bound=bound,
@@ -160,6 +165,71 @@ def _mark_fallback(message: AIMessage) -> AIMessage:
     return message
 
 
+# ------------------------------------------------------------------------------------ replies that decide nothing
+class ProviderResponseError(Exception):
+    """The provider answered with something that is no chat reply (e.g. an empty ``choices`` list)."""
+
+
+# Gemini's finishReason values that mean "stopped by a filter", not "finished"
+_BLOCKING_FINISH_REASONS = {
+    "content_filter",
+    "SAFETY",
+    "RECITATION",
+    "BLOCKLIST",
+    "PROHIBITED_CONTENT",
+    "SPII",
+}
+
+
+def checked_reply(bound: Runnable) -> Runnable:
+    """``bound`` whose replies are checked: a reply without any message raises ``ProviderResponseError`` (so the
+    retries and the fallback handle it, with a reason the decisions table shows), and an empty reply that a
+    refusal, a content filter, a safety block or the output limit explains says so (``explain_empty_reply``)."""
+
+    def call(messages: Any, config: RunnableConfig) -> AIMessage:
+        try:
+            message = bound.invoke(messages, config)
+        except IndexError as exc:  # LangChain indexes generations[0]: the reply had no choice / candidate
+            raise ProviderResponseError(
+                f"the provider's reply held no message (an empty `choices` / `candidates` list): {exc}"
+            ) from exc
+        return explain_empty_reply(message)
+
+    return RunnableLambda(call, name="checked_reply")
+
+
+def explain_empty_reply(message: AIMessage) -> AIMessage:
+    """A reply with no tool call and no text that a refusal, a content filter / safety block or the output limit
+    explains gets that explanation as its text (read from the provider's metadata: OpenAI ``refusal`` and
+    ``finish_reason``, Gemini ``finishReason`` and ``promptFeedback``), so the decisions table says why the
+    model decided nothing. Other replies are returned as they are."""
+    if message.tool_calls or message.invalid_tool_calls or str(message.content or "").strip():
+        return message
+    meta = message.response_metadata or {}
+    refusal = (message.additional_kwargs or {}).get("refusal")
+    finish = str(getattr(meta.get("finish_reason"), "value", meta.get("finish_reason")) or "")
+    blocked_prompt = (meta.get("prompt_feedback") or {}).get("block_reason")
+    if refusal:
+        why = f"the provider refused: {refusal}"
+    elif blocked_prompt:
+        why = f"the provider blocked the prompt (block_reason={getattr(blocked_prompt, 'value', blocked_prompt)})"
+    elif finish in _BLOCKING_FINISH_REASONS:
+        categories = [
+            str(getattr(r.get("category"), "value", r.get("category")))
+            for r in meta.get("safety_ratings") or []
+            if isinstance(r, dict) and r.get("blocked")
+        ]
+        why = f"the provider's content filter stopped the reply (finish_reason={finish}" + (
+            f"; blocked: {', '.join(categories)})" if categories else ")"
+        )
+    elif finish in ("length", "MAX_TOKENS"):
+        why = f"the reply hit the output token limit before any tool call (finish_reason={finish})"
+    else:  # an empty closing turn after tool calls is ordinary: nothing to explain
+        return message
+    # Not "nothing changed": calls made earlier in the same decision still apply.
+    return message.model_copy(update={"content": f"[{why}]"})
+
+
 # ---------------------------------------------------------------------------------------------- Retry-After
 class RetryAfterTooLong(Exception):
     """The provider asked to wait longer than ``ProviderOptions.max_retry_after_s`` before the next attempt."""
@@ -168,8 +238,9 @@ class RetryAfterTooLong(Exception):
 def retry_after_seconds(exc: BaseException | None) -> float | None:
     """Seconds the provider asked to wait before the next request: the ``retry-after-ms`` or ``Retry-After``
     header (seconds or an HTTP date) of the HTTP response that ``exc``, or an exception it was raised from,
-    carries as ``.response.headers`` (OpenAI, Anthropic, Google and other httpx/requests based SDKs). None when
-    there is no such header or it cannot be read. Only these two headers are read; others may hold secrets."""
+    carries as ``.response.headers`` (OpenAI, Anthropic, Google and other httpx/requests based SDKs), else the
+    ``google.rpc.RetryInfo.retryDelay`` in the error body a Google API sends with a 429 (``exc.details``). None
+    when there is none or it cannot be read. Only these are read; other headers may hold secrets."""
     for _ in range(5):  # a wrapper's cause, e.g. langchain-google-genai re-raising google.genai's ClientError
         if exc is None:
             return None
@@ -178,9 +249,34 @@ def retry_after_seconds(exc: BaseException | None) -> float | None:
         except Exception:  # no response, or one whose .response is a property that raises
             headers = None
         seconds = _parse_retry_after(headers) if headers is not None else None
+        if seconds is None:  # Google APIs put it in the error body: google.rpc.RetryInfo.retryDelay
+            seconds = _retry_info_seconds(getattr(exc, "details", None))
         if seconds is not None:
             return seconds
         exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _retry_info_seconds(body: Any) -> float | None:
+    """``retryDelay`` of a ``type.googleapis.com/google.rpc.RetryInfo`` entry in a Google error body
+    (``{"error": {"details": [...]}}``; google.genai's ``APIError.details``): a protobuf Duration, "1.2s" in
+    JSON, or ``{"seconds": 1, "nanos": 200000000}``."""
+    if not isinstance(body, Mapping):
+        return None
+    error = body.get("error", body)
+    details = error.get("details") if isinstance(error, Mapping) else None
+    for entry in details if isinstance(details, list) else []:
+        if not (isinstance(entry, Mapping) and str(entry.get("@type", "")).endswith("google.rpc.RetryInfo")):
+            continue
+        delay = entry.get("retryDelay")
+        if isinstance(delay, str) and delay.endswith("s"):
+            seconds = _to_float(delay[:-1])
+        elif isinstance(delay, Mapping):
+            seconds = float(delay.get("seconds", 0) or 0) + float(delay.get("nanos", 0) or 0) / 1e9
+        else:
+            seconds = None
+        if seconds is not None:
+            return max(seconds, 0.0)
     return None
 
 

@@ -33,7 +33,13 @@ from langgraph.prebuilt import ToolNode
 from langgraph.types import interrupt
 
 from ..agents.protocol import human_with_report
-from ..agents.providers import ProviderOptions, RetryAfterTooLong, build_controller, load_chat_model
+from ..agents.providers import (
+    ProviderOptions,
+    ProviderResponseError,
+    RetryAfterTooLong,
+    build_controller,
+    load_chat_model,
+)
 from ..agents.reflection import ReflectionContext, get_policy
 from ..agents.reflection.base import describe_changes
 from ..prompts.templates import render, system_prompt
@@ -68,7 +74,7 @@ class _ErrorCollector(BaseCallbackHandler):
         # Retries given up early because the provider asked to wait longer than allowed: the reason to record
         # is the wait it asked for, which only the retry wrapper knows (the model's own error is the 429).
         text = f"{type(error).__name__}: {error}"[:300]
-        if isinstance(error, RetryAfterTooLong) and text not in self.errors:
+        if isinstance(error, RetryAfterTooLong | ProviderResponseError) and text not in self.errors:
             self.errors.append(text)
 
 

@@ -23,6 +23,11 @@ import mlflow.pytorch
 from .training.trainer import metric_value
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+# `mimic-learn note <run-id> "text"` sets the tag mimic.note.<unix ms>-<random> = text on the run; the running
+# process reads the run's tags before each decision (MlflowTracker.poll_notes). See
+# docs/guides/instructions-and-notes.md.
+NOTE_TAG_PREFIX = "mimic.note."
+TRACE_TAG_LIMIT = 4000  # mlflow.tracing.constant.MAX_CHARS_IN_TRACE_INFO_TAGS_VALUE is 4096
 
 
 def setup(tracking_uri: str | None, experiment: str) -> None:
@@ -167,6 +172,14 @@ def decision_rows(outcome) -> list[dict]:
         "fallbacks": "; ".join(d.get("fallbacks", [])),
         "reverted": bool(d.get("reverted")),
         "final_text": d.get("final_text", ""),
+        "notes": json.dumps(
+            [
+                {"time": _iso(n.get("time")), "text": n.get("text"), "source": n.get("source")}
+                for n in d.get("notes") or []
+            ]
+        )
+        if d.get("notes")
+        else "",
         "review": json.dumps(
             [{k: v for k, v in rv.items() if k != "message_id"} for rv in d.get("reviews") or []], default=str
         )
@@ -271,7 +284,19 @@ class MlflowTracker:
     def on_decision_start(self, runner, epoch: int) -> None:
         """Called inside the graph invocation: tag the trace being recorded (no flush, no extra write)."""
         if self.traces:
-            mlflow.update_current_trace(tags={"epoch": str(epoch), "mimic.arm": self.arm})
+            tags = {"epoch": str(epoch), "mimic.arm": self.arm}
+            if runner.spec.agent.instruction:
+                tags["mimic.instruction"] = runner.spec.agent.instruction[:TRACE_TAG_LIMIT]
+            notes = getattr(runner, "current_notes", None)
+            if notes:
+                tags["mimic.notes"] = json.dumps([n["text"] for n in notes])[:TRACE_TAG_LIMIT]
+            mlflow.update_current_trace(tags=tags)
+
+    def poll_notes(self, runner) -> list[dict]:
+        """Notes queued on this run by ``mimic-learn note`` (its ``mimic.note.*`` tags), for the next decision."""
+        if self.run_id is None:
+            return []
+        return notes_from_tags(mlflow.MlflowClient().get_run(self.run_id).data.tags)
 
     def on_epoch(self, runner, outcome) -> None:
         epoch = outcome.report.epoch
@@ -307,6 +332,26 @@ class MlflowTracker:
             mlflow.flush_trace_async_logging()  # every trace of this run is in the store before the run ends
             mlflow.langchain.autolog(disable=True)
         mlflow.end_run()
+
+
+def notes_from_tags(tags: dict[str, str]) -> list[dict]:
+    """The note records held in a run's ``mimic.note.<unix ms>-<random>`` tags."""
+    notes = []
+    for key, text in tags.items():
+        if key.startswith(NOTE_TAG_PREFIX):
+            note_id = key.removeprefix(NOTE_TAG_PREFIX)
+            ms = note_id.split("-")[0]
+            when = int(ms) / 1000 if ms.isdigit() else None
+            notes.append({"id": note_id, "text": text, "time": when, "source": "mimic-learn note"})
+    return notes
+
+
+def _iso(when) -> str:
+    import datetime as dt
+
+    if not isinstance(when, (int, float)):
+        return ""
+    return dt.datetime.fromtimestamp(when, dt.UTC).isoformat(timespec="seconds")
 
 
 def log_plots(arms: dict[str, list[dict]]) -> None:

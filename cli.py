@@ -481,7 +481,8 @@ def _read_instruction(text: str | None, path: Path | None) -> str | None:
 @app.command()
 def note(
     run_id: Annotated[
-        str, typer.Argument(help="The MLflow run of a running `mimic-learn run` or `Steering` (child or parent).")
+        str,
+        typer.Argument(help="The MLflow run of a running `mimic-learn run` or `Steering` (child or parent)."),
     ],
     text: Annotated[str, typer.Argument(help="The note, e.g. 'class 7 recall is what the client checks'.")],
     tracking_uri: TrackingOpt = "sqlite:///mlflow.db",
@@ -513,7 +514,9 @@ def note(
             [run.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'"
         )
         if len(children) != 1:
-            _fail(f"parent run {run_id} has {len(children)} child runs; name the child run to send the note to")
+            _fail(
+                f"parent run {run_id} has {len(children)} child runs; name the child run to send the note to"
+            )
         run = children[0]
     tags = run.data.tags
     if tags.get("mimic.role") != "child" or "mimic.thread_id" not in tags:

@@ -413,6 +413,7 @@ def parse_review(answer, n_calls: int) -> dict:
                 "reason": f"edits name no proposed call (indices {bad or 'none'}; there are {n_calls})",
             }
     verdict = {"action": action, "edits": edits, "reason": str(answer.get("reason") or "")}
-    if str(answer.get("note") or "").strip():  # the reviewer's note for the next decision (AgentRunner queues it)
+    # the reviewer's note for the next decision (AgentRunner queues it)
+    if str(answer.get("note") or "").strip():
         verdict["note"] = str(answer["note"]).strip()
     return verdict

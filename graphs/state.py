@@ -13,7 +13,8 @@ class AgentState(TypedDict, total=False):
     # Input at each boundary
     epoch: int
     report: dict  # the trainer's EpochReport (as a dict) plus total_epochs and a compact history
-    notes: list[dict]  # the user's notes for this decision ({"id", "text", "time", "source"}); cleared by apply
+    # the user's notes for this decision ({"id", "text", "time", "source"}); apply clears them
+    notes: list[dict]
     # This decision
     messages: Annotated[list[AnyMessage], add_messages]
     reflection: str

@@ -164,7 +164,8 @@ class Trainer:
         on_device = cfg.data_on_device if cfg.data_on_device is not None else self.device.type == "cuda"
         self.data = data.to(self.device) if on_device else data
         self.num_classes = data.num_classes
-        EvalResult(0.0, 0.0, [0.0] * data.num_classes, 0.0).objective(cfg.monitor)  # a class out of range fails here
+        # a monitored class out of range fails here, not after the first epoch
+        EvalResult(0.0, 0.0, [0.0] * data.num_classes, 0.0).objective(cfg.monitor)
         if cfg.dropout is not None:
             self._set_dropout_now(cfg.dropout)
         self.optimizer = self._build_optimizer()

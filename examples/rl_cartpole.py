@@ -49,7 +49,9 @@ class Policy(nn.Module):
 
 
 @torch.no_grad()
-def run_episode(env, policy: Policy, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+def run_episode(
+    env, policy: Policy, seed: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     """One episode, sampled without autograd: (observations, actions, rewards). The update recomputes the
     log-probabilities in one batched forward pass (a few times faster than a graph per step)."""
     obs, _ = env.reset(seed=seed)
@@ -148,6 +150,7 @@ def train(controller="rules", hyper: Hyper | None = None, **steering_options) ->
         "seconds": time.perf_counter() - start,
         "seconds_to_150": reached,
         "run_id": steering.run_id,
+        "steering": steering,
     }
 
 

@@ -187,6 +187,10 @@ class ConsoleObserver:
         if outcome.decision is not None:
             self.progress.console.print(f"   reflect: {outcome.decision['reflection'][:200]}")
             self.progress.console.print(f"   decide:  {_describe_decision(outcome.decision)}")
+            for note in outcome.decision.get("notes") or []:
+                self.progress.console.print(
+                    f"   note seen ({note['source']}): {note['text'][:200]}", markup=False
+                )
         self.progress.advance(self.task)
 
     def on_end(self, runner, result) -> None:

@@ -241,6 +241,11 @@ def test_note_from_another_process_is_seen_once_and_recorded_with_its_time(tmp_p
     noted = {r["epoch"]: json.loads(r["notes"]) for r in rows if r["notes"]}
     assert list(noted) == [2]
     assert noted[2][0]["text"] == "lr=0.02 looks right to me" and noted[2][0]["time"].startswith("20")
+    traces = mlflow.search_traces(
+        locations=[mlflow.get_run(steering.run_id).info.experiment_id], return_type="list"
+    )
+    tagged = {t.info.tags["epoch"]: t.info.tags.get("mimic.notes") for t in traces}
+    assert tagged == {"1": None, "2": json.dumps(["lr=0.02 looks right to me"]), "3": None}
 
 
 def test_note_to_a_finished_run_is_refused_and_nothing_is_queued(tmp_path):

@@ -133,7 +133,7 @@ def test_instruction_param_holds_the_full_text_and_is_cut_only_beyond_mlflows_li
     assert spec_from_params({}).agent.instruction is None
 
 
-def test_instruction_options_of_run_refuse_both_or_empty_and_read_a_file(tmp_path):
+def test_instruction_options_of_run_refuse_both_or_empty_and_read_a_file_and_monitor_is_logged(tmp_path):
     runner = CliRunner()
     both = runner.invoke(app, ["run", "--instruction", "a", "--instruction-file", str(tmp_path / "x.txt")])
     assert both.exit_code == 2 and "not both" in _flat(both.output)
@@ -149,7 +149,7 @@ def test_instruction_options_of_run_refuse_both_or_empty_and_read_a_file(tmp_pat
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     result = runner.invoke(
         app,
-        ["run", "--controller", f"scripted:{script}", "--epochs", "2", "--instruction-file", str(file),
+        ["run", "--controller", f"scripted:{script}", "--epochs", "2", "--instruction-file", str(file), "--monitor", "recall:3",
          "--state-db", str(tmp_path / "g.sqlite"), "--tracking-uri", uri, "--no-log-model", "--no-traces"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -160,6 +160,8 @@ def test_instruction_options_of_run_refuse_both_or_empty_and_read_a_file(tmp_pat
         if r.data.tags.get("mimic.role") == "child"
     )
     assert child.data.params["instruction"] == INSTRUCTION
+    assert child.data.params["monitor"] == "recall_class_3"  # --monitor, normalised, is logged and resumable
+    assert len(client.get_metric_history(child.info.run_id, "recall_class_3")) == 2
 
 
 def test_instruction_of_a_sweep_arm_reaches_its_runs():

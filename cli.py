@@ -209,6 +209,10 @@ class ConsoleObserver:
         if outcome.decision is not None:
             self.progress.console.print(f"   reflect: {outcome.decision['reflection'][:200]}")
             self.progress.console.print(f"   decide:  {_describe_decision(outcome.decision)}")
+            for note in outcome.decision.get("notes") or []:
+                self.progress.console.print(
+                    f"   note seen ({note['source']}): {note['text'][:200]}", markup=False
+                )
         self.progress.advance(self.task)
 
     def on_end(self, runner, result) -> None:
@@ -432,6 +436,24 @@ def run(
     price_in: PriceInOpt = None,
     price_out: PriceOutOpt = None,
     request_timeout: RequestTimeoutOpt = 60.0,
+    instruction: Annotated[
+        str | None,
+        typer.Option(
+            help="Your words for the controller, e.g. 'Recall on class 7 matters most; avoid raising the lr'. In "
+            "every decision's prompt as trusted text (outside the quoted run data), logged as the MLflow param "
+            "`instruction`. The rules controller ignores it.",
+        ),
+    ] = None,
+    instruction_file: Annotated[
+        Path | None, typer.Option(help="Read the instruction from this text file (instead of --instruction).")
+    ] = None,
+    monitor: Annotated[
+        str,
+        typer.Option(
+            help="The validation number decisions are judged by: val_acc, val_loss, macro_f1, or the recall of "
+            "one class: recall_class_<k> (or recall:<k>).",
+        ),
+    ] = "val_acc",
     optimizer: OptimizerOpt = Optim.adam,
     schedule: ScheduleOpt = Schedule.none,
     lr: LrOpt = 1e-3,
@@ -473,11 +495,15 @@ def run(
             _fail(f"could not import tools from {module}: {exc}")
     controller = controller or default_controller()
     prompt = prompt or default_prompt(controller, model_path)
+    instruction = _read_instruction(instruction, instruction_file)
     # Trainer checkpoints every epoch, next to the graph's state, so that `mimic-learn resume` can continue; it
     # finds them through the MLflow run, so an untracked run writes none (nothing could resume it).
     thread_id = f"run-{uuid.uuid4().hex[:12]}"
     checkpoint_dir = str(Path(state_db).parent / "checkpoints" / thread_id) if track else None
-    cfg = _train_config(ctx.params, checkpoint_dir)
+    try:
+        cfg = _train_config(ctx.params, checkpoint_dir)
+    except ValueError as exc:
+        _fail(str(exc))
     spec = RunSpec(
         train=cfg,
         controller=controller,
@@ -488,6 +514,7 @@ def run(
             decision_timeout_s=decision_timeout,
             llm_critic=llm_critic,
             approve=approve,
+            instruction=instruction,
         ),
         provider=ProviderOptions(
             fallback=None if fallback == "none" else fallback,
@@ -512,6 +539,75 @@ def run(
         )
     arm = f"{controller.split('/')[-1]}-{reflection}-{prompt}-s{seed}"
     _run(spec, arm, tracking_uri, experiment, log_model, traces, track)
+
+
+def _read_instruction(text: str | None, path: Path | None) -> str | None:
+    """The instruction from --instruction or --instruction-file (not both); None when neither is given."""
+    if text is not None and path is not None:
+        _fail("give --instruction or --instruction-file, not both")
+    if path is not None:
+        if not path.is_file():
+            _fail(f"--instruction-file {path} does not exist")
+        text = path.read_text()
+    if text is not None and not text.strip():
+        _fail("--instruction is empty; leave it out to give none")
+    return text.strip() if text is not None else None
+
+
+@app.command()
+def note(
+    run_id: Annotated[
+        str,
+        typer.Argument(help="The MLflow run of a running `mimic-learn run` or `Steering` (child or parent)."),
+    ],
+    text: Annotated[str, typer.Argument(help="The note, e.g. 'class 7 recall is what the client checks'.")],
+    tracking_uri: TrackingOpt = "sqlite:///mlflow.db",
+) -> None:
+    """Give a running run a note from another terminal: its next decision sees it once, in the trusted part of
+    the prompt, and the decisions table records it with its time. The channel is the MLflow run (a tag
+    mimic.note.<time>); a finished run is refused."""
+    import time
+
+    import mlflow
+
+    from .graphs.runner import new_note
+    from .tracking import NOTE_TAG_PREFIX
+
+    text = text.strip()
+    if not text:
+        _fail("the note is empty")
+    limit = 8000  # mlflow.utils.validation.MAX_TAG_VAL_LENGTH
+    if len(text) > limit:
+        _fail(f"the note has {len(text)} characters; a note holds at most {limit} (an MLflow tag)")
+    mlflow.set_tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except Exception as exc:
+        _fail(f"run {run_id} is not in {tracking_uri}: {exc}")
+    if run.data.tags.get("mimic.role") == "parent":
+        children = client.search_runs(
+            [run.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'"
+        )
+        if len(children) != 1:
+            _fail(
+                f"parent run {run_id} has {len(children)} child runs; name the child run to send the note to"
+            )
+        run = children[0]
+    tags = run.data.tags
+    if tags.get("mimic.role") != "child" or "mimic.thread_id" not in tags:
+        _fail(f"run {run.info.run_id} was not made by `mimic-learn run` or `Steering`")
+    if run.data.params.get("controller") == "none":
+        _fail(f"run {run.info.run_id} has no controller: nobody would read the note")
+    status = run.info.status
+    if status == "FINISHED":
+        _fail(f"run {run.info.run_id} already finished: no decision is left to read the note")
+    record = new_note(text, "mimic-learn note", time.time())
+    client.set_tag(run.info.run_id, NOTE_TAG_PREFIX + record["id"], text)
+    when = "its next decision sees it once" if status == "RUNNING" else (
+        f"the run is {status}: `mimic-learn resume {run.info.run_id}` continues it, and its next decision sees it"
+    )  # fmt: skip
+    console.print(f"note {record['id']} queued on run {run.info.run_id}; {when}", highlight=False)
 
 
 @app.command()

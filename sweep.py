@@ -19,6 +19,7 @@ The spec file (YAML) names a task, a regime (or a list of them), the epochs, the
       - {name: rules, controller: rules}
       - {name: replay, controller: "scripted:decisions.yaml", reflection: memory, prompt: full}
       - {name: gpt4o, controller: "openai:gpt-4o", prompt: paper, reflection: log_only, every: 1}
+      - {name: gpt4o_careful, controller: "openai:gpt-4o", instruction: "Avoid raising the lr"}
       - {name: baseline, controller: none}
       - {name: plateau, controller: none, train: {schedule: plateau}}
       - {name: pbt, pbt: {population: 4}}     # Ray Tune's PBT over lr / dropout / weight decay
@@ -127,6 +128,7 @@ class ArmSpec(BaseModel):
     every: int = Field(1, ge=1)
     train: dict[str, Any] = Field(default_factory=dict)
     pbt: PbtSettings | None = None
+    instruction: str | None = None  # the user's words for this arm's controller (AgentConfig.instruction)
 
     @model_validator(mode="after")
     def _pbt_has_no_controller(self) -> ArmSpec:
@@ -223,7 +225,11 @@ class SweepSpec(BaseModel):
                             RunSpec(
                                 train=train,
                                 controller=_absolute_controller(arm.controller or "none", base_dir),
-                                agent=AgentConfig(prompt=arm.prompt, reflection=arm.reflection),
+                                agent=AgentConfig(
+                                    prompt=arm.prompt,
+                                    reflection=arm.reflection,
+                                    instruction=arm_spec_.instruction,
+                                ),
                                 provider=ProviderOptions(),
                                 every=arm.every,
                                 state_db=str(state_dir / f"{tag}.sqlite"),

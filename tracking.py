@@ -24,6 +24,11 @@ from .training.trainer import metric_value
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 OUTCOMES_ARTIFACT = "outcomes.jsonl"  # a child run's outcome records (training/outcomes.py)
+# `mimic-learn note <run-id> "text"` sets the tag mimic.note.<unix ms>-<random> = text on the run; the running
+# process reads the run's tags before each decision (MlflowTracker.poll_notes). See
+# docs/guides/instructions-and-notes.md.
+NOTE_TAG_PREFIX = "mimic.note."
+TRACE_TAG_LIMIT = 4000  # mlflow.tracing.constant.MAX_CHARS_IN_TRACE_INFO_TAGS_VALUE is 4096
 
 
 def setup(tracking_uri: str | None, experiment: str) -> None:
@@ -185,6 +190,14 @@ def decision_rows(outcome) -> list[dict]:
         # the whole decision's provider usage (every model turn of it), repeated on each of its rows
         "tokens_in": int((outcome.state or {}).get("tokens_in", 0)),
         "tokens_out": int((outcome.state or {}).get("tokens_out", 0)),
+        "notes": json.dumps(
+            [
+                {"time": _iso(n.get("time")), "text": n.get("text"), "source": n.get("source")}
+                for n in d.get("notes") or []
+            ]
+        )
+        if d.get("notes")
+        else "",
         "review": json.dumps(
             [{k: v for k, v in rv.items() if k != "message_id"} for rv in d.get("reviews") or []], default=str
         )
@@ -305,7 +318,18 @@ class MlflowTracker:
                         )
                 except Exception as exc:  # pragma: no cover - depends on the tracing backend
                     mlflow.set_tag("mimic.trace_attribute_error", f"{type(exc).__name__}: {exc}"[:300])
+            if runner.spec.agent.instruction:
+                tags["mimic.instruction"] = runner.spec.agent.instruction[:TRACE_TAG_LIMIT]
+            notes = getattr(runner, "current_notes", None)
+            if notes:
+                tags["mimic.notes"] = json.dumps([n["text"] for n in notes])[:TRACE_TAG_LIMIT]
             mlflow.update_current_trace(tags=tags)
+
+    def poll_notes(self, runner) -> list[dict]:
+        """Notes queued on this run by ``mimic-learn note`` (its ``mimic.note.*`` tags), for the next decision."""
+        if self.run_id is None:
+            return []
+        return notes_from_tags(mlflow.MlflowClient().get_run(self.run_id).data.tags)
 
     def on_epoch(self, runner, outcome) -> None:
         epoch = outcome.report.epoch
@@ -389,6 +413,26 @@ def describe_usage(usage: dict) -> str:
     if "estimated_cost_usd" in usage:
         text += f"; estimated cost ${usage['estimated_cost_usd']:.4f} at {usage['price']}"
     return text
+
+
+def notes_from_tags(tags: dict[str, str]) -> list[dict]:
+    """The note records held in a run's ``mimic.note.<unix ms>-<random>`` tags."""
+    notes = []
+    for key, text in tags.items():
+        if key.startswith(NOTE_TAG_PREFIX):
+            note_id = key.removeprefix(NOTE_TAG_PREFIX)
+            ms = note_id.split("-")[0]
+            when = int(ms) / 1000 if ms.isdigit() else None
+            notes.append({"id": note_id, "text": text, "time": when, "source": "mimic-learn note"})
+    return notes
+
+
+def _iso(when) -> str:
+    import datetime as dt
+
+    if not isinstance(when, (int, float)):
+        return ""
+    return dt.datetime.fromtimestamp(when, dt.UTC).isoformat(timespec="seconds")
 
 
 def log_plots(arms: dict[str, list[dict]]) -> None:

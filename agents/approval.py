@@ -6,6 +6,7 @@ proposal to an *approver*: a callable ``approver(proposal) -> answer``.
     proposal = {"epoch": 3, "text": "...", "tool_calls": [{"index": 0, "tool": "set_lr", "args": {...}}]}
     answer   = "accept" | {"action": "reject", "reason": "..."}
              | {"action": "edit", "edits": {0: {"lr": 0.0005}}}      # index of the call -> new argument values
+    Any answer dict may add ``"note": "..."``: a note the next decision sees once (the terminal asks with [n]).
 
 Edited values go through the tools' validation like the model's own (an out-of-range edit is rejected
 with the allowed range, and nothing changes). The answer is recorded in the decision (MLflow ``decisions``
@@ -72,22 +73,29 @@ class TerminalApprover:
         for call in proposal["tool_calls"]:
             table.add_row(str(call["index"]), call["tool"], json.dumps(call["args"], default=str))
         self.console.print(table)
+        note = ""
         while True:
-            choice = self.ask("[a]ccept, [e]dit a value, [r]eject? ").strip().lower()
+            choice = self.ask("[a]ccept, [e]dit a value, [r]eject? ([n]: a note for the next decision) ")
+            choice = choice.strip().lower()
+            if choice in ("n", "note"):
+                note = self.ask("note (the next decision sees it once): ").strip()
+                continue
+            extra = {"note": note} if note else {}
             if choice in ("a", "accept", ""):
-                return "accept"
+                return {"action": "accept", **extra} if note else "accept"
             if choice in ("r", "reject"):
                 return {
                     "action": "reject",
                     "reason": self.ask("reason: ").strip() or "rejected in the terminal",
+                    **extra,
                 }
             if choice in ("e", "edit"):
                 edits = self._ask_edits(proposal)
                 if edits:
-                    return {"action": "edit", "edits": edits}
+                    return {"action": "edit", "edits": edits, **extra}
                 self.console.print("no edit given; choose again")
                 continue
-            self.console.print(escape(f"{choice!r}: type a, e or r"))
+            self.console.print(escape(f"{choice!r}: type a, e, r or n"))
 
     def _ask_edits(self, proposal: dict) -> dict:
         edits = {}

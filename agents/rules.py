@@ -8,6 +8,9 @@ It is a real control arm for experiments and the fallback when a provider fails.
 3. plateau (best val loss not improved by 1% over the last ``patience`` epochs) -> lr x 0.5; a loop that
    reports no losses (``LoopTrainer``) is judged on its monitored number instead
 4. otherwise                   -> keep_current
+
+It reads numbers only: the user's instruction (``--instruction``) and notes (``mimic-learn note``) are ignored
+(an LLM controller sees them in its prompt).
 """
 
 from __future__ import annotations

@@ -59,6 +59,9 @@ class AgentConfig:
     llm_critic: bool = False  # let the controller model write the reflection's critique
     tools: list[str] | None = None  # names of the registered tools to bind (None: all of them)
     approve: bool = False  # a human reviews every proposal that changes something (LangGraph interrupt)
+    # The user's instruction: trusted text in every decision's prompt, outside the quoted run data
+    # (prompts/templates.py). The rules controller ignores it.
+    instruction: str | None = None
 
 
 class _ErrorCollector(BaseCallbackHandler):
@@ -117,11 +120,14 @@ def build_graph(
     provider: ProviderOptions | None = None,
     checkpointer=None,
     on_observe=None,
+    extra_tools: list | None = None,
 ):
-    """``on_observe(epoch)`` runs inside the invocation (e.g. to tag the active MLflow trace)."""
+    """``on_observe(epoch)`` runs inside the invocation (e.g. to tag the active MLflow trace).
+    ``extra_tools``: LangChain tools bound beside the registered ones (a user loop's knobs,
+    ``integrations.knobs``)."""
     agent = agent or AgentConfig()
     provider = provider or ProviderOptions()
-    tools = as_langchain_tools(controls, agent.tools)
+    tools = as_langchain_tools(controls, agent.tools) + list(extra_tools or [])
     controller = build_controller(model, tools, provider)
     fallback_runnable = (
         load_chat_model(provider.fallback, provider).bind_tools(tools) if provider.fallback else None
@@ -157,6 +163,7 @@ def build_graph(
             controls=controls,
             memory=list(state.get("memory") or []),
             critic=critic,
+            instruction=agent.instruction,
         )
         outcome = policy.reflect(ctx)
         update = {"reflection": outcome.critique, "inject": outcome.inject, "reverted": outcome.reverted}
@@ -170,7 +177,13 @@ def build_graph(
             report = dict(state["report"])
             last = state.get("last_decision")
             report["previous_decision"] = describe_changes(last["changes"]) if last else None
-            text = render(agent.prompt, report, state.get("inject", ""))
+            text = render(
+                agent.prompt,
+                report,
+                state.get("inject", ""),
+                instruction=agent.instruction,
+                notes=state.get("notes") or [],
+            )
             new = [SystemMessage(system_prompt(agent.budget)), human_with_report(text, report)]
         messages = list(state.get("messages") or []) + new
         collector = _ErrorCollector()
@@ -303,9 +316,11 @@ def build_graph(
             "reverted": bool(state.get("reverted")),
             "fallbacks": list(state.get("fallbacks") or []),
             "reviews": list(state.get("reviews") or []),
+            "notes": list(state.get("notes") or []),  # the user's notes this decision saw (once)
         }
         return {
             "decision": decision,
+            "notes": [],  # seen once: a later invocation without notes must not see them again
             "last_decision": {
                 "epoch": state["epoch"],  # the boundary whose pre-decision checkpoint undoes this decision
                 "changes": changes,
@@ -381,7 +396,8 @@ def _reviewed(state: AgentState, ai: AIMessage) -> bool:
 def parse_review(answer, n_calls: int) -> dict:
     """A reviewer's answer -> {"action", "edits", "reason"}. Accepted forms: "accept" / "reject" /
     {"action": "accept"}, {"action": "reject", "reason": "..."}, {"action": "edit", "edits": {index: {arg:
-    value}}} (index of the proposed call, as int or str). Anything else is a malformed answer: recorded as a
+    value}}} (index of the proposed call, as int or str); any of them may carry ``"note": "..."``, a note the
+    next decision sees (as with ``mimic-learn note``). Anything else is a malformed answer: recorded as a
     rejection that says so (nothing changes; never a silent accept)."""
     if isinstance(answer, str):
         answer = {"action": answer}
@@ -402,4 +418,8 @@ def parse_review(answer, n_calls: int) -> dict:
                 "edits": {},
                 "reason": f"edits name no proposed call (indices {bad or 'none'}; there are {n_calls})",
             }
-    return {"action": action, "edits": edits, "reason": str(answer.get("reason") or "")}
+    verdict = {"action": action, "edits": edits, "reason": str(answer.get("reason") or "")}
+    # the reviewer's note for the next decision (AgentRunner queues it)
+    if str(answer.get("note") or "").strip():
+        verdict["note"] = str(answer["note"]).strip()
+    return verdict

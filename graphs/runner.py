@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -98,13 +99,24 @@ class RunSpec:
             keep_better=str(self.keep_better),
             bounds=json.dumps(asdict(self.bounds)),
         )
+        if self.agent.instruction:  # in full, as text (MLflow keeps up to PARAM_LIMIT characters of a param)
+            params["instruction"] = instruction_param(self.agent.instruction)
         params.update({f"agent.{k}": json.dumps(v) for k, v in _agent_extras(self.agent).items()})
         params.update({f"provider.{k}": json.dumps(v) for k, v in _provider_extras(self.provider).items()})
         return params
 
 
-_AGENT_IN_PARAMS = ("prompt", "reflection", "budget", "decision_timeout_s")
+_AGENT_IN_PARAMS = ("prompt", "reflection", "budget", "decision_timeout_s", "instruction")
 _PROVIDER_IN_PARAMS = ("fallback", "retries")
+PARAM_LIMIT = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH (mlflow 3.x)
+
+
+def instruction_param(text: str) -> str:
+    """The instruction as an MLflow param: its full text, cut only beyond MLflow's limit (and then saying so)."""
+    if len(text) <= PARAM_LIMIT:
+        return text
+    tail = f" [... cut: {len(text)} characters, MLflow keeps {PARAM_LIMIT}]"
+    return text[: PARAM_LIMIT - len(tail)] + tail
 
 
 def _agent_extras(agent: AgentConfig) -> dict:
@@ -153,6 +165,7 @@ def spec_from_params(
         reflection=params.get("reflection", "log_only"),
         budget=int(params.get("budget", 8)),
         decision_timeout_s=float(params.get("decision_timeout_s", 120.0)),
+        instruction=params.get("instruction") or None,
         **{k.removeprefix("agent."): json.loads(v) for k, v in params.items() if k.startswith("agent.")},
     )
     fallback = params.get("fallback", "rules")
@@ -280,6 +293,8 @@ class AgentRunner:
                 keep_better=spec.keep_better,
                 total_epochs=spec.train.epochs,
             )
+        self._notes: list[dict] = []  # notes queued in this process (add_note, a reviewer's note)
+        self.current_notes: list[dict] = []  # the notes of the decision being made (for observers)
         if spec.controller != "none":
             # ``model``: a chat model object used instead of loading ``spec.controller`` (which then only names it)
             self.model = model if model is not None else load_chat_model(spec.controller, spec.provider)
@@ -331,6 +346,33 @@ class AgentRunner:
             state = self.graph.invoke(Command(resume=answer), self.graph_config, durability="exit")
         return state
 
+    # ------------------------------------------------------------------ notes
+    def add_note(self, text: str, source: str = "python") -> dict:
+        """Queue a note for the next decision (seen once). Other processes queue theirs through the MLflow
+        run (``mimic-learn note``; ``MlflowTracker.poll_notes``)."""
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"note={text!r}: a note is non-empty text")
+        if self.graph is None:
+            raise ValueError("this run has no controller (controller='none'): nobody would read the note")
+        note = new_note(text.strip(), source)
+        self._notes.append(note)
+        return note
+
+    def pending_notes(self) -> list[dict]:
+        """The notes the next decision sees: queued here or by observers (the MLflow run's note tags), minus
+        those an earlier decision of this run already saw (its decisions record them, also after a resume)."""
+        seen = {n["id"] for o in self.outcomes if o.decision for n in o.decision.get("notes") or []}
+        found = list(self._notes)
+        for obs in self.observers:
+            poll = getattr(obs, "poll_notes", None)
+            if poll is not None:
+                try:
+                    found += poll(self)
+                except Exception as exc:  # the channel failing must not stop training; say so
+                    log.warning("could not read notes from %s: %s", type(obs).__name__, exc)
+        unique = {n["id"]: n for n in found if n["id"] not in seen}
+        return sorted(unique.values(), key=lambda n: (n.get("time") or 0, n["id"]))
+
     def step(self) -> EpochOutcome:
         """Train one epoch; guard against a diverged epoch; at a decision boundary (not after the last
         epoch) invoke the graph."""
@@ -362,9 +404,15 @@ class AgentRunner:
                 start = self.trainer.checkpoint()
             plan = self._plan_oracle(report.epoch) if _is_oracle(self.spec.controller) else None
             self.current_verdicts = verdicts
-            state = self.invoke_graph({"epoch": report.epoch, "report": seen})
+            notes = self.current_notes = self.pending_notes()
+            state = self.invoke_graph({"epoch": report.epoch, "report": seen, "notes": notes})
             self.current_verdicts = []
             decision = state.get("decision")
+            delivered = {n["id"] for n in notes}
+            self._notes = [n for n in self._notes if n["id"] not in delivered]
+            for review in state.get("reviews") or []:  # --approve: the reviewer's note is for the next one
+                if review.get("note"):
+                    self.add_note(review["note"], source="reviewer")
             rendered = _prompt_text(state)
             config = self.trainer.config.as_params()
             if plan is not None:
@@ -597,6 +645,12 @@ def _prompt_text(state: dict) -> str:
         if isinstance(m, HumanMessage):
             return str(m.content)
     return ""
+
+
+def new_note(text: str, source: str, when: float | None = None) -> dict:
+    """A note record: ``id`` (``<unix ms>-<random>``, also its MLflow tag suffix), ``text``, ``time``, ``source``."""
+    when = time.time() if when is None else when
+    return {"id": f"{int(when * 1000)}-{uuid.uuid4().hex[:6]}", "text": text, "time": when, "source": source}
 
 
 def _total_grad_norm(report: EpochReport) -> float:

@@ -13,6 +13,8 @@ class AgentState(TypedDict, total=False):
     # Input at each boundary
     epoch: int
     report: dict  # the trainer's EpochReport (as a dict) plus total_epochs and a compact history
+    # the user's notes for this decision ({"id", "text", "time", "source"}); apply clears them
+    notes: list[dict]
     # This decision
     messages: Annotated[list[AnyMessage], add_messages]
     reflection: str

@@ -29,7 +29,7 @@ class SteeringCallback:
 
     ``epochs``: the number of decision periods the controller is told about; default the run's epochs (with
     ``every_n_steps``: its optimizer steps / N, rounded up). Every other keyword goes to ``Steering``
-    (``controller``, ``prompt``, ``reflection``, ``tracking_uri``, ``experiment``, ...)."""
+    (``controller``, ``prompt``, ``reflection``, ``instruction``, ``knobs``, ``tracking_uri``, ``experiment``, ...)."""
 
     framework = "framework"
 

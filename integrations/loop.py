@@ -35,6 +35,10 @@ shadow branches, which needs a function that trains one epoch of *your* loop:
 Steering restores model, optimizer, scheduler and knobs around each branch; your loop's own state (data
 iterators, RNG, anything else it keeps) is yours to keep the same. Costs one extra epoch per decision that
 changes something (horizon 1; ``counterfactual_horizon`` k: k epochs).
+``instruction``: the user's words for the controller (trusted text in every decision's prompt; the ``rules``
+controller ignores it); ``steering.note("...")`` (or ``mimic-learn note <run_id> "..."`` from another
+terminal) gives the next decision a note, once. ``knobs``: numbers of your own loop the controller may set
+(``integrations.knobs.UserKnob``: name, bounds, getter, setter -> a ``set_<name>`` tool).
 
 Long epochs: an "epoch" here is simply the period between two calls. Call ``epoch_end`` every N optimizer
 steps (pass ``epochs`` = the number of periods) to decide more often; the Lightning and Hugging Face
@@ -52,11 +56,12 @@ from langchain_core.language_models import BaseChatModel
 from torch import nn
 
 from ..agents.providers import ProviderOptions
-from ..graphs.graph import AgentConfig
+from ..graphs.graph import AgentConfig, build_graph
 from ..graphs.runner import AgentRunner, EpochOutcome, RunResult, RunSpec
 from ..tools.controls import Bounds
 from ..training.config import TrainConfig
 from ..training.loop import LoopTrainer
+from .knobs import KnobControls, UserKnob, knob_tools
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +100,8 @@ class Steering:
         train_epoch: Callable[[int], Mapping[str, float]] | None = None,
         counterfactual_horizon: int = 1,
         keep_better: bool = False,
+        instruction: str | None = None,
+        knobs: list[UserKnob] | None = None,
     ):
         self.trainer = LoopTrainer(
             model,
@@ -108,6 +115,10 @@ class Steering:
         agent = agent or AgentConfig(prompt=prompt, reflection=reflection)
         if approve:
             agent.approve = True
+        if instruction is not None:
+            if not isinstance(instruction, str):
+                raise TypeError(f"instruction must be text, got {type(instruction).__name__}")
+            agent.instruction = instruction.strip() or None
         spec = RunSpec(
             train=TrainConfig(
                 task="external",
@@ -132,6 +143,19 @@ class Steering:
             model=None if isinstance(controller, str) else controller,
             train_epoch=self._shadow_epoch if train_epoch is not None else None,
         )
+        self.knobs = list(knobs or [])
+        if self.knobs and self.runner.graph is not None:  # their set_<name> tools act on the user's objects
+            runner = self.runner
+            runner.controls = KnobControls(self.trainer, spec.bounds, self.knobs)
+            runner.graph = build_graph(
+                runner.controls,
+                runner.model,
+                spec.agent,
+                spec.provider,
+                runner.checkpointer,
+                on_observe=runner._on_observe,
+                extra_tools=knob_tools(runner.controls),
+            )
         self.track = track
         self.tracking_uri = tracking_uri
         self.experiment = experiment
@@ -174,8 +198,18 @@ class Steering:
             raise RuntimeError("this Steering is closed; build a new one for another run")
         if not self._started:
             self._start()
+        taken = [k.name for k in self.knobs if k.name in metrics]
+        if taken:
+            raise ValueError(f"metrics {taken} have the names of user knobs; rename them")
+        # the knobs' values this epoch: the controller sees them, MLflow logs them
+        metrics = {**metrics, **{k.name: float(k.get()) for k in self.knobs}}
         report = self.trainer.end_epoch(metrics, per_class_val_acc)
         return self.runner.after_epoch(report)
+
+    def note(self, text: str) -> dict:
+        """Queue a note for the next decision (seen once, recorded in the decisions table). From another
+        process: ``mimic-learn note <run_id> "text"``."""
+        return self.runner.add_note(text, source="python")
 
     def close(self, test_metrics: Mapping[str, float] | None = None) -> RunResult:
         """End the run: log ``test_metrics`` (if given), the decisions table, plots (and the model if

@@ -69,7 +69,7 @@ def test_compact_states_the_history_as_facts():
     )
     text = render("compact", overfit)
     lines = text.splitlines()
-    assert lines[0] == "Epoch 6 of 20."
+    assert lines[lines.index("```run-data") + 1] == "Epoch 6 of 20."  # the first line of the quoted data
     assert "Training loss 0.03: falling for 5 epochs (-40% in the last)." in lines
     assert "Validation loss 0.66: rising for 4 epochs (+18% in the last)." in lines
     assert "Gap between validation and training loss 0.63: growing for 5 epochs." in lines

@@ -45,6 +45,9 @@ class TrainConfig:
     augment: bool = False  # random crop + flip for CIFAR-shaped inputs
     checkpoint_dir: str | None = None
     keep_checkpoints: int = 3
+    # The validation number decisions are judged by: val_acc, val_loss, macro_f1 or recall_class_<k> (the recall
+    # of class k; "recall:<k>" is read as that). Lower is better only for val_loss.
+    monitor: str = "val_acc"
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -58,6 +61,7 @@ class TrainConfig:
             raise ValueError(f"epochs={self.epochs} must be >= 1")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha={self.alpha} is out of range [0, 1]")
+        self.monitor = parse_monitor(self.monitor)
 
     def as_params(self) -> dict[str, str]:
         """Flat string form, for MLflow params."""
@@ -71,6 +75,30 @@ class TrainConfig:
 
     def resolved_checkpoint_dir(self) -> Path | None:
         return Path(self.checkpoint_dir) if self.checkpoint_dir else None
+
+
+MONITORS = ("val_acc", "val_loss", "macro_f1", "recall_class_<k>")
+
+
+def parse_monitor(monitor: str) -> str:
+    """``recall:7`` -> ``recall_class_7``; the other names pass if they are one of ``MONITORS``."""
+    text = str(monitor).strip()
+    if text.startswith("recall:"):
+        text = "recall_class_" + text.removeprefix("recall:").strip()
+    if text in MONITORS[:3]:
+        return text
+    k = text.removeprefix("recall_class_")
+    if text.startswith("recall_class_") and k.isdigit():
+        return f"recall_class_{int(k)}"
+    raise ValueError(
+        f"monitor={monitor!r} is not one of val_acc, val_loss, macro_f1, recall_class_<k> (or recall:<k>), "
+        "k a class index"
+    )
+
+
+def monitor_mode(monitor: str) -> str:
+    """Which direction is better for a monitored number of our Trainer."""
+    return "min" if monitor == "val_loss" else "max"
 
 
 def parse_regime(regime: str | int | float) -> str | int | float:

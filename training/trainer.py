@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import TrainConfig
+from .config import TrainConfig, monitor_mode
 from .data import TaskData, augment_crop_flip, iterate_batches, load_task
 from .models import DEFAULT_MODEL, build_model, dropout_modules
 
@@ -110,7 +110,22 @@ def metric_value(report: dict, name: str) -> float | None:
 class EvalResult:
     loss: float
     acc: float
-    per_class_acc: list[float]
+    per_class_acc: list[float]  # the recall of each class: correct / examples of that class
+    macro_f1: float | None = None  # the mean over classes of 2PR/(P+R) (0 for a class never predicted right)
+
+    def objective(self, monitor: str) -> dict[str, float]:
+        """The monitored number when it is not a standard field: ``{"macro_f1": ...}`` or
+        ``{"recall_class_7": ...}``; empty for val_acc / val_loss."""
+        if monitor == "macro_f1":
+            return {"macro_f1": self.macro_f1}
+        if monitor.startswith("recall_class_"):
+            k = int(monitor.removeprefix("recall_class_"))
+            if not 0 <= k < len(self.per_class_acc):
+                raise ValueError(
+                    f"monitor={monitor!r}: class {k} is out of range [0, {len(self.per_class_acc) - 1}]"
+                )
+            return {monitor: self.per_class_acc[k]}
+        return {}
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -149,6 +164,8 @@ class Trainer:
         on_device = cfg.data_on_device if cfg.data_on_device is not None else self.device.type == "cuda"
         self.data = data.to(self.device) if on_device else data
         self.num_classes = data.num_classes
+        # a monitored class out of range fails here, not after the first epoch
+        EvalResult(0.0, 0.0, [0.0] * data.num_classes, 0.0).objective(cfg.monitor)
         if cfg.dropout is not None:
             self._set_dropout_now(cfg.dropout)
         self.optimizer = self._build_optimizer()
@@ -258,6 +275,9 @@ class Trainer:
             steps=steps,
             delta_layers=delta_layers,
             events=self._pending_events,
+            metrics=val.objective(cfg.monitor),
+            monitor=cfg.monitor,
+            mode=monitor_mode(cfg.monitor),
         )
         self._pending_events = []
         self.history.append(report)
@@ -305,18 +325,28 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         hits = torch.zeros(self.num_classes, device=self.device)
         counts = torch.zeros(self.num_classes, device=self.device)
+        predicted = torch.zeros(self.num_classes, device=self.device)
         for x, y in iterate_batches(data, self.config.eval_batch_size):
             x, y = x.to(self.device), y.to(self.device)
             logits = self.model(x)
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
-            ok = (logits.argmax(1) == y).float()
+            pred = logits.argmax(1)
+            ok = (pred == y).float()
             hits += torch.bincount(y, weights=ok, minlength=self.num_classes)[: self.num_classes]
             counts += torch.bincount(y, minlength=self.num_classes)[: self.num_classes].float()
+            predicted += torch.bincount(pred, minlength=self.num_classes)[: self.num_classes].float()
         self.model.train(was_training)
         n = max(len(data), 1)
         per_class = torch.where(counts > 0, hits / counts.clamp(min=1), torch.zeros_like(hits))
+        # F1 of class c = 2 * hits / (examples of c + predictions of c); a class absent from the split and never
+        # predicted is left out of the mean
+        present = (counts + predicted) > 0
+        f1 = 2 * hits[present] / (counts[present] + predicted[present])
         return EvalResult(
-            loss=(loss_sum / n).item(), acc=hits.sum().item() / n, per_class_acc=per_class.tolist()
+            loss=(loss_sum / n).item(),
+            acc=hits.sum().item() / n,
+            per_class_acc=per_class.tolist(),
+            macro_f1=f1.mean().item() if f1.numel() else 0.0,
         )
 
     def test(self) -> EvalResult:

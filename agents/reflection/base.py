@@ -40,6 +40,7 @@ class ReflectionContext:
     controls: TrainerControls
     memory: list[dict]
     critic: BaseChatModel | None = None  # an LLM to write the critique; None: a deterministic one
+    instruction: str | None = None  # the user's instruction for the run (AgentConfig.instruction)
 
     def outcome_numbers(self) -> dict:
         """The monitored number (``report["monitor"]``: ``val_acc`` for our Trainer, a user loop's own name
@@ -81,13 +82,13 @@ class ReflectionContext:
             else:
                 verdict = "it helped" if delta > tol else "it hurt" if delta < -tol else "no clear effect"
             return f"{facts} Verdict: {verdict}."
-        reply = self.critic.invoke(
-            [
-                HumanMessage(
-                    f"{facts} In one or two sentences: did this decision help, and what should change next?"
-                )
-            ]
-        )
+        ask = "In one or two sentences: did this decision help, and what should change next?"
+        if self.instruction:
+            ask = (
+                f"The person running this training gave this instruction: {self.instruction!r}. In one or two "
+                "sentences: did this decision respect the instruction, did it help, and what should change next?"
+            )
+        reply = self.critic.invoke([HumanMessage(f"{facts} {ask}")])
         return f"{facts} {reply.text if hasattr(reply, 'text') else reply.content}".strip()
 
 

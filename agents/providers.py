@@ -89,7 +89,9 @@ def load_chat_model(spec: str, options: ProviderOptions | None = None) -> BaseCh
 
         path = spec.removeprefix("local").removeprefix(":") or opts.model_path
         kwargs = {"n_threads": opts.n_threads}
-        if path.startswith("adapter="):  # local:adapter=PATH: the built-in model with a trained adapter
+        if path and path.startswith(
+            "adapter="
+        ):  # local:adapter=PATH: the built-in model with a trained adapter
             kwargs["adapter_path"], path = path.removeprefix("adapter="), opts.model_path
         if path:
             kwargs["model_path"] = path

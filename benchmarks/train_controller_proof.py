@@ -26,7 +26,9 @@ def same_call(call: dict, target: dict) -> bool:
     if call["name"] != target["tool"]:
         return False
     keys = [k for k in target["args"] if k != "reason"]
-    return all(k in call["args"] and abs(float(call["args"][k]) - float(target["args"][k])) < 1e-9 for k in keys)
+    return all(
+        k in call["args"] and abs(float(call["args"][k]) - float(target["args"][k])) < 1e-9 for k in keys
+    )
 
 
 def main() -> None:
@@ -36,7 +38,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--compare", type=int, default=4, help="held-out prompts for the peft vs llama.cpp check")
+    parser.add_argument(
+        "--compare", type=int, default=4, help="held-out prompts for the peft vs llama.cpp check"
+    )
     args = parser.parse_args()
 
     from mimic_learn.agents.controller_data import rules_situations
@@ -81,11 +85,21 @@ def main() -> None:
             hits += hit
             calls.append((ex["source"]["scenario"], ex["target"][0], ai.tool_calls[:1], hit))
         rows[label] = (hits, valid, sorted(seconds)[len(seconds) // 2], calls)
-        print(f"HELDOUT {label}: target call {hits}/{len(held)}, valid {valid}/{len(held)}, median {rows[label][2]:.2f} s")
-    for (scenario, target, base_call, _), (_, _, ad_call, hit) in zip(rows["base"][3], rows["adapter"][3], strict=True):
-        fmt = lambda c: f"{c[0]['name']} {json.dumps({k: v for k, v in c[0]['args'].items() if k != 'reason'})}" if c else "none"  # noqa: E731
+        print(
+            f"HELDOUT {label}: target call {hits}/{len(held)}, valid {valid}/{len(held)}, median {rows[label][2]:.2f} s"
+        )
+    for (scenario, target, base_call, _), (_, _, ad_call, hit) in zip(
+        rows["base"][3], rows["adapter"][3], strict=True
+    ):
+        fmt = lambda c: (
+            f"{c[0]['name']} {json.dumps({k: v for k, v in c[0]['args'].items() if k != 'reason'})}"
+            if c
+            else "none"
+        )  # noqa: E731
         t = f"{target['tool']} {json.dumps({k: v for k, v in target['args'].items() if k != 'reason'})}"
-        print(f"  {scenario:28s} target {t:38s} base {fmt(base_call):38s} adapter {fmt(ad_call)} {'ok' if hit else 'MISS'}")
+        print(
+            f"  {scenario:28s} target {t:38s} base {fmt(base_call):38s} adapter {fmt(ad_call)} {'ok' if hit else 'MISS'}"
+        )
 
     agree = {"base": 0, "adapter": 0}
     for ex, _, _ in held[: args.compare]:
@@ -102,7 +116,9 @@ def main() -> None:
                 torch_text = greedy_text(peft_model, tokenizer, messages, 48)
             same = served.strip() == torch_text.strip()
             agree[label] += same
-            print(f"  GREEDY {label:7s} {'SAME' if same else 'DIFF'}\n    llama.cpp: {served!r}\n    torch:     {torch_text!r}")
+            print(
+                f"  GREEDY {label:7s} {'SAME' if same else 'DIFF'}\n    llama.cpp: {served!r}\n    torch:     {torch_text!r}"
+            )
     n = min(args.compare, len(held))
     print(f"GREEDY agreement torch vs llama.cpp: base {agree['base']}/{n}, adapter {agree['adapter']}/{n}")
     print(

@@ -72,7 +72,10 @@ def test_label_lower_is_better_and_ties_are_keep():
     [
         ([ActionOutcomes("a", {1: [1.0, 2.0]})], "keep='keep' is not among the actions"),
         ([ActionOutcomes("keep", {1: [1.0]}), ActionOutcomes("a", {1: [1.0]})], ">= 2"),
-        ([ActionOutcomes("keep", {1: [1.0, 2.0]}), ActionOutcomes("a", {1: [1.0, 2.0, 3.0]})], "keep: 2, a: 3"),
+        (
+            [ActionOutcomes("keep", {1: [1.0, 2.0]}), ActionOutcomes("a", {1: [1.0, 2.0, 3.0]})],
+            "keep: 2, a: 3",
+        ),
         ([ActionOutcomes("keep", {1: [1.0, 2.0]}), ActionOutcomes("a", {2: [1.0, 2.0]})], "no horizon"),
         ([ActionOutcomes("keep", {1: [1.0, float("nan")]}), ActionOutcomes("a", {1: [1.0, 2.0]})], "finite"),
     ],
@@ -88,7 +91,10 @@ def test_label_rejects_outcomes_it_cannot_compare(outcomes, message):
 def _example(**override) -> dict:
     ex = {
         "schema_version": 1,
-        "messages": [{"role": "system", "content": "You control..."}, {"role": "user", "content": "Epoch 3."}],
+        "messages": [
+            {"role": "system", "content": "You control..."},
+            {"role": "user", "content": "Epoch 3."},
+        ],
         "target": [{"tool": "set_lr", "args": {"lr": 0.0005, "reason": "flat"}}],
         "source": {"scenario": "plateau"},
     }
@@ -110,11 +116,17 @@ def test_load_examples_reads_valid_lines_and_max_examples(tmp_path):
     ("row", "message"),
     [
         ("{not json", ":2: not JSON"),
-        (_example(schema_version=2), ":2: schema_version=2; this version of mimic-learn reads schema_version 1"),
+        (
+            _example(schema_version=2),
+            ":2: schema_version=2; this version of mimic-learn reads schema_version 1",
+        ),
         (_example(target=[]), ":2: target: List should have at least 1 item"),
         (_example(messages=[{"role": "system", "content": "x"}]), "must end with a user turn"),
         (_example(messages=[{"role": "robot", "content": "x"}]), ":2: messages.0.role"),
-        (_example(target=[{"tool": "set_lr", "args": {"reason": "x" * 121}}]), "args.reason has 121 characters"),
+        (
+            _example(target=[{"tool": "set_lr", "args": {"reason": "x" * 121}}]),
+            "args.reason has 121 characters",
+        ),
         (_example(extra=1), ":2: extra: Extra inputs are not permitted"),
     ],
 )
@@ -205,10 +217,16 @@ def test_gguf_adapter_round_trips_names_shapes_values_and_metadata(tmp_path):
 
     layer = model.base_model.model.model.layers[1]
     unpermute = LlamaTensorProcessor(config={"num_attention_heads": 4, "num_key_value_heads": 2})
-    for gguf_name, hf, heads in (("attn_q", layer.self_attn.q_proj, 4), ("attn_k", layer.self_attn.k_proj, 2)):
+    for gguf_name, hf, heads in (
+        ("attn_q", layer.self_attn.q_proj, 4),
+        ("attn_k", layer.self_attn.k_proj, 2),
+    ):
         a = hf.lora_A["default"].weight.detach().numpy()
         b = hf.lora_B["default"].weight.detach().numpy()
-        got_a, got_b = tensors[f"blk.1.{gguf_name}.weight.lora_a"], tensors[f"blk.1.{gguf_name}.weight.lora_b"]
+        got_a, got_b = (
+            tensors[f"blk.1.{gguf_name}.weight.lora_a"],
+            tensors[f"blk.1.{gguf_name}.weight.lora_b"],
+        )
         # GGUF shapes are ne order (in, rank) / (rank, out): what llama.cpp checks against the base tensor
         assert list(got_a.shape) == [a.shape[1], a.shape[0]] and list(got_b.shape) == [b.shape[1], b.shape[0]]
         np.testing.assert_array_equal(got_a.data, a)
@@ -241,7 +259,9 @@ def test_prefix_cache_gives_the_same_loss_as_the_whole_prompt():
         cache = model(input_ids=torch.tensor([ex.ids[:20]]), use_cache=True).past_key_values
         cached = target_loss(model, ex, cache)
         again = target_loss(model, ex, cache)  # the shared cache is not consumed
-    assert cached.item() == pytest.approx(whole.item(), rel=1e-5) and again.item() == pytest.approx(whole.item())
+    assert cached.item() == pytest.approx(whole.item(), rel=1e-5) and again.item() == pytest.approx(
+        whole.item()
+    )
 
 
 @pytest.mark.parametrize(
@@ -264,6 +284,7 @@ def test_local_adapter_controller_string(tmp_path):
     from mimic_learn.agents.local import LocalModelMissingError
     from mimic_learn.agents.providers import default_prompt, load_chat_model
 
+    assert load_chat_model("local").adapter_path is None
     model = load_chat_model(f"local:adapter={tmp_path}")
     assert model.adapter_path == tmp_path and model.model_path is None
     assert default_prompt(f"local:adapter={tmp_path}") == "compact"  # what the adapter was trained on

@@ -313,7 +313,8 @@ def test_train_controller_cli_rejects_bad_data_before_loading_anything(tmp_path)
 def test_train_export_and_serve_changes_the_local_controller(tmp_path):
     """A few LoRA steps on real prompts, exported and served by llama.cpp through the local controller: it
     still makes valid calls, and on a prompt whose target the base model does not produce, it answers
-    differently. ~2-5 min on a 2-core CPU."""
+    differently. Measured: 17 min on the shared 2-vCPU machine at load average ~10 (6 steps of ~750
+    tokens, two base loads)."""
     from mimic_learn.agents.controller_data import rules_situations
     from mimic_learn.agents.local import LocalChatModel
     from mimic_learn.agents.train_controller import TrainControllerConfig, train_controller
@@ -322,9 +323,9 @@ def test_train_export_and_serve_changes_the_local_controller(tmp_path):
     chosen = [situations[name] for name in ("plateau_mid", "overfitting", "healthy_mid")]
     data = _write(tmp_path / "train.jsonl", [ex for ex, _, _ in chosen])
     summary = train_controller(
-        data, tmp_path / "adapter", TrainControllerConfig(epochs=3, lr=3e-3, threads=2), command="test"
+        data, tmp_path / "adapter", TrainControllerConfig(epochs=2, lr=3e-3, threads=2), command="test"
     )
-    assert summary["steps"] == 9 and summary["epoch_loss"][-1] < summary["epoch_loss"][0]
+    assert summary["steps"] == 6 and summary["epoch_loss"][-1] < summary["epoch_loss"][0]
     assert 0 < summary["adapter_bytes"] <= 20_000_000
     sidecar = json.loads((tmp_path / "adapter" / "training.json").read_text())
     assert {"command", "data_sha256", "seed", "base_model"} <= set(sidecar)

@@ -75,7 +75,7 @@ def main() -> None:
         ("base", LocalChatModel(n_threads=args.threads)),
         ("adapter", LocalChatModel(n_threads=args.threads, adapter_path=out / "adapter")),
     ):
-        hits, valid, seconds, calls = 0, 0, [], []
+        hits, tool_hits, valid, seconds, calls = 0, 0, 0, [], []
         for ex, msgs, tools in held:
             started = time.perf_counter()
             ai = model.bind_tools(tools).invoke(msgs)
@@ -83,19 +83,21 @@ def main() -> None:
             valid += bool(ai.tool_calls)
             hit = bool(ai.tool_calls) and same_call(ai.tool_calls[0], ex["target"][0])
             hits += hit
+            tool_hits += bool(ai.tool_calls) and ai.tool_calls[0]["name"] == ex["target"][0]["tool"]
             calls.append((ex["source"]["scenario"], ex["target"][0], ai.tool_calls[:1], hit))
         rows[label] = (hits, valid, sorted(seconds)[len(seconds) // 2], calls)
         print(
-            f"HELDOUT {label}: target call {hits}/{len(held)}, valid {valid}/{len(held)}, median {rows[label][2]:.2f} s"
+            f"HELDOUT {label}: target call {hits}/{len(held)}, right tool {tool_hits}/{len(held)}, "
+            f"valid {valid}/{len(held)}, median {rows[label][2]:.2f} s"
         )
     for (scenario, target, base_call, _), (_, _, ad_call, hit) in zip(
         rows["base"][3], rows["adapter"][3], strict=True
     ):
-        fmt = lambda c: (
-            f"{c[0]['name']} {json.dumps({k: v for k, v in c[0]['args'].items() if k != 'reason'})}"
-            if c
-            else "none"
-        )  # noqa: E731
+
+        def fmt(c: list) -> str:
+            args = {k: v for k, v in c[0]["args"].items() if k != "reason"} if c else {}
+            return f"{c[0]['name']} {json.dumps(args)}" if c else "none"
+
         t = f"{target['tool']} {json.dumps({k: v for k, v in target['args'].items() if k != 'reason'})}"
         print(
             f"  {scenario:28s} target {t:38s} base {fmt(base_call):38s} adapter {fmt(ad_call)} {'ok' if hit else 'MISS'}"

@@ -1005,7 +1005,7 @@ def train_controller_command(
     threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: torch's).")] = None,
 ) -> None:
     """Fine-tune the local controller (LoRA) on tool-call examples and export a GGUF adapter for llama.cpp;
-    use it with --controller local:adapter=OUT. Needs `pip install 'mimic-learn[train]'`."""
+    use it with --controller local:adapter=OUT. Needs the train extra (peft, gguf, transformers)."""
     from .agents.controller_data import DatasetFormatError
     from .agents.train_controller import TrainControllerConfig, train_controller
 

@@ -93,7 +93,9 @@ def load_base(base: str = "smollm2-135m") -> tuple[Any, Any, Path]:
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ImportError("train-controller needs the train extra: pip install 'mimic-learn[train]'") from exc
+        raise ImportError(
+            "train-controller needs the train extra (pip install peft gguf transformers)"
+        ) from exc
     path = base_gguf(base)
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)

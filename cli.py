@@ -1190,6 +1190,43 @@ def eval_controller(
     console.print(table)
 
 
+@app.command("train-controller")
+def train_controller_command(
+    data: Annotated[
+        Path, typer.Argument(help="JSONL of training examples (docs/reference/controller-training.md).")
+    ],
+    out: Annotated[Path, typer.Option(help="Folder for adapter.gguf and training.json.")],
+    base: Annotated[str, typer.Option(help="Base model to adapt.")] = "smollm2-135m",
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the examples.")] = 3,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate of the LoRA weights.")] = 1e-3,
+    rank: Annotated[int, typer.Option(min=1, help="LoRA rank (8: 9.8 MB adapter; the cap is 20 MB).")] = 8,
+    alpha: Annotated[float, typer.Option(help="LoRA alpha (scale alpha/rank).")] = 16.0,
+    seed: Annotated[int, typer.Option(help="Seed of the LoRA init and the example order.")] = 0,
+    max_examples: Annotated[int | None, typer.Option(min=1, help="Use only the first N examples.")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: torch's).")] = None,
+) -> None:
+    """Fine-tune the local controller (LoRA) on tool-call examples and export a GGUF adapter for llama.cpp;
+    use it with --controller local:adapter=OUT. Needs the train extra (peft, gguf, transformers)."""
+    from .agents.controller_data import DatasetFormatError
+    from .agents.train_controller import TrainControllerConfig, train_controller
+
+    cfg = TrainControllerConfig(
+        base=base, epochs=epochs, lr=lr, rank=rank, alpha=alpha, seed=seed, max_examples=max_examples,
+        threads=threads,
+    )  # fmt: skip
+    try:
+        cfg.check()
+        summary = train_controller(
+            data, out, cfg, command=shlex.join(["mimic-learn", *sys.argv[1:]]), log=console.print
+        )
+    except (DatasetFormatError, ValueError, ImportError) as exc:
+        _fail(str(exc))
+    console.print(
+        f"trained on {summary['examples']} examples in {summary['train_seconds']:.0f} s; use it with "
+        f"--controller local:adapter={out}"
+    )
+
+
 @app.command("tools")
 def list_tools(
     as_json: Annotated[bool, typer.Option("--json", help="Print the schemas as JSON.")] = False,

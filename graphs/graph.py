@@ -111,8 +111,10 @@ def build_graph(
     provider: ProviderOptions | None = None,
     checkpointer=None,
     on_observe=None,
+    on_decision=None,
 ):
-    """``on_observe(epoch)`` runs inside the invocation (e.g. to tag the active MLflow trace)."""
+    """``on_observe(epoch)`` and ``on_decision(decision)`` (at the end of ``apply``) run inside the invocation
+    (e.g. to tag and preview the active MLflow trace)."""
     agent = agent or AgentConfig()
     provider = provider or ProviderOptions()
     tools = as_langchain_tools(controls, agent.tools)
@@ -298,6 +300,8 @@ def build_graph(
             "fallbacks": list(state.get("fallbacks") or []),
             "reviews": list(state.get("reviews") or []),
         }
+        if on_decision is not None:
+            on_decision(decision)
         return {
             "decision": decision,
             "last_decision": {

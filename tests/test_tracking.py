@@ -105,9 +105,13 @@ def test_scripted_run_is_fully_tracked(store):
     # the Traces list reads like a log: name, input and output previews; one session per run
     t1, t2 = by_epoch["1"].info, by_epoch["2"].info
     assert t1.tags["mlflow.traceName"] == "epoch 1 decision"
-    assert re.fullmatch(r"epoch 1 · val acc \d\.\d{3} \(best \d\.\d{3}\) · lr 0\.001 · dropout 0\.2.*", t1.request_preview)
+    assert re.fullmatch(
+        r"epoch 1 · val acc \d\.\d{3} \(best \d\.\d{3}\) · lr 0\.001 · dropout 0\.2.*", t1.request_preview
+    )
     assert t1.response_preview.startswith("set_lr 0.001→0.002 ✓ · set_lr ✗"), t1.response_preview
-    assert t2.response_preview.startswith("set_dropout 0.2→0.3 ✓ · reflection: Decision after epoch 1"), t2.response_preview
+    assert t2.response_preview.startswith("set_dropout 0.2→0.3 ✓ · reflection: Decision after epoch 1"), (
+        t2.response_preview
+    )
     thread = client.get_run(child_id).data.tags["mimic.thread_id"]
     assert {t1.trace_metadata["mlflow.trace.session"], t2.trace_metadata["mlflow.trace.session"]} == {thread}
     # the full graph state stays in the root span's inputs
@@ -191,8 +195,18 @@ def test_trace_previews_read_like_a_log():
         {"epoch": 53, "val_acc": 0.970, "lr": 0.01, "dropout": 0.2, "weight_decay": 0.0, "alpha": 0.0,
          "monitor": "val_acc", "mode": "max", "metrics": {}},
     ]  # fmt: skip
-    assert report_preview(history[-1], history) == "epoch 53 · val acc 0.970 (best 0.972) · lr 0.01 · dropout 0.2"
-    loop = {"epoch": 3, "lr": 0.05, "dropout": None, "monitor": "val_mse", "mode": "min", "metrics": {"val_mse": 0.5}}
+    assert (
+        report_preview(history[-1], history)
+        == "epoch 53 · val acc 0.970 (best 0.972) · lr 0.01 · dropout 0.2"
+    )
+    loop = {
+        "epoch": 3,
+        "lr": 0.05,
+        "dropout": None,
+        "monitor": "val_mse",
+        "mode": "min",
+        "metrics": {"val_mse": 0.5},
+    }
     assert report_preview(loop, [loop | {"metrics": {"val_mse": 0.25}}, loop]) == (
         "epoch 3 · val mse 0.500 (best 0.250) · lr 0.05"
     )
@@ -204,6 +218,8 @@ def test_trace_previews_read_like_a_log():
         "reflection": "Decision after epoch 52 (lr=0.01); validation accuracy fell. " + "x" * 300,
     }  # fmt: skip
     out = decision_preview(decision, {"lr": 0.01})
-    assert out.startswith("set_lr 0.01→0.002 ✓ · set_alpha ✗ · 7 refused · reflection: Decision after epoch 52")
+    assert out.startswith(
+        "set_lr 0.01→0.002 ✓ · set_alpha ✗ · 7 refused · reflection: Decision after epoch 52"
+    )
     assert out.endswith("…") and len(out) < 260
     assert decision_preview({"changes": [], "calls": [], "reflection": ""}, {}) == "no change"

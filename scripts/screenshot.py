@@ -1,5 +1,6 @@
-"""Make the documentation's picture (docs/assets/overview.png) from a real run: one decision's trace in the MLflow
-UI above the run's validation and knob plots.
+"""Make the documentation's picture (docs/assets/overview.png) from a real run: the run's Traces list in the MLflow
+UI (one line per decision), one decision's trace (its node and tool spans), and the run's validation and knob
+plots.
 
     python scripts/screenshot.py                 # runs tests/test_ui_browser.py (a scripted 6-epoch digits run,
                                                  # `mimic-learn ui`, headless Chromium), then composes
@@ -23,7 +24,11 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "docs/assets/overview.png"
-TRACE = "04_trace_reflect.png"  # the epoch-2 trace, reflect span selected (tests/test_ui_browser.py)
+LIST = "03_run_traces.png"  # the run's Traces list, one row per decision (tests/test_ui_browser.py)
+TRACE = "04_trace_reflect.png"  # the epoch-2 trace, reflect span selected
+# Parts of the 1920x1080 screenshots kept (left, top, right, bottom): the list's rows, the trace's spans.
+LIST_BOX = (200, 150, 1920, 530)
+TRACE_BOX = (0, 0, 1920, 720)
 PLOTS = ("validation.png", "knobs.png")
 WIDTH = 1600
 
@@ -47,21 +52,27 @@ def run_browser_test(folder: Path) -> None:
 
 
 def compose(folder: Path, out: Path = OUT) -> Path:
-    missing = [name for name in (TRACE, *PLOTS) if not (folder / name).is_file()]
+    missing = [name for name in (LIST, TRACE, *PLOTS) if not (folder / name).is_file()]
     if missing:
         sys.exit(
             f"missing in {folder}: {', '.join(missing)} (run tests/test_ui_browser.py with MIMIC_SCREENSHOT_DIR)"
         )
-    trace = Image.open(folder / TRACE).convert("RGB")
-    trace = trace.resize((WIDTH, round(trace.height * WIDTH / trace.width)))
+    shots = [
+        Image.open(folder / LIST).convert("RGB").crop(LIST_BOX),
+        Image.open(folder / TRACE).convert("RGB").crop(TRACE_BOX),
+    ]
+    shots = [shot.resize((WIDTH, round(shot.height * WIDTH / shot.width))) for shot in shots]
     plots = [Image.open(folder / name).convert("RGB") for name in PLOTS]
     half = WIDTH // len(plots)
     plots = [p.resize((half, round(p.height * half / p.width))) for p in plots]
-    height = trace.height + max(p.height for p in plots)
+    height = sum(shot.height for shot in shots) + max(p.height for p in plots)
     canvas = Image.new("RGB", (WIDTH, height), "white")
-    canvas.paste(trace, (0, 0))
+    top = 0
+    for shot in shots:
+        canvas.paste(shot, (0, top))
+        top += shot.height
     for i, plot in enumerate(plots):
-        canvas.paste(plot, (i * half, trace.height))
+        canvas.paste(plot, (i * half, top))
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out, optimize=True)
     return out

@@ -6,7 +6,8 @@
   and this file executes it. A block that is only an illustration says ``<!-- not run: <why> -->``.
 * The pages generated from the code (the graph diagram, the CLI and tools references) equal what
   ``scripts/gen_docs.py`` makes now.
-* README.md stays short, keeps the two commands CI runs, and its links point at files that exist.
+* README.md stays short, keeps the two commands CI runs, and its links point at files that exist; the sweep
+  spec in the Ray guide is a valid spec.
 """
 
 from __future__ import annotations
@@ -124,3 +125,18 @@ def test_readme_is_short_keeps_the_two_commands_and_links_resolve():
     ]
     for target in re.findall(r"\]\(((?!https?:)[^)#]+)", readme):
         assert (REPO / target).exists(), f"README links to {target}, which does not exist"
+
+
+def test_the_sweep_spec_in_the_ray_guide_is_a_valid_spec(tmp_path):
+    from mimic_learn.sweep import load_spec
+
+    page = (REPO / "docs/guides/ray-sweeps.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", page, re.S)
+    assert len(blocks) == 1
+    (tmp_path / "spec.yaml").write_text(blocks[0])
+    spec = load_spec(tmp_path / "spec.yaml")
+    assert [a.name for a in spec.arms] == ["baseline", "rules", "replay", "qwen", "pbt"] and spec.seeds == [
+        0,
+        1,
+        2,
+    ]

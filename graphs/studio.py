@@ -15,7 +15,8 @@ is built in a worker thread (``make_graph`` is a coroutine), and the graph's nod
 which LangGraph runs in its thread pool.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: LangGraph reads StudioState's annotations at run time, also when
+# `langgraph dev` or a test loads this file by path under another module name.
 
 import asyncio
 import os

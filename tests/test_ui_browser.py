@@ -57,7 +57,8 @@ EPOCHS = 6
 REFLECTION_TEXT = "Decision after epoch 1 (lr=0.002)"
 VERDICT_TEXT = "Verdict:"
 
-TOTAL_BUDGET_S = 360  # the whole test, setup included; every wait below is capped by what is left (a loaded 2-core CI box)
+# The whole test, setup included (generous: a loaded 2-core CI box); every wait below is capped by what is left.
+TOTAL_BUDGET_S = 360
 RUN_TIMEOUT_S = 180  # the scripted 6-epoch digits run takes ~30 s on an idle CPU
 SERVER_TIMEOUT_S = 60  # `mlflow server` answers after ~15 s
 UI_TIMEOUT_S = 30  # per assertion: the SPA fetches and renders lazily

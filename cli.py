@@ -16,7 +16,14 @@ from typing import Annotated
 import typer
 from rich import box
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 app = typer.Typer(
@@ -24,6 +31,10 @@ app = typer.Typer(
     "tools, with every step tracked in MLflow.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Click's plain help: it wraps every column to the terminal, so --help reads well on 80 columns (rich's
+    # boxed tables squeezed the descriptions into a narrow column there).
+    rich_markup_mode=None,
+    epilog="Each command has --help. Documentation: docs/ in the repository (mkdocs serve).",
 )
 console = Console()
 
@@ -309,7 +320,7 @@ def _record_checkpoints(spec, result, run_id: str | None) -> None:
         console.print(f"checkpoints: kept in {folder} (`mimic-learn clean` removes them)", highlight=False)
 
 
-@app.command()
+@app.command(short_help="Train without an agent (a baseline arm).")
 def train(
     ctx: typer.Context,
     task: TaskOpt = Task.digits,
@@ -344,7 +355,7 @@ def train(
     )
 
 
-@app.command()
+@app.command(short_help="Train with the agent deciding at each epoch boundary.")
 def run(
     ctx: typer.Context,
     task: TaskOpt = Task.digits,
@@ -554,7 +565,7 @@ def _read_instruction(text: str | None, path: Path | None) -> str | None:
     return text.strip() if text is not None else None
 
 
-@app.command()
+@app.command(short_help="Give a running run a note its next decision reads once.")
 def note(
     run_id: Annotated[
         str,
@@ -610,7 +621,7 @@ def note(
     console.print(f"note {record['id']} queued on run {run.info.run_id}; {when}", highlight=False)
 
 
-@app.command()
+@app.command(short_help="Continue a killed run from its last completed epoch.")
 def resume(
     run_id: Annotated[
         str,
@@ -726,7 +737,7 @@ def _finished_run_message(run) -> str:
     return f"{head}."
 
 
-@app.command()
+@app.command(short_help="Remove checkpoint folders that nothing can resume.")
 def clean(
     state_db: Annotated[
         str,
@@ -871,7 +882,56 @@ def _command_line(ctx: typer.Context) -> str:
     return " ".join(parts)
 
 
-@app.command()
+class CellProgress:
+    """A progress bar over an experiment's cells: cells done / total, time elapsed and time left. It is fed by
+    the lines the experiment prints (they are printed above the bar): ``done <cell>`` and ``failed <cell>``
+    complete a cell; ``skip <cell>`` (finished in an earlier sitting) takes it out of the total, so the time
+    left is estimated from the cells this sitting runs."""
+
+    def __init__(self, total: int, description: str = "cells") -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("elapsed"),
+            TimeElapsedColumn(),
+            TextColumn("left"),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self.task = self.progress.add_task(description, total=total)
+
+    def echo(self, line: object = "", *args, **kwargs) -> None:
+        self.progress.console.print(line, *args, **kwargs)
+        text = str(line)
+        if text.startswith(("done ", "failed ")):
+            self.progress.advance(self.task)
+        elif text.startswith("skip "):
+            total = self.progress.tasks[0].total or 0
+            self.progress.update(self.task, total=max(0, total - 1))
+
+    def __enter__(self) -> CellProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+
+def _reproduce_cells(kind: str, regimes: list[str], seeds: list[int], arms: str) -> int:
+    """How many cells (regime x seed x arm) a reproduction covers; unknown arm names are the experiment's to
+    reject, so they are not counted."""
+    from .experiments import BLOG_ARMS, PAPER_ARMS, PBT_ARM
+
+    known = {a.name for a in [*(PAPER_ARMS if kind == "paper" else BLOG_ARMS), PBT_ARM]}
+    names = [a for a in arms.split(",") if a]
+    count = (
+        len([a for a in names if a in known]) if names else len(PAPER_ARMS if kind == "paper" else BLOG_ARMS)
+    )
+    return len(regimes) * len(seeds) * count
+
+
+@app.command(short_help="Reproduce the paper or the blog experiment (resumable).")
 def reproduce(
     ctx: typer.Context,
     experiment: Annotated[
@@ -973,7 +1033,8 @@ def reproduce(
         if default_store:  # trials log over HTTP to one server on this machine
             server = tracking_server(tracking_uri)
         resources = TrialResources(cpus_per_trial, gpus_per_trial)
-        run_cells = ray_executor(address, num_cpus, resources, echo=console.print)
+        # Each trial's 'done'/'failed' line advances the progress bar made below.
+        run_cells = ray_executor(address, num_cpus, resources, echo=lambda *a, **k: bar.echo(*a, **k))
 
     kind = experiment.value
     regime_list = [
@@ -1002,12 +1063,15 @@ def reproduce(
             if uri != tracking_uri:
                 console.print(f"MLflow server {uri} over {tracking_uri} (for this command's trials)")
             tracking.setup(uri, mlflow_experiment or f"mimic-reproduce-{kind}")
-            path = run_reproduce(
-                kind, regime_list, seed_list, [a for a in arms.split(",") if a] or None, controller or default_controller(),
-                data_dir, epochs, threads, force, out or Path("docs/results") / f"{kind}.md", task, command,
-                provider=provider, echo=console.print, report_only=report_only,
-                run_cells=run_cells, model=model, val_size=val_size,
-            )  # fmt: skip
+            bar = CellProgress(0 if report_only else _reproduce_cells(kind, regime_list, seed_list, arms))
+            with bar:
+                path = run_reproduce(
+                    kind, regime_list, seed_list, [a for a in arms.split(",") if a] or None,
+                    controller or default_controller(), data_dir, epochs, threads, force,
+                    out or Path("docs/results") / f"{kind}.md", task, command,
+                    provider=provider, echo=bar.echo, report_only=report_only,
+                    run_cells=run_cells, model=model, val_size=val_size,
+                )  # fmt: skip
     except DataUnavailableError as exc:
         hint = (
             " For the blog experiment without CIFAR-10, use --task mnist32 (an offline proxy)."
@@ -1020,7 +1084,7 @@ def reproduce(
     console.print(f"[bold]report written to {path}[/]")
 
 
-@app.command()
+@app.command(short_help="Run a spec's arms x regimes x seeds as Ray Tune trials.")
 def sweep(
     ctx: typer.Context,
     spec: Annotated[
@@ -1074,11 +1138,12 @@ def sweep(
         with server as uri:
             if tracking_uri is None:
                 console.print(f"MLflow server {uri} over sqlite:///mlflow.db (stops with the sweep)")
-            outcome = run_sweep(
-                parsed, spec.resolve().parent, uri, mlflow_experiment, address, num_cpus,
-                TrialResources(cpus_per_trial, gpus_per_trial), retries, force, out, storage,
-                command=_command_line(ctx), echo=console.print,
-            )  # fmt: skip
+            with CellProgress(len(parsed.regimes) * len(parsed.seeds) * len(parsed.arms)) as bar:
+                outcome = run_sweep(
+                    parsed, spec.resolve().parent, uri, mlflow_experiment, address, num_cpus,
+                    TrialResources(cpus_per_trial, gpus_per_trial), retries, force, out, storage,
+                    command=_command_line(ctx), echo=bar.echo,
+                )  # fmt: skip
     except (ValueError, RuntimeError) as exc:
         _fail(str(exc))
     store = tracking_uri or "sqlite:///mlflow.db"
@@ -1093,7 +1158,7 @@ def sweep(
             console.print(f"  {tag}: {why[:200]}", highlight=False)
 
 
-@app.command("eval-controller")
+@app.command("eval-controller", short_help="Score controllers on a bank of training situations.")
 def eval_controller(
     controller: Annotated[
         list[str],
@@ -1190,7 +1255,9 @@ def eval_controller(
     console.print(table)
 
 
-@app.command("train-controller")
+@app.command(
+    "train-controller", short_help="Fine-tune the local controller (LoRA) and export a GGUF adapter."
+)
 def train_controller_command(
     data: Annotated[
         Path, typer.Argument(help="JSONL of training examples (docs/reference/controller-training.md).")
@@ -1227,7 +1294,7 @@ def train_controller_command(
     )
 
 
-@app.command("tools")
+@app.command("tools", short_help="List the registered tools and their argument schemas.")
 def list_tools(
     as_json: Annotated[bool, typer.Option("--json", help="Print the schemas as JSON.")] = False,
 ) -> None:
@@ -1252,7 +1319,7 @@ def list_tools(
     console.print(table)
 
 
-@app.command()
+@app.command(short_help="Start the MLflow UI on 127.0.0.1.")
 def ui(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
     tracking_uri: TrackingOpt = "sqlite:///mlflow.db",
@@ -1279,7 +1346,7 @@ def ui(
         pass
 
 
-@app.command("export-decisions")
+@app.command("export-decisions", short_help="Write a run's decisions as a scripted controller file.")
 def export_decisions(
     run_id: Annotated[str, typer.Argument(help="The MLflow child run whose decisions to export.")],
     out: Annotated[
@@ -1309,7 +1376,7 @@ def export_decisions(
     )
 
 
-@app.command("export-outcomes")
+@app.command("export-outcomes", short_help="Collect runs' outcome records (forks, oracle trials) into JSONL.")
 def export_outcomes(
     args: Annotated[
         list[str],
@@ -1351,7 +1418,7 @@ models_app = typer.Typer(
 app.add_typer(models_app, name="models")
 
 
-@models_app.command("list")
+@models_app.command("list", short_help="Known models: name, path, bytes, sha256, installed.")
 def models_list(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per model or adapter.")] = False,
 ) -> None:
@@ -1370,7 +1437,7 @@ def models_list(
     console.print(table)
 
 
-@models_app.command("install")
+@models_app.command("install", short_help="Install a known model (sha256-checked); print its path.")
 def models_install(
     name: Annotated[str, typer.Argument(help="A model name from `mimic-learn models list`.")],
     source: Annotated[
@@ -1391,7 +1458,7 @@ def models_install(
     print(path)
 
 
-@app.command("serve-model")
+@app.command("serve-model", short_help="Serve a GGUF chat model over the OpenAI API on 127.0.0.1.")
 def serve_model(
     model: Annotated[str, typer.Argument(help="An installed model's name (models list) or a GGUF file.")],
     host: Annotated[

@@ -2,7 +2,10 @@
 
 Structure: one parent run per command (``run``, ``reproduce``), one nested child run per arm x seed.
 Traces come from ``mlflow.langchain.autolog()`` (no ``@mlflow.trace`` on top: that would duplicate spans);
-each graph invocation is one trace, linked to the child run and tagged with its epoch.
+each graph invocation is one trace, linked to the child run and tagged with its epoch. Its name
+(``epoch 53 decision``) and its list previews are set while it is recorded, so the Traces list reads like a log
+(``report_preview`` / ``decision_preview``); the full graph state stays in the spans' inputs and outputs. A run's
+traces share one MLflow session (its LangGraph thread id), so the Sessions view groups them.
 Secrets: only the run's config is logged; API keys live in the environment and are never read here.
 Resume (``MlflowTracker(resume_run_id=...)``): the child run is reopened; epochs already in it are not logged
 again, and the decisions table is rebuilt from the runner's restored outcomes.
@@ -221,6 +224,69 @@ def decision_rows(outcome) -> list[dict]:
     ]
 
 
+KNOB_NAMES = ("lr", "dropout", "weight_decay", "alpha")
+PREVIEW_REFLECTION_CHARS = 160
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}g}"
+
+
+def report_preview(report: dict, history: list[dict]) -> str:
+    """One line for a decision trace's Input column: ``epoch 53 · val acc 0.970 (best 0.972) · lr 0.01 ·
+    dropout 0.2``. ``history`` is the run's epoch reports up to this one (the best is over them)."""
+    monitor = report.get("monitor") or "val_acc"
+    value = metric_value(report, monitor)
+    seen = [v for v in (metric_value(r, monitor) for r in history) if v is not None]
+    best = (min if report.get("mode") == "min" else max)(seen) if seen else None
+    shown = "n/a" if value is None else f"{value:.3f}"
+    parts = [f"epoch {report['epoch']}", f"{monitor.replace('_', ' ')} {shown}"]
+    if best is not None:
+        parts[-1] += f" (best {best:.3f})"
+    parts.append(f"lr {_num(report.get('lr'))}")
+    if report.get("dropout") is not None:
+        parts.append(f"dropout {_num(report['dropout'], 2)}")
+    if report.get("weight_decay"):
+        parts.append(f"wd {_num(report['weight_decay'], 2)}")
+    if report.get("alpha"):
+        parts.append(f"alpha {_num(report['alpha'], 2)}")
+    return " · ".join(parts)
+
+
+def decision_preview(decision: dict, before: dict[str, float | None]) -> str:
+    """One line for a decision trace's Output column: ``set_lr 0.01→0.002 ✓ · set_dropout ✗ · 7 refused ·
+    reflection: …``. ``before`` holds the knob values when the decision started."""
+    parts = []
+    for change in decision.get("changes") or []:
+        key, tool = change["key"], change.get("tool") or change["key"]
+        if key in KNOB_NAMES:
+            parts.append(f"{tool} {_num(before.get(key))}→{change['value']} ✓")
+        else:
+            parts.append(f"{tool} {change['value']} ✓" if key != "rollback" else f"{tool} ✓")
+    calls = decision.get("calls") or []
+    refused = sum(not c["accepted"] and str(c.get("reply", "")).startswith("refused") for c in calls)
+    rejected: dict[str, int] = {}
+    for c in calls:
+        if not c["accepted"] and not str(c.get("reply", "")).startswith("refused"):
+            rejected[str(c["tool"])] = rejected.get(str(c["tool"]), 0) + 1
+    parts += [f"{tool} ✗" + (f"×{n}" if n > 1 else "") for tool, n in rejected.items()]
+    if refused:
+        parts.append(f"{refused} refused")
+    if not decision.get("changes"):
+        parts.insert(0, "no change")
+    if decision.get("reverted"):
+        parts.append("reverted the previous decision")
+    if decision.get("fallbacks"):
+        parts.append(f"{len(decision['fallbacks'])} fallback(s)")
+    if decision.get("commit_error"):
+        parts.append(f"commit failed: {decision['commit_error'][:80]}")
+    reflection = " ".join(str(decision.get("reflection") or "").split())
+    if reflection:
+        cut = reflection[:PREVIEW_REFLECTION_CHARS]
+        parts.append("reflection: " + cut + ("…" if len(reflection) > len(cut) else ""))
+    return " · ".join(parts)
+
+
 def run_params(runner) -> dict[str, str]:
     """The run's MLflow params. A user's loop (``LoopTrainer``, no data of ours) gets what its own objects
     say — optimizer class and initial lr, model class, monitored metric — instead of our TrainConfig's
@@ -269,6 +335,7 @@ class MlflowTracker:
         self.nested = nested
         self.rows: list[dict] = []
         self.run_id: str | None = None
+        self._before: dict[str, float | None] = {}  # knob values when the current decision started
 
     def on_start(self, runner) -> None:
         if self.traces and runner.graph is not None:
@@ -300,30 +367,45 @@ class MlflowTracker:
         mlflow.set_tags(version_tags() | tags | self.tags)
 
     def on_decision_start(self, runner, epoch: int) -> None:
-        """Called inside the graph invocation: tag the trace being recorded (no flush, no extra write)."""
+        """Called inside the graph invocation: tag, name and preview the trace being recorded, and put it in
+        the run's session (all in memory: no flush, no extra write)."""
+        if not self.traces:
+            return
+        controls = getattr(runner, "controls", None)
+        self._before = {k: controls.current(k) for k in KNOB_NAMES} if controls is not None else {}
+        history = [r.to_dict() for r in runner.trainer.history]
+        report = next((r for r in reversed(history) if r["epoch"] == epoch), None)
+        tags = {"epoch": str(epoch), "mimic.arm": self.arm, "mlflow.traceName": f"epoch {epoch} decision"}
+        verdicts = getattr(runner, "current_verdicts", None) or []
+        if verdicts:  # the previous decision's measured effect (counterfactual reflection)
+            tags["mimic.decision_effect"] = str(verdicts[-1]["effect"])
+            try:  # the graph's `observe` span; a tracing hiccup must not stop the run
+                span = mlflow.get_current_active_span()
+                if span is not None:
+                    span.set_attributes(
+                        {
+                            "mimic.decision_effect": verdicts[-1]["effect"],
+                            "mimic.decision_effect_epoch": verdicts[-1]["decision_epoch"],
+                            "mimic.counterfactual_horizon": verdicts[-1]["horizon"],
+                        }
+                    )
+            except Exception as exc:  # pragma: no cover - depends on the tracing backend
+                mlflow.set_tag("mimic.trace_attribute_error", f"{type(exc).__name__}: {exc}"[:300])
+        if runner.spec.agent.instruction:
+            tags["mimic.instruction"] = runner.spec.agent.instruction[:TRACE_TAG_LIMIT]
+        notes = getattr(runner, "current_notes", None)
+        if notes:
+            tags["mimic.notes"] = json.dumps([n["text"] for n in notes])[:TRACE_TAG_LIMIT]
+        mlflow.update_current_trace(
+            tags=tags,
+            session_id=runner.thread_id,
+            request_preview=report_preview(report, history) if report is not None else f"epoch {epoch}",
+        )
+
+    def on_decision_end(self, runner, decision: dict) -> None:
+        """Called at the end of the graph's ``apply`` node, still inside the trace: the Output preview."""
         if self.traces:
-            tags = {"epoch": str(epoch), "mimic.arm": self.arm}
-            verdicts = getattr(runner, "current_verdicts", None) or []
-            if verdicts:  # the previous decision's measured effect (counterfactual reflection)
-                tags["mimic.decision_effect"] = str(verdicts[-1]["effect"])
-                try:  # the graph's `observe` span; a tracing hiccup must not stop the run
-                    span = mlflow.get_current_active_span()
-                    if span is not None:
-                        span.set_attributes(
-                            {
-                                "mimic.decision_effect": verdicts[-1]["effect"],
-                                "mimic.decision_effect_epoch": verdicts[-1]["decision_epoch"],
-                                "mimic.counterfactual_horizon": verdicts[-1]["horizon"],
-                            }
-                        )
-                except Exception as exc:  # pragma: no cover - depends on the tracing backend
-                    mlflow.set_tag("mimic.trace_attribute_error", f"{type(exc).__name__}: {exc}"[:300])
-            if runner.spec.agent.instruction:
-                tags["mimic.instruction"] = runner.spec.agent.instruction[:TRACE_TAG_LIMIT]
-            notes = getattr(runner, "current_notes", None)
-            if notes:
-                tags["mimic.notes"] = json.dumps([n["text"] for n in notes])[:TRACE_TAG_LIMIT]
-            mlflow.update_current_trace(tags=tags)
+            mlflow.update_current_trace(response_preview=decision_preview(decision, self._before))
 
     def poll_notes(self, runner) -> list[dict]:
         """Notes queued on this run by ``mimic-learn note`` (its ``mimic.note.*`` tags), for the next decision."""

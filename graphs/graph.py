@@ -121,10 +121,11 @@ def build_graph(
     checkpointer=None,
     on_observe=None,
     extra_tools: list | None = None,
+    on_decision=None,
 ):
-    """``on_observe(epoch)`` runs inside the invocation (e.g. to tag the active MLflow trace).
-    ``extra_tools``: LangChain tools bound beside the registered ones (a user loop's knobs,
-    ``integrations.knobs``)."""
+    """``on_observe(epoch)`` and ``on_decision(decision)`` (at the end of ``apply``) run inside the invocation
+    (e.g. to tag and preview the active MLflow trace). ``extra_tools``: LangChain tools bound beside the
+    registered ones (a user loop's knobs, ``integrations.knobs``)."""
     agent = agent or AgentConfig()
     provider = provider or ProviderOptions()
     tools = as_langchain_tools(controls, agent.tools) + list(extra_tools or [])
@@ -318,6 +319,8 @@ def build_graph(
             "reviews": list(state.get("reviews") or []),
             "notes": list(state.get("notes") or []),  # the user's notes this decision saw (once)
         }
+        if on_decision is not None:
+            on_decision(decision)
         return {
             "decision": decision,
             "notes": [],  # seen once: a later invocation without notes must not see them again

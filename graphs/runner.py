@@ -308,6 +308,7 @@ class AgentRunner:
                 spec.provider,
                 self.checkpointer,
                 on_observe=self._on_observe,
+                on_decision=self._on_decision,
             )
 
     def _on_observe(self, epoch: int) -> None:
@@ -315,6 +316,12 @@ class AgentRunner:
             hook = getattr(obs, "on_decision_start", None)
             if hook is not None:
                 hook(self, epoch)
+
+    def _on_decision(self, decision: dict) -> None:
+        for obs in self.observers:
+            hook = getattr(obs, "on_decision_end", None)
+            if hook is not None:
+                hook(self, decision)
 
     @property
     def graph_config(self) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import mlflow
@@ -101,6 +102,21 @@ def test_scripted_run_is_fully_tracked(store):
     names1 = [s.name for s in by_epoch["1"].data.spans]
     assert names1.count("set_lr") == 2 and "inspect_grad_norms" in names1
     assert "set_dropout" in [s.name for s in by_epoch["2"].data.spans]
+    # the Traces list reads like a log: name, input and output previews; one session per run
+    t1, t2 = by_epoch["1"].info, by_epoch["2"].info
+    assert t1.tags["mlflow.traceName"] == "epoch 1 decision"
+    assert re.fullmatch(
+        r"epoch 1 · val acc \d\.\d{3} \(best \d\.\d{3}\) · lr 0\.001 · dropout 0\.2.*", t1.request_preview
+    )
+    assert t1.response_preview.startswith("set_lr 0.001→0.002 ✓ · set_lr ✗"), t1.response_preview
+    assert t2.response_preview.startswith("set_dropout 0.2→0.3 ✓ · reflection: Decision after epoch 1"), (
+        t2.response_preview
+    )
+    thread = client.get_run(child_id).data.tags["mimic.thread_id"]
+    assert {t1.trace_metadata["mlflow.trace.session"], t2.trace_metadata["mlflow.trace.session"]} == {thread}
+    # the full graph state stays in the root span's inputs
+    root = next(s for s in by_epoch["2"].data.spans if s.parent_id is None)
+    assert root.inputs["report"]["epoch"] == 2 and "history" in root.inputs["report"]
 
     parent_plots = {a.path for a in client.list_artifacts(parent.run_id.iloc[0], "plots")}
     assert parent_plots == {"plots/validation.png", "plots/knobs.png"}
@@ -169,3 +185,41 @@ def test_api_key_never_reaches_the_store(store, monkeypatch):
         locations=[mlflow.get_experiment_by_name("t").experiment_id], return_type="list"
     )
     assert traces and all(planted not in t.to_json() for t in traces)
+
+
+def test_trace_previews_read_like_a_log():
+    from mimic_learn.tracking import decision_preview, report_preview
+
+    history = [
+        {"epoch": 52, "val_acc": 0.972, "monitor": "val_acc", "mode": "max", "metrics": {}},
+        {"epoch": 53, "val_acc": 0.970, "lr": 0.01, "dropout": 0.2, "weight_decay": 0.0, "alpha": 0.0,
+         "monitor": "val_acc", "mode": "max", "metrics": {}},
+    ]  # fmt: skip
+    assert (
+        report_preview(history[-1], history)
+        == "epoch 53 · val acc 0.970 (best 0.972) · lr 0.01 · dropout 0.2"
+    )
+    loop = {
+        "epoch": 3,
+        "lr": 0.05,
+        "dropout": None,
+        "monitor": "val_mse",
+        "mode": "min",
+        "metrics": {"val_mse": 0.5},
+    }
+    assert report_preview(loop, [loop | {"metrics": {"val_mse": 0.25}}, loop]) == (
+        "epoch 3 · val mse 0.500 (best 0.250) · lr 0.05"
+    )
+    refused = {"tool": "set_dropout", "accepted": False, "reply": "refused: the budget of 1 tool calls ..."}
+    decision = {
+        "changes": [{"key": "lr", "value": "0.002", "tool": "set_lr", "reason": "slow down"}],
+        "calls": [{"tool": "set_lr", "accepted": True, "reply": "ok"}, {"tool": "set_alpha", "accepted": False,
+                  "reply": "alpha=3 is out of range"}] + [refused] * 7,
+        "reflection": "Decision after epoch 52 (lr=0.01); validation accuracy fell. " + "x" * 300,
+    }  # fmt: skip
+    out = decision_preview(decision, {"lr": 0.01})
+    assert out.startswith(
+        "set_lr 0.01→0.002 ✓ · set_alpha ✗ · 7 refused · reflection: Decision after epoch 52"
+    )
+    assert out.endswith("…") and len(out) < 260
+    assert decision_preview({"changes": [], "calls": [], "reflection": ""}, {}) == "no change"

@@ -1,11 +1,12 @@
 """End to end through the MLflow UI: a scripted run, ``mimic-learn ui``, headless Chromium.
 
-The test trains a 3-epoch digits run with a scripted controller through the CLI, starts ``mimic-learn ui``
+The test trains a 6-epoch digits run with a scripted controller through the CLI, starts ``mimic-learn ui``
 on a free loopback port, checks that the server listens on 127.0.0.1 only, then drives Debian's
 ``/usr/bin/chromium`` through Playwright (Playwright's own browser download is blocked here, hence
-``executable_path``) and asserts that the run page, the ``decisions.json`` table and one trace show the
-tool names and the reflection text. Screenshots go to ``$MIMIC_SCREENSHOT_DIR`` (default: the test's
-tmp dir). ``scripts/install_browser.sh`` installs chromium and playwright; without them the test skips,
+``executable_path``) and asserts that the run page, the ``decisions.json`` table, the run's Traces list (each
+decision's name and its one-line previews) and one trace (its node and tool spans, the reflection text) show
+what a user should see. Screenshots, and the run's plots, go to ``$MIMIC_SCREENSHOT_DIR`` (default: the
+test's tmp dir); ``scripts/screenshot.py`` composes the documentation's picture from them. ``scripts/install_browser.sh`` installs chromium and playwright; without them the test skips,
 except under ``CI=true`` where it fails.
 """
 
@@ -47,14 +48,19 @@ decisions:
   - epoch: 2
     tool_calls:
       - {name: set_dropout, args: {dropout: 0.3, reason: "train/val gap widening; regularise"}}
+  - epoch: 4
+    tool_calls:
+      - {name: set_lr, args: {lr: 0.0005, reason: "validation flattening; smaller steps"}}
 """
+EPOCHS = 6
 # After epoch 2 the log_only reflection judges the epoch-1 set_lr: "... Verdict: it helped." (or "hurt" ...).
 REFLECTION_TEXT = "Decision after epoch 1 (lr=0.002)"
 VERDICT_TEXT = "Verdict:"
 
-TOTAL_BUDGET_S = 170  # the whole test, setup included; every wait below is capped by what is left
-RUN_TIMEOUT_S = 120  # the scripted digits run takes ~30 s on an idle CPU
-SERVER_TIMEOUT_S = 60  # `mlflow server` answers after ~15 s
+# The whole test, setup included (generous: a loaded 2-core CI box); every wait below is capped by what is left.
+TOTAL_BUDGET_S = 360
+RUN_TIMEOUT_S = 180  # the scripted 6-epoch digits run takes ~30 s on an idle CPU
+SERVER_TIMEOUT_S = 120  # `mlflow server` answers after ~15 s idle; over 60 s was seen at load 14
 UI_TIMEOUT_S = 30  # per assertion: the SPA fetches and renders lazily
 
 
@@ -200,7 +206,7 @@ def screenshot_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def logged_run(tmp_path: Path, deadline: float) -> dict:
-    """A scripted 3-epoch digits run logged to ``<tmp>/mlflow.db`` through the CLI."""
+    """A scripted 6-epoch digits run logged to ``<tmp>/mlflow.db`` through the CLI."""
     script = tmp_path / "script.yaml"
     script.write_text(SCRIPT)
     db = tmp_path / "mlflow.db"
@@ -212,7 +218,7 @@ def logged_run(tmp_path: Path, deadline: float) -> dict:
         "--task",
         "digits",
         "--epochs",
-        "3",
+        str(EPOCHS),
         "--tracking-uri",
         uri,
         "--no-log-model",
@@ -281,13 +287,33 @@ def _ids(base: str) -> dict[str, str]:
     runs = client.search_runs([exp.experiment_id], filter_string="tags.`mimic.role` = 'child'")
     assert len(runs) == 1, f"expected one child run, got {[r.info.run_id for r in runs]}"
     run = runs[0].info
+    thread = runs[0].data.tags["mimic.thread_id"]
     try:
         traces = client.search_traces(locations=[exp.experiment_id], run_id=run.run_id)
     except TypeError:  # older MLflow 3 spelling
         traces = client.search_traces(experiment_ids=[exp.experiment_id], run_id=run.run_id)
     by_epoch = {t.info.tags.get("epoch"): t.info.trace_id for t in traces}
     assert "2" in by_epoch, f"no trace tagged epoch=2 among {by_epoch}"
-    return {"exp": exp.experiment_id, "run": run.run_id, "run_name": run.run_name, "trace": by_epoch["2"]}
+    sessions = {t.info.trace_metadata.get("mlflow.trace.session") for t in traces}
+    assert sessions == {thread}, f"the run's traces are not one session {thread}: {sessions}"
+    names = sorted(t.info.tags.get("mlflow.traceName") for t in traces)
+    assert names == [f"epoch {e} decision" for e in range(1, EPOCHS)], names
+    return {
+        "exp": exp.experiment_id,
+        "run": run.run_id,
+        "run_name": run.run_name,
+        "trace": by_epoch["2"],
+        "session": thread,
+    }
+
+
+def _save_plots(base: str, run_id: str, folder: Path) -> None:
+    """The run's validation and knob plots next to the screenshots (scripts/screenshot.py composes them)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=base)
+    for name in ("validation.png", "knobs.png"):
+        client.download_artifacts(run_id, f"plots/{name}", str(folder))
 
 
 def _dismiss_overlays(page) -> None:
@@ -335,6 +361,21 @@ def test_ui_shows_run_decisions_and_trace(
         expect(loc).to_be_in_viewport(timeout=timeout_ms)
         return loc
 
+    def listed(page, text: str) -> None:
+        """``text`` is in the Traces list. MLflow's table sometimes draws one row blank (no cells) until
+        something changes; then the user's way to find a decision is the search box, and so is ours."""
+        try:
+            expect(page.get_by_text(text).locator("visible=true").first).to_be_visible(timeout=5_000)
+            return
+        except AssertionError:
+            pass
+        search = page.get_by_placeholder("Search traces by id, request, or response")
+        search.fill(text.strip())
+        search.press("Enter")
+        shown(page, text)
+        search.fill("")
+        search.press("Enter")
+
     def open_page(page, url: str) -> None:
         page.goto(url, wait_until="domcontentloaded")
         shown(page, EXPERIMENT, exact=True)  # the SPA has rendered its shell
@@ -363,9 +404,17 @@ def test_ui_shows_run_decisions_and_trace(
             _dismiss_overlays(page)
             page.screenshot(path=str(screenshot_dir / "02_decisions.png"))
 
-            # the run's traces tab lists the decision traces
+            # the run's traces tab lists the decisions like a log: name, input and output previews
             open_page(page, urls["run_traces"])
-            shown(page, '{"epoch": 1', exact=False)
+            shown(page, ids["session"], exact=True)  # grouped by session (the default): one session
+            page.get_by_text("Group by session", exact=True).click()  # one row per decision
+            for text in [f"epoch {e} · val acc " for e in range(1, EPOCHS)] + [
+                "set_lr 0.001→0.002 ✓",
+                "set_dropout 0.2→0.3 ✓ · reflection: Decision after epoch 1 (lr=0.002)",
+                "no change · reflection: ",  # epoch 3: the script made no call
+            ]:
+                listed(page, text)
+            assert page.get_by_text('{"epoch": ').count() == 0, "a raw graph state is shown as a preview"
             _dismiss_overlays(page)
             page.screenshot(path=str(screenshot_dir / "03_run_traces.png"))
 
@@ -378,6 +427,7 @@ def test_ui_shows_run_decisions_and_trace(
             shown(page, REFLECTION_TEXT)
             shown(page, VERDICT_TEXT)
             page.screenshot(path=str(screenshot_dir / "04_trace_reflect.png"))
+            _save_plots(base, ids["run"], screenshot_dir)
         except Exception:
             if page is not None:
                 try:

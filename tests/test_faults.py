@@ -1089,6 +1089,15 @@ def test_meta_without_the_decision_timeout_a_hang_blocks(monkeypatch):
     assert any("past the 0.2 s decision timeout" in p for p in problems), problems
 
 
+def test_meta_without_retry_after_the_retries_back_off(monkeypatch):
+    # the header unread: the retry waits tenacity's backoff (1-2 s) instead of the 0.1 s the provider asked for
+    monkeypatch.setattr(providers_module, "retry_after_seconds", lambda exc: None)
+    model = ProviderFaultModel(error="rate_limit_429", fault_epoch=SCENARIO_EPOCH)
+    result = run_decisions(model, provider=provider_options(retries=1, retry_wait=True))
+    problems = fallback_problems(result, model, 1, "rate_limit_429")
+    assert any(p.startswith("waits between attempts") for p in problems), problems
+
+
 def test_meta_without_argument_validation_extra_arguments_pass(monkeypatch):
     # pydantic switched off: the arguments are taken as they come (extra keys dropped, types unchecked)
     monkeypatch.setattr(registry_module, "validate_args", lambda spec, raw: spec.args.model_construct(**raw))

@@ -439,7 +439,10 @@ def test_parallel_staging_from_eight_threads(trainer, ctl):
     # Every thread's value differs from the knob's current one (lr 0.001, dropout 0.2, weight decay 0, alpha 0):
     # a knob set to its current value is kept, not changed, so whichever thread wins, every knob changes.
     values = {"lr": [0.0015 + 0.0005 * i for i in range(8)], "dropout": [0.25 + 0.025 * i for i in range(8)]}
-    values |= {"alpha": [0.05 * (i + 1) for i in range(8)], "weight_decay": [0.001 * (i + 1) for i in range(8)]}
+    values |= {
+        "alpha": [0.05 * (i + 1) for i in range(8)],
+        "weight_decay": [0.001 * (i + 1) for i in range(8)],
+    }
     before = knobs(trainer)
     assert all(before[k] not in values[k] for k in KNOBS), before
 

@@ -1,14 +1,23 @@
-"""Sweep scaling: one 4-trial sweep (digits; the `rules` and `scripted` controllers x seeds 0 and 1), run
-sequentially in this process with 2 torch threads per trial (what `reproduce` does), then on a local Ray with
-2 workers of 1 thread each (what `sweep` does), each logging every cell to its own MLflow store.
+"""Sweep scaling: one 4-trial sweep (digits; the `rules` and `scripted` controllers x seeds 0 and 1) run
+sequentially in this process and on a local Ray with 2 workers, with the SAME torch threads per trial on both
+sides (1: what a Ray trial with 1 CPU gets), each side logging every cell to its own MLflow store. The two sides
+alternate order over ``--repeats`` repeats (sequential first in even repeats, Ray first in odd ones), so neither
+always runs on a warmer or a quieter machine.
 
-    python benchmarks/sweep_scaling.py                  # --epochs 150 --regime full by default
-    python benchmarks/sweep_scaling.py --endpoint       # first: one served model endpoint vs a copy per trial
+    python benchmarks/sweep_scaling.py                      # --epochs 120 --repeats 2 by default
+    python benchmarks/sweep_scaling.py --epochs 10          # a quick check of the script (Ray's fixed cost dominates)
+    python benchmarks/sweep_scaling.py --endpoint           # first: one served model endpoint vs a copy per trial
 
-Ray's wall time includes starting Ray, its worker processes (each imports torch, MLflow and LangGraph) and
-shutting it down (a fixed cost of about 15 s here, so the speedup depends on how long a trial is: 150 epochs of
-digits take about 30 s). Both runs must finish all 4 cells. Last line: `speedup <sequential / ray>` (target >= 1.3
-on 2 cores). Measured on this 2-core machine: see the README's section "Sweeps on Ray".
+Sized for 2 idle cores: a 120-epoch digits trial takes about T = 25 s on one thread, so a repeat costs about
+4T (sequential) + 2T + ~15 s (Ray) = 6T + 15 s and two repeats about 12T + 30 s = 5.5 min, well inside 10 min even
+if a trial takes 35 s. Longer trials would show Ray's gain more clearly (its fixed cost is amortised), shorter
+ones mostly measure that fixed cost.
+
+Ray's wall time includes starting Ray, its worker processes (each imports torch, MLflow and LangGraph), the MLflow
+server the sweep serves a sqlite store through, and shutting Ray down. The script reports that fixed cost
+separately: Ray start and shutdown are timed directly; the rest is Ray's wall time minus the trials' own time
+(the MLflow child runs' start-to-end times, summed and divided by the 2 workers). Both sides must finish all 4
+cells. Last line: ``speedup <median over repeats of sequential / ray>`` (target >= 1.3 on 2 cores).
 
 ``--endpoint`` first measures what LLM trials share: the embedded SmolLM2-135M loaded in-process (what each trial
 process of the `local` controller pays: load time, resident memory) against one llama.cpp server (xllamacpp,
@@ -21,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,9 +52,15 @@ SCRIPT = {
 }
 
 
-def sequential(spec: SweepSpec, folder: Path, threads: int) -> float:
+THREADS_PER_TRIAL = (
+    1  # both sides: a Ray trial with 1 CPU runs torch on 1 thread, so the sequential trials do too
+)
+WORKERS = 2
+
+
+def sequential(spec: SweepSpec, folder: Path) -> float:
     tracking.setup(f"sqlite:///{folder / 'sequential.db'}", "sweep-scaling")
-    cells = spec.cells(folder, threads, folder / "state-sequential")
+    cells = spec.cells(folder, THREADS_PER_TRIAL, folder / "state-sequential")
     start = time.perf_counter()
     with mlflow.start_run(run_name="sequential"):
         for cell in cells:
@@ -54,30 +70,59 @@ def sequential(spec: SweepSpec, folder: Path, threads: int) -> float:
     return wall
 
 
-def on_ray(spec: SweepSpec, folder: Path, workers: int) -> tuple[float, float]:
+def on_ray(spec: SweepSpec, folder: Path) -> dict[str, float]:
+    """Ray's wall time and its parts: start, the trials (run_cells_on_ray, with the MLflow server), shutdown."""
     import ray
 
     tracking.setup(f"sqlite:///{folder / 'ray.db'}", "sweep-scaling")
-    cells = spec.cells(folder, 1, folder / "state-ray")
+    cells = spec.cells(folder, THREADS_PER_TRIAL, folder / "state-ray")
     start = time.perf_counter()
-    start_ray(num_cpus=workers)
-    started = time.perf_counter() - start
+    start_ray(num_cpus=WORKERS)
+    started = time.perf_counter()
     with mlflow.start_run(run_name="ray"):
-        failed = run_cells_on_ray(cells, TrialResources(cpus=1), retries=0, echo=lambda _: None)
+        failed = run_cells_on_ray(
+            cells, TrialResources(cpus=THREADS_PER_TRIAL), retries=0, echo=lambda _: None
+        )
+    trials_done = time.perf_counter()
     ray.shutdown()
-    wall = time.perf_counter() - start
+    end = time.perf_counter()
     assert not failed and len(finished_cells(spec.name)) == len(cells), f"Ray cells failed: {failed}"
-    return wall, started
+    return {"wall": end - start, "start": started - start, "shutdown": end - trials_done}
 
 
-def test_accuracies(db: Path) -> dict[str, float]:
+def cell_runs(db: Path) -> dict[str, tuple[float, float]]:
+    """Finished cells of a store: cell -> (test accuracy, seconds from the child run's start to its end)."""
     mlflow.set_tracking_uri(f"sqlite:///{db}")
     runs = mlflow.search_runs(
         search_all_experiments=True, filter_string="attributes.status = 'FINISHED'", output_format="list"
     )
     return {
-        r.data.tags["mimic.cell"]: r.data.metrics["test_acc"] for r in runs if "mimic.cell" in r.data.tags
+        r.data.tags["mimic.cell"]: (r.data.metrics["test_acc"], (r.info.end_time - r.info.start_time) / 1000)
+        for r in runs
+        if "mimic.cell" in r.data.tags
     }
+
+
+def one_repeat(spec: SweepSpec, folder: Path, ray_first: bool) -> dict[str, float]:
+    folder.mkdir(parents=True)
+    # the scripted arm's path is relative to the cells' folder
+    (folder / "decisions.yaml").write_text(yaml.safe_dump(SCRIPT))
+    out: dict[str, float] = {}
+    for side in ("ray", "sequential") if ray_first else ("sequential", "ray"):
+        if side == "sequential":
+            out["sequential"] = sequential(spec, folder)
+        else:
+            out |= {f"ray_{k}": v for k, v in on_ray(spec, folder).items()}
+    seq_runs, ray_runs = cell_runs(folder / "sequential.db"), cell_runs(folder / "ray.db")
+    assert len(seq_runs) == len(ray_runs) == 4, (seq_runs, ray_runs)
+    out["sequential_trials"] = sum(t for _, t in seq_runs.values())
+    out["ray_trials"] = sum(t for _, t in ray_runs.values())
+    # Ray's fixed cost: its wall time minus the trials' own time spread over the workers
+    out["ray_fixed"] = out["ray_wall"] - out["ray_trials"] / WORKERS
+    out["ray_rest"] = out["ray_fixed"] - out["ray_start"] - out["ray_shutdown"]
+    out["acc_diff"] = max(abs(seq_runs[k][0] - ray_runs[k][0]) for k in seq_runs)
+    out["speedup"] = out["sequential"] / out["ray_wall"]
+    return out
 
 
 def _rss_mb() -> float:
@@ -194,7 +239,10 @@ def endpoint(requests_per_client: int = 6) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=150)
+    parser.add_argument(
+        "--epochs", type=int, default=120, help="epochs per trial (default sized for 2 idle cores)"
+    )
+    parser.add_argument("--repeats", type=int, default=2, help="repeats, alternating which side runs first")
     parser.add_argument("--regime", default="full")
     parser.add_argument(
         "--endpoint", action="store_true", help="first measure a served model vs per-trial copies"
@@ -207,9 +255,10 @@ def main() -> None:
         os._exit(0)  # see _load_copy
     if args.endpoint:  # in a child process: llama.cpp's threads must not run beside the sweeps measured next
         subprocess.run([sys.executable, __file__, "--endpoint-only"], check=True)
+    if args.repeats < 2:
+        parser.error(f"--repeats={args.repeats} is below 2; the order alternates over at least 2 repeats")
     folder = Path(tempfile.mkdtemp(prefix="sweep_scaling_"))
     os.chdir(folder)  # .mimic/ (graph state, Ray results) goes here, not into the repository
-    (folder / "decisions.yaml").write_text(yaml.safe_dump(SCRIPT))
     spec = SweepSpec(
         name="scaling",
         task="digits",
@@ -221,26 +270,38 @@ def main() -> None:
             ArmSpec(name="scripted", controller="scripted:decisions.yaml"),
         ],
     )
+    load = os.getloadavg()
     print(
-        f"sweep: digits regime {args.regime}, {args.epochs} epochs, arms rules + scripted x seeds 0,1 = 4 trials; "
-        f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), load {os.getloadavg()[0]:.2f}"
+        f"sweep: digits regime {args.regime}, {args.epochs} epochs, arms rules + scripted x seeds 0,1 = 4 trials, "
+        f"{THREADS_PER_TRIAL} torch thread per trial on both sides, {args.repeats} repeats in alternating order; "
+        f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     )
-    seq = sequential(spec, folder, threads=2)
-    print(f"sequential, 1 process, 2 torch threads per trial: {seq:.1f} s ({seq / 4:.1f} s per trial)")
-    ray_wall, ray_start = on_ray(spec, folder, workers=2)
+    repeats = []
+    for r in range(args.repeats):
+        ray_first = r % 2 == 1
+        m = one_repeat(spec, folder / f"repeat{r}", ray_first)
+        repeats.append(m)
+        print(
+            f"repeat {r} ({'Ray' if ray_first else 'sequential'} first): sequential {m['sequential']:.1f} s "
+            f"(trials {m['sequential_trials']:.1f} s); Ray {WORKERS} workers {m['ray_wall']:.1f} s = trials "
+            f"{m['ray_trials']:.1f} s / {WORKERS} + fixed {m['ray_fixed']:.1f} s (Ray start {m['ray_start']:.1f} s, "
+            f"shutdown {m['ray_shutdown']:.1f} s, worker start-up with imports + MLflow server + scheduling "
+            f"{m['ray_rest']:.1f} s); speedup {m['speedup']:.2f}; max |test acc difference| {m['acc_diff']:.4f}; "
+            f"load {os.getloadavg()[0]:.2f}"
+        )
+
+    def med(key: str) -> float:
+        return statistics.median(m[key] for m in repeats)
+
     print(
-        f"Ray, 2 workers x 1 thread: {ray_wall:.1f} s including {ray_start:.1f} s to start Ray "
-        f"(trials, worker start-up and shutdown: {ray_wall - ray_start:.1f} s); half the sequential time would be "
-        f"{seq / 2:.1f} s, so Ray's overhead here is {ray_wall - seq / 2:.1f} s"
+        f"medians over {args.repeats} repeats: sequential {med('sequential'):.1f} s, Ray {med('ray_wall'):.1f} s; "
+        f"Ray's fixed cost {med('ray_fixed'):.1f} s (start {med('ray_start'):.1f} s, shutdown "
+        f"{med('ray_shutdown'):.1f} s, the rest {med('ray_rest'):.1f} s); a trial takes "
+        f"{med('sequential_trials') / 4:.1f} s sequentially, {med('ray_trials') / 4:.1f} s on a Ray worker"
     )
-    seq_acc, ray_acc = test_accuracies(folder / "sequential.db"), test_accuracies(folder / "ray.db")
-    diff = max(abs(seq_acc[k] - ray_acc[k]) for k in seq_acc)
-    print(
-        f"cells finished: sequential {len(seq_acc)}, Ray {len(ray_acc)}; max |test acc difference| {diff:.4f} "
-        "(the same cells with 1 vs 2 torch threads)"
-    )
-    print(f"load at the end {os.getloadavg()[0]:.2f}; stores and Ray results in {folder}")
-    print(f"speedup {seq / ray_wall:.2f}")
+    print(f"stores and Ray results in {folder}")
+    print(f"speedup {med('speedup'):.2f}")
 
 
 if __name__ == "__main__":

@@ -89,6 +89,12 @@ def _invoke_with_timeout(runnable, messages, config: RunnableConfig, timeout_s: 
         pool.shutdown(wait=False, cancel_futures=True)  # a hung provider call is abandoned, not awaited
 
 
+def split_by_budget(calls: list, budget: int, used: int) -> tuple[list, list]:
+    """The budget guard: (calls that may run, calls refused) when ``used`` of ``budget`` calls are spent."""
+    remaining = max(0, budget - used)
+    return calls[:remaining], calls[remaining:]
+
+
 def _decision_record(messages: list, epoch: int) -> list[dict]:
     """Every tool call of the decision, paired with its reply."""
     replies = {m.tool_call_id: m for m in messages if isinstance(m, ToolMessage)}
@@ -226,9 +232,7 @@ def build_graph(
     def run_tools(state: AgentState, config: RunnableConfig) -> dict:
         ai: AIMessage = state["messages"][-1]
         used = state.get("tool_calls_used", 0)
-        remaining = max(0, agent.budget - used)
-        calls = list(ai.tool_calls)
-        allowed, refused = calls[:remaining], calls[remaining:]
+        allowed, refused = split_by_budget(list(ai.tool_calls), agent.budget, used)
         out: list[ToolMessage] = []
         for call in allowed:  # one at a time, in the model's order: staged mutations stay ordered
             result = tool_node.invoke({"messages": [AIMessage(content="", tool_calls=[call])]}, config)

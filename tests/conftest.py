@@ -1,4 +1,4 @@
-"""Shared fixtures: where the MNIST idx files live."""
+"""Shared fixtures: where the MNIST idx files live; lines a suite adds to ``SUMMARY`` end pytest's output."""
 
 from __future__ import annotations
 
@@ -14,6 +14,20 @@ MNIST_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
+
+
+# A suite appends lines here (``request.config.stash[SUMMARY]``); they are printed in pytest's terminal summary
+# (the fault suite's case count and distinct guards exercised).
+SUMMARY = pytest.StashKey[list[str]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[SUMMARY] = []
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
+    for line in config.stash.get(SUMMARY, []):
+        terminalreporter.write_line(line)
 
 
 def _has_mnist(data_dir: Path) -> bool:

@@ -37,8 +37,21 @@ CAUTIOUS = POLICIES.pop("cautious")  # other test modules see only the built-in 
 
 
 def test_the_example_policy_is_selected_by_name_and_reaches_the_prompt(tmp_path, monkeypatch):
+    """Validation accuracy is pinned (0.50, 0.60, 0.55) so both branches run: after epoch 2 (it rose) the prompt
+    has no hint, after epoch 3 (it fell) it has the policy's hint."""
+    from mimic_learn.training.trainer import Trainer
+
     monkeypatch.setitem(POLICIES, "cautious", CAUTIOUS)
     assert isinstance(get_policy("cautious"), Cautious)
+    pinned = {1: 0.50, 2: 0.60, 3: 0.55}
+    real_epoch = Trainer.run_epoch
+
+    def pinned_epoch(self):
+        report = real_epoch(self)  # the same object is the last entry of trainer.history
+        report.val_acc = pinned[report.epoch]
+        return report
+
+    monkeypatch.setattr(Trainer, "run_epoch", pinned_epoch)
     model = ScriptedChatModel(
         decisions=[
             {"epoch": e, "tool_calls": [{"name": "keep_current", "args": {"reason": "x"}}]} for e in (1, 2, 3)
@@ -46,14 +59,16 @@ def test_the_example_policy_is_selected_by_name_and_reaches_the_prompt(tmp_path,
     )
     runner = make_runner(tmp_path, model=model, reflection="cautious", epochs=4)
     runner.step()
-    outcomes = [runner.step(), runner.step()]
-    history = runner.trainer.history
-    for outcome in outcomes:
-        epoch = outcome.report.epoch
-        fell = history[epoch - 1].val_acc < history[epoch - 2].val_acc
+    rose, fell = runner.step(), runner.step()
+    runner.close()
+    assert [r.val_acc for r in runner.trainer.history] == [0.50, 0.60, 0.55]
+    prompts = {}
+    for outcome in (rose, fell):
         human = next(m for m in outcome.state["messages"] if isinstance(m, HumanMessage))
-        assert ("prefer small changes" in human.content) == fell
+        prompts[outcome.report.epoch] = human.content
         assert outcome.state["reflection"].startswith("Decision after epoch")
+    assert "prefer small changes" not in prompts[2]
+    assert "Accuracy fell: prefer small changes." in prompts[3]
 
 
 def test_unknown_policy_names_the_choices():

@@ -6,44 +6,62 @@ training before it) with an ``InMemorySaver``, then checks that
 * the decision completes (no exception, ``apply`` ran, nothing half-committed),
 * every knob is finite and within ``Bounds``' absolute bounds, and the weights are finite,
 * the fault is counted in the state (``invalid_calls`` / ``refused_calls`` / ``fallbacks`` / ``tool_calls_used``),
+* no tool crashed: every rejection is a guard's message, not an exception ToolNode caught,
 * a real epoch then trains and a following decision runs normally.
 
 Provider faults (timeouts, 429 with Retry-After, 5xx, connection refused, a hang) go through ``with_retry``
 and ``with_fallbacks`` as configured by ``ProviderOptions``. A few cases also check that the counts land in
 MLflow. The meta-tests at the end switch each guard off and show that the corresponding check then fails.
 
+Which guards the cases actually triggered is recorded by spies on the guards' named functions (see ``GUARDS``;
+nothing is added to production code but one module-level function per guard to cut in at). The terminal summary
+prints the case count and ``distinct guards exercised: N``, counted from what fired, not declared.
+
 Run: ``python -m pytest -m faults tests/test_faults.py`` (the default run deselects it).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
+from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.output_parsers.openai_tools import make_invalid_tool_call, parse_tool_call
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.prebuilt import ToolNode
+from pydantic import ValidationError
 
+from mimic_learn.agents import providers as providers_module
 from mimic_learn.agents.protocol import decision_context, tool_call
 from mimic_learn.agents.providers import ProviderOptions
 from mimic_learn.agents.scenarios import bank, scenario_trainer
 from mimic_learn.graphs import graph as graph_module
 from mimic_learn.graphs.graph import AgentConfig, build_graph
 from mimic_learn.graphs.runner import agent_report
+from mimic_learn.tools import controls as controls_module
+from mimic_learn.tools import registry as registry_module
 from mimic_learn.tools.controls import Bounds, TrainerControls
+
+from .conftest import SUMMARY
 
 pytestmark = pytest.mark.faults
 
 KNOBS = {"set_lr": "lr", "set_dropout": "dropout", "set_weight_decay": "weight_decay", "set_alpha": "alpha"}
 FALLBACK = "rules"  # the meta-test for the fallback switches it off here
 TIMEOUT_SLACK_S = 1.0  # a decision may overrun decision_timeout_s by the fallback's own (instant) turn
+RETRY_AFTER_S = 0.1  # the 429's Retry-After: short, and far below the backoff's first wait (1-2 s)
 
 
 # ---------------------------------------------------------------------------------------------- fake models
@@ -100,26 +118,37 @@ def _number(text: str):
 def _ai(spec: dict) -> AIMessage:
     """A fresh AIMessage from a turn spec (fresh tool-call ids each time, as a real model would send)."""
     calls = [tool_call(c["name"], c["args"]) for c in spec.get("tool_calls", [])]
-    invalid = [
-        {
-            "name": c.get("name"),
-            "args": c.get("args"),
-            "id": c.get("id", f"bad_{i}_{time.perf_counter_ns()}"),
-            "error": c.get("error", "could not parse the arguments as JSON"),
-            "type": "invalid_tool_call",
+    parsed, invalid = from_provider(spec.get("raw_tool_calls", []))
+    return AIMessage(content=spec.get("content", ""), tool_calls=calls + parsed, invalid_tool_calls=invalid)
+
+
+def from_provider(raw_calls: list[dict]) -> tuple[list[dict], list[dict]]:
+    """What a LangChain chat integration makes of the tool calls a provider returned (langchain-openai's
+    converter does exactly this): arguments that parse as JSON become a tool call, anything else an
+    ``invalid_tool_call`` carrying the parser's error. So a raw string reaches the graph either way."""
+    calls, invalid = [], []
+    for i, c in enumerate(raw_calls):
+        call_id = c["id"] if "id" in c else f"raw_{i}_{time.perf_counter_ns()}"
+        raw = {
+            "id": call_id,
+            "type": "function",
+            "function": {"name": c["name"], "arguments": c["arguments"]},
         }
-        for i, c in enumerate(spec.get("invalid_tool_calls", []))
-    ]
-    return AIMessage(content=spec.get("content", ""), tool_calls=calls, invalid_tool_calls=invalid)
+        try:
+            calls.append(parse_tool_call(raw, return_id=True))
+        except OutputParserException as exc:
+            invalid.append(make_invalid_tool_call(raw, str(exc)))
+    return calls, invalid
 
 
 class RateLimitError(Exception):
-    """Shaped like a provider SDK's 429: a status code and a Retry-After header."""
+    """Shaped like a provider SDK's 429: a status code, and the Retry-After header on ``.response.headers``
+    (where httpx/requests based SDKs carry it, and where ``providers.retry_after_seconds`` reads it)."""
 
-    def __init__(self, retry_after: float = 7.0):
+    def __init__(self, retry_after: float = RETRY_AFTER_S):
         super().__init__(f"429 Too Many Requests (Retry-After: {retry_after:g})")
         self.status_code = 429
-        self.headers = {"retry-after": f"{retry_after:g}"}
+        self.response = SimpleNamespace(status_code=429, headers={"retry-after": f"{retry_after:g}"})
 
 
 class ServerError(Exception):
@@ -130,7 +159,8 @@ class ServerError(Exception):
 
 PROVIDER_ERRORS = {
     "timeout": lambda: TimeoutError("the provider did not answer within 60 s"),
-    "rate_limit_429": lambda: RateLimitError(7.0),
+    "rate_limit_429": lambda: RateLimitError(RETRY_AFTER_S),
+    "rate_limit_429_too_long": lambda: RateLimitError(3600.0),
     "server_500": lambda: ServerError(500),
     "server_503": lambda: ServerError(503),
     "connection_refused": lambda: ConnectionRefusedError(111, "Connection refused"),
@@ -143,6 +173,7 @@ class ProviderFaultModel(BaseChatModel):
 
     error: str | None = None
     hang_s: float = 0.0
+    attempt_times: list[float] = []
     fail_times: int | None = None
     fault_epoch: int = 6
     calls: int = 0
@@ -165,6 +196,7 @@ class ProviderFaultModel(BaseChatModel):
             time.sleep(self.hang_s)
         elif failing:
             self.failures += 1
+            self.attempt_times.append(time.perf_counter())
             raise PROVIDER_ERRORS[self.error]()
         message = (
             AIMessage(content="", tool_calls=[tool_call("keep_current", {"reason": "primary"})])
@@ -185,6 +217,7 @@ class Case:
     prompt: str = "full"
     inject: tuple[str, str] | None = None  # (where, text) planted in the report the model reads
     obey_injection: bool = False
+    clamp: bool = False  # Bounds(clamp=True): out-of-range values are clamped, non-finite ones still rejected
 
 
 def _call(name, **args) -> dict:
@@ -232,16 +265,16 @@ def invalid_json_cases() -> list[Case]:
         cases.append(
             Case(
                 f"invalid_json[{i}]",
-                [{"invalid_tool_calls": [{"name": names[i % 4], "args": text}]}, {"content": "done"}],
+                [{"raw_tool_calls": [{"name": names[i % 4], "arguments": text}]}, {"content": "done"}],
                 {"invalid_calls": 1},
             )
         )
     for k in (2, 3, 5):  # several broken calls in one message, one without an id
-        bad = [{"name": "set_lr", "args": '{"lr": ', "id": None if j == 0 else f"b{j}"} for j in range(k)]
+        bad = [
+            {"name": "set_lr", "arguments": '{"lr": ', "id": None if j == 0 else f"b{j}"} for j in range(k)
+        ]
         cases.append(
-            Case(
-                f"invalid_json_x{k}", [{"invalid_tool_calls": bad}, {"content": "done"}], {"invalid_calls": k}
-            )
+            Case(f"invalid_json_x{k}", [{"raw_tool_calls": bad}, {"content": "done"}], {"invalid_calls": k})
         )
     # a broken call next to a good one: the good one still applies
     cases.append(
@@ -250,7 +283,7 @@ def invalid_json_cases() -> list[Case]:
             [
                 {
                     "tool_calls": [_call("set_lr", lr=0.002, reason="ok")],
-                    "invalid_tool_calls": [{"name": "set_dropout", "args": "{"}],
+                    "raw_tool_calls": [{"name": "set_dropout", "arguments": "{"}],
                 },
                 {"content": "done"},
             ],
@@ -448,7 +481,7 @@ def endless_loop_cases() -> list[Case]:
                 )
             )
     for budget in (1, 4, 8):  # broken JSON forever: every call counted invalid, the budget still ends it
-        turn = {"content": "thinking...", "invalid_tool_calls": [{"name": "set_lr", "args": "{"}]}
+        turn = {"content": "thinking...", "raw_tool_calls": [{"name": "set_lr", "arguments": "{"}]}
         cases.append(
             Case(
                 f"endless_invalid_json_budget{budget}",
@@ -513,6 +546,52 @@ def injection_cases() -> list[Case]:
     return cases  # fmt: skip
 
 
+def clamp_cases() -> list[Case]:
+    """``Bounds(clamp=True)``: an out-of-range value is clamped (accepted, inside the bounds), but a non-finite
+    one must still be rejected, and only the non-finite guard does that (``min``/``max`` keep a NaN)."""
+    tools = {knob: tool for tool, knob in KNOBS.items()}
+    cases = []
+    for tool, knob in KNOBS.items():
+        for v in (float("nan"), "NaN", float("inf"), "-inf"):
+            cases.append(
+                Case(
+                    f"clamp_non_finite_{knob}={v}",
+                    _one_bad_call(tool, {knob: v, "reason": "x"}),
+                    {"invalid_calls": 1},
+                    clamp=True,
+                )
+            )
+    for v in (float("nan"), "nan"):
+        args = {"layer": "net.1.weight", "operation": "scale", "magnitude": v, "reason": "x"}
+        cases.append(
+            Case(
+                f"clamp_non_finite_magnitude={v}",
+                _one_bad_call("propose_weight_delta", args),
+                {"invalid_calls": 1},
+                clamp=True,
+            )
+        )
+    for knob, v in (("lr", 5.0), ("dropout", 0.95), ("weight_decay", 1.0), ("alpha", 3.0)):
+        cases.append(
+            Case(
+                f"clamp_out_of_range_{knob}={v}",
+                _one_bad_call(tools[knob], {knob: v, "reason": "x"}),
+                {"invalid_calls": 0, "tool_calls_used": 1},
+                clamp=True,
+            )
+        )
+    args = {"layer": "net.1.weight", "operation": "toward_grad_direction", "magnitude": 1e9, "reason": "x"}
+    cases.append(
+        Case(
+            "clamp_out_of_range_magnitude=1e9",
+            _one_bad_call("propose_weight_delta", args),
+            {"invalid_calls": 0, "tool_calls_used": 1},
+            clamp=True,
+        )
+    )
+    return cases  # fmt: skip
+
+
 def _first_weight_shape() -> tuple[int, ...]:
     from mimic_learn.training.models import DigitsNet
 
@@ -531,6 +610,7 @@ GENERATORS = [
     hundreds_cases,
     endless_loop_cases,
     injection_cases,
+    clamp_cases,
 ]
 MODEL_CASES = [case for gen in GENERATORS for case in gen()]
 
@@ -564,10 +644,11 @@ def run_decisions(
     inject: tuple[str, str] | None = None,
     provider: ProviderOptions | None = None,
     decision_timeout_s: float = 30.0,
+    bounds: Bounds | None = None,
 ) -> Result:
     """The faulty decision, a real epoch, then a following decision, all on one graph and trainer."""
     trainer = scenario_trainer(SCENARIO)
-    controls = TrainerControls(trainer)
+    controls = TrainerControls(trainer, bounds)
     agent = AgentConfig(budget=budget, prompt=prompt, decision_timeout_s=decision_timeout_s)
     graph = build_graph(controls, model, agent, provider or provider_options(), InMemorySaver())
     config = {"configurable": {"thread_id": "fault"}, "recursion_limit": 4 * budget + 20}
@@ -584,6 +665,7 @@ def run_decisions(
     except Exception as exc:  # the check reports it: a decision must never raise
         return Result({}, controls, time.perf_counter() - start, error=f"{type(exc).__name__}: {exc}")
     seconds = time.perf_counter() - start
+    _record_graph_guards(state)
     epoch_report = trainer.run_epoch()
     follow = graph.invoke(
         {"epoch": trainer.epoch, "report": agent_report(trainer, epoch_report, SCENARIO.total_epochs)}, config
@@ -610,6 +692,9 @@ def problems_with(result: Result, expect: dict, max_executed: int) -> list[str]:
     for name, p in trainer.model.named_parameters():
         if not torch.isfinite(p).all():
             problems.append(f"{name} has non-finite weights")
+    crashed = [str(m.content) for m in state.get("messages", []) if m.type == "tool" and _crash_reply(m)]
+    if crashed:
+        problems.append(f"a tool crashed instead of rejecting the call: {crashed[0][:160]}")
     for key, want in expect.items():
         got = state.get(key)
         got = len(got or []) if key == "fallbacks" else got
@@ -633,11 +718,22 @@ def problems_with(result: Result, expect: dict, max_executed: int) -> list[str]:
 SCENARIO_EPOCH = len(SCENARIO.history)
 
 
-def run_model_case(case: Case) -> tuple[Result, FaultModel]:
+def _crash_reply(message) -> bool:
+    """ToolNode's reply for an exception that no guard turned into a ToolArgumentError (its generic template)."""
+    text = str(message.content)
+    return (
+        message.status == "error"
+        and text.startswith("Error: ")
+        and text.endswith("Please fix your mistakes.")
+    )
+
+
+def run_model_case(case: Case, bounds: Bounds | None = None) -> tuple[Result, FaultModel]:
     model = FaultModel(
         turns=case.turns, loop=case.loop, obey_injection=case.obey_injection, fault_epoch=SCENARIO_EPOCH
     )
-    return run_decisions(model, case.budget, case.prompt, case.inject), model
+    bounds = bounds or Bounds(clamp=case.clamp)
+    return run_decisions(model, case.budget, case.prompt, case.inject, bounds=bounds), model
 
 
 def executed_in_fault_decision(result: Result) -> int:
@@ -648,8 +744,130 @@ def executed_in_fault_decision(result: Result) -> int:
     )
 
 
+# ---------------------------------------------------------------------------------------------- guards fired
+# The guards the README names, each at a named place the meta-tests cut in at. Spies on those places record
+# which guard fired (rejected, clamped, refused, timed out, fell back, rolled back) in the cases that ran; the
+# terminal summary prints how many distinct ones did. Meta-tests (guards switched off) are not recorded.
+GUARDS = {
+    "bounds": "TrainerControls.check_knob (out of range / clamped)",
+    "non-finite": "controls.check_finite",
+    "delta magnitude": "Bounds.delta_max_fraction, checked in TrainerControls.check_number('magnitude', ...)",
+    "argument validation": "registry.validate_args (pydantic: types, missing, extra='forbid')",
+    "reason length": "registry.validate_args (the reason's max_length)",
+    "unknown tool": "langgraph ToolNode._validate_tool_call",
+    "unknown layer": "TrainerControls.param",
+    "malformed JSON": "graph.run_tools' replies to the AIMessage's invalid_tool_calls",
+    "budget": "graph.split_by_budget",
+    "decision timeout": "graph._invoke_with_timeout",
+    "Retry-After": "providers.retry_after_seconds (the 429's header was read)",
+    "fallback": "ProviderOptions.fallback (the fallback controller made the decision)",
+    "training guard": "RunSpec.guard (a diverged or exploding epoch rolled back)",
+}
+FIRED: Counter[str] = Counter()
+EXECUTED: dict[str, int] = {}  # fault checks that passed in this session
+RECORDING = {"on": True}
+
+
+def _fired(guard: str) -> None:
+    assert guard in GUARDS, guard
+    if RECORDING["on"]:
+        FIRED[guard] += 1
+
+
+def _record_graph_guards(state: dict) -> None:
+    """Guards whose effect shows only in the graph's state: malformed JSON replies and a fallback decision."""
+    messages = state.get("messages", [])
+    for m in messages:
+        if m.type == "tool" and str(m.content).startswith("invalid tool call"):
+            _fired("malformed JSON")
+    decision = state.get("decision") or {}
+    if state.get("fallbacks") and any(c["accepted"] for c in decision.get("calls", [])):
+        _fired("fallback")
+
+
+def _install_spies(mp: pytest.MonkeyPatch) -> None:
+    def spy(owner, name, on_result=None, on_error=None):
+        real = getattr(owner, name)
+
+        def wrapper(*args, **kwargs):
+            try:
+                out = real(*args, **kwargs)
+            except Exception as exc:
+                if on_error is not None:
+                    on_error(exc, args)
+                raise
+            if on_result is not None:
+                on_result(out, args)
+            return out
+
+        mp.setattr(owner, name, wrapper)
+
+    def bounds_result(out, args):
+        if "clamped" in out[1]:
+            _fired("bounds")
+
+    def bounds_error(exc, args):
+        if "out of range" in str(exc):
+            _fired("bounds")
+
+    def magnitude_result(out, args):
+        if args[1] == "magnitude" and "clamped" in out[1]:
+            _fired("delta magnitude")
+
+    def magnitude_error(exc, args):
+        if args[1] == "magnitude" and "out of range" in str(exc):
+            _fired("delta magnitude")
+
+    def validation_error(exc, args):
+        if isinstance(exc, ValidationError):
+            for err in exc.errors():
+                long_reason = err["type"] == "string_too_long" and err["loc"][:1] == ("reason",)
+                _fired("reason length" if long_reason else "argument validation")
+
+    spy(TrainerControls, "check_knob", bounds_result, bounds_error)
+    spy(TrainerControls, "check_number", magnitude_result, magnitude_error)
+    spy(controls_module, "check_finite", on_error=lambda exc, args: _fired("non-finite"))
+    spy(registry_module, "validate_args", on_error=validation_error)
+    spy(ToolNode, "_validate_tool_call", lambda out, args: out is not None and _fired("unknown tool"))
+    spy(TrainerControls, "param", on_error=lambda exc, args: _fired("unknown layer"))
+    spy(graph_module, "split_by_budget", lambda out, args: bool(out[1]) and _fired("budget"))
+    spy(
+        graph_module,
+        "_invoke_with_timeout",
+        on_error=lambda exc, args: isinstance(exc, TimeoutError) and _fired("decision timeout"),
+    )
+    spy(providers_module, "retry_after_seconds", lambda out, args: out is not None and _fired("Retry-After"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def guard_spies(request):
+    with pytest.MonkeyPatch.context() as mp:
+        _install_spies(mp)
+        yield
+    request.config.stash[SUMMARY].extend(
+        [
+            f"fault cases: {len(MODEL_CASES)} model + {len(PROVIDER_CASES)} provider = "
+            f"{len(MODEL_CASES) + len(PROVIDER_CASES)} generated; {len(EXECUTED)} fault checks passed in this session",
+            f"distinct guards exercised: {len(FIRED)} of {len(GUARDS)} ("
+            + ", ".join(f"{g} {n}" for g, n in FIRED.most_common())
+            + ")"
+            + (
+                f"; not exercised: {', '.join(g for g in GUARDS if g not in FIRED)}"
+                if len(FIRED) < len(GUARDS)
+                else ""
+            ),
+        ]
+    )
+
+
+@pytest.fixture(autouse=True)
+def record_unless_meta(request):
+    RECORDING["on"] = not request.node.name.startswith("test_meta")
+    yield
+    RECORDING["on"] = True
+
+
 # ---------------------------------------------------------------------------------------------- model faults
-EXECUTED: dict[str, int] = {}
 
 
 @pytest.mark.parametrize("case", MODEL_CASES, ids=[c.id for c in MODEL_CASES])
@@ -662,6 +880,13 @@ def test_model_fault(case: Case):
     if case.inject is not None:  # the planted text really reached the model, and obeying it changed nothing
         assert case.inject[1] in model.prompts[0]
         assert result.controls.current("lr") == SCENARIO.lr
+    if case.id.startswith(("invalid_json", "endless_invalid_json")):  # the raw strings reached the graph
+        calls = result.state["decision"]["calls"]
+        assert len(calls) == case.expect.get("tool_calls_used", case.expect["invalid_calls"])
+        assert sum(not c["accepted"] for c in calls) == case.expect["invalid_calls"]
+    if case.id.startswith("clamp_out_of_range"):
+        (call,) = result.state["decision"]["calls"]
+        assert call["accepted"] and "clamped from" in call["reply"], call
     EXECUTED[case.id] = 1
 
 
@@ -680,7 +905,10 @@ def test_hundreds_of_calls_run_only_the_budget():
 @pytest.mark.parametrize(("name", "error", "retries"), PROVIDER_CASES, ids=[c[0] for c in PROVIDER_CASES])
 def test_provider_error_retries_then_falls_back(name, error, retries):
     model = ProviderFaultModel(error=error, fault_epoch=SCENARIO_EPOCH)
-    result = run_decisions(model, provider=provider_options(retries=retries))
+    # retry_wait: a 429's Retry-After is read only when the retries wait (without it attempts follow at once)
+    result = run_decisions(
+        model, provider=provider_options(retries=retries, retry_wait=error.startswith("rate"))
+    )
     problems = problems_with(result, {"fallbacks": 1}, 8)
     problems += fallback_problems(result, model, retries, error)
     assert not problems, problems
@@ -689,12 +917,26 @@ def test_provider_error_retries_then_falls_back(name, error, retries):
 
 def fallback_problems(result: Result, model: ProviderFaultModel, retries: int, error: str) -> list[str]:
     problems = []
-    if model.failures != retries + 1:
-        problems.append(f"{model.failures} attempts, expected 1 + {retries} retries")
+    # A Retry-After above max_retry_after_s (60 s) ends the retries at once: one attempt, then the fallback.
+    attempts = 1 if error == "rate_limit_429_too_long" else retries + 1
+    if model.failures != attempts:
+        problems.append(f"{model.failures} attempts, expected {attempts}")
     reasons = result.state.get("fallbacks") or []
-    marker = {"timeout": "TimeoutError", "rate_limit_429": "429", "server_500": "500", "server_503": "503", "connection_refused": "Connection refused"}[error]  # fmt: skip
+    marker = {"timeout": "TimeoutError", "rate_limit_429": "429", "rate_limit_429_too_long": "429", "server_500": "500", "server_503": "503", "connection_refused": "Connection refused"}[error]  # fmt: skip
     if not any(marker in r for r in reasons):
         problems.append(f"the fallback reason does not name the error: {reasons}")
+    if (
+        error == "rate_limit_429_too_long"
+        and retries
+        and not any("asked to retry after 3600" in r for r in reasons)
+    ):
+        problems.append(f"the fallback reason does not say the provider asked for too long a wait: {reasons}")
+    if error == "rate_limit_429":  # each retry waited the Retry-After (0.1 s), not the backoff's 1-2 s
+        waits = [b - a for a, b in itertools.pairwise(model.attempt_times)]
+        if not all(RETRY_AFTER_S * 0.9 <= w < 1.0 for w in waits):
+            problems.append(
+                f"waits between attempts {waits} s, expected the Retry-After of {RETRY_AFTER_S} s"
+            )
     decision = result.state.get("decision") or {}
     if not any(c["accepted"] for c in decision.get("calls", [])):
         problems.append("no fallback controller made the decision")
@@ -715,8 +957,8 @@ def test_transient_provider_error_is_retried_without_fallback(fail_times):
 
 
 def test_retries_back_off_exponentially():
-    """With ``retry_wait`` the retry waits (tenacity's exponential jitter: the first wait is 1-2 s)."""
-    model = ProviderFaultModel(error="rate_limit_429", fail_times=1, fault_epoch=SCENARIO_EPOCH)
+    """With ``retry_wait`` and no Retry-After the retry backs off (tenacity's exponential jitter: 1-2 s first)."""
+    model = ProviderFaultModel(error="server_503", fail_times=1, fault_epoch=SCENARIO_EPOCH)
     result = run_decisions(model, provider=provider_options(retries=1, retry_wait=True))
     assert not problems_with(result, {"fallbacks": 0}, 8)
     assert result.seconds >= 1.0, f"no backoff: the retry came after {result.seconds:.2f} s"
@@ -817,8 +1059,7 @@ def test_meta_without_tool_validation_a_knob_leaves_its_bounds(case_id, monkeypa
 
 
 def test_meta_without_the_budget_refusal_every_call_runs(monkeypatch):
-    # run_tools computes the calls it may run as max(0, budget - used); an unbounded max() switches that off
-    monkeypatch.setattr(graph_module, "max", lambda *args: 10**9, raising=False)
+    monkeypatch.setattr(graph_module, "split_by_budget", lambda calls, budget, used: (calls, []))
     case = _case("hundreds_inspect_x100")
     result, _ = run_model_case(case)
     assert executed_in_fault_decision(result) == 100 > case.budget
@@ -830,8 +1071,10 @@ def test_meta_without_a_fallback_nobody_decides(monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "FALLBACK", None)
     model = ProviderFaultModel(error="server_503", fault_epoch=SCENARIO_EPOCH)
     result = run_decisions(model, provider=provider_options(retries=1))
+    assert result.error is None, result.error  # no fallback means nobody decides, not a crash
     problems = fallback_problems(result, model, 1, "server_503")
     assert "no fallback controller made the decision" in problems, problems
+    assert not problems_with(result, {}, 8), "without a fallback the decision must still complete"
 
 
 def test_meta_without_the_decision_timeout_a_hang_blocks(monkeypatch):
@@ -844,6 +1087,72 @@ def test_meta_without_the_decision_timeout_a_hang_blocks(monkeypatch):
     result = run_decisions(model, provider=provider_options(retries=0), decision_timeout_s=0.2)
     problems = hang_problems(result, 0.2)
     assert any("past the 0.2 s decision timeout" in p for p in problems), problems
+
+
+def test_meta_without_retry_after_the_retries_back_off(monkeypatch):
+    # the header unread: the retry waits tenacity's backoff (1-2 s) instead of the 0.1 s the provider asked for
+    monkeypatch.setattr(providers_module, "retry_after_seconds", lambda exc: None)
+    model = ProviderFaultModel(error="rate_limit_429", fault_epoch=SCENARIO_EPOCH)
+    result = run_decisions(model, provider=provider_options(retries=1, retry_wait=True))
+    problems = fallback_problems(result, model, 1, "rate_limit_429")
+    assert any(p.startswith("waits between attempts") for p in problems), problems
+
+
+def test_meta_without_argument_validation_extra_arguments_pass(monkeypatch):
+    # pydantic switched off: the arguments are taken as they come (extra keys dropped, types unchecked)
+    monkeypatch.setattr(registry_module, "validate_args", lambda spec, raw: spec.args.model_construct(**raw))
+    for case_id in ("wrong_type_extra_self", "wrong_type_reason_int"):
+        case = _case(case_id)
+        result, _ = run_model_case(case)
+        problems = problems_with(result, case.expect, case.budget)
+        assert "invalid_calls=0, expected 1" in problems, (case_id, problems)
+
+
+def test_meta_without_the_reason_limit_a_501_char_reason_passes(monkeypatch):
+    from pydantic import Field, create_model
+
+    spec = registry_module.REGISTRY["set_lr"]
+    unlimited = create_model("SetLrArgsNoLimit", __base__=spec.args, reason=(str, Field(description="any")))
+    monkeypatch.setattr(spec, "args", unlimited)
+    case = _case("inject_reason[7]")
+    result, _ = run_model_case(case)
+    problems = problems_with(result, case.expect, case.budget)
+    assert "invalid_calls=1, expected 2" in problems, problems
+
+
+def test_meta_without_the_unknown_tool_check_the_decision_fails(monkeypatch):
+    monkeypatch.setattr(ToolNode, "_validate_tool_call", lambda self, call: None)
+    case = _case("unknown_tool[0]")
+    result, _ = run_model_case(case)
+    problems = problems_with(result, case.expect, case.budget)
+    assert any(p.startswith("the decision raised") for p in problems), problems
+
+
+def test_meta_without_the_unknown_layer_check_a_tool_crashes(monkeypatch):
+    monkeypatch.setattr(
+        TrainerControls, "param", lambda self, name: dict(self.trainer.model.named_parameters())[name]
+    )
+    case = _case("unknown_layer[0]")
+    result, _ = run_model_case(case)
+    problems = problems_with(result, case.expect, case.budget)
+    assert any(p.startswith("a tool crashed") for p in problems), problems
+
+
+def test_meta_without_the_non_finite_check_clamping_lets_nan_through(monkeypatch):
+    monkeypatch.setattr(controls_module, "check_finite", lambda *args: None)
+    case = _case("clamp_non_finite_lr=nan")
+    result, _ = run_model_case(case)
+    problems = problems_with(result, case.expect, case.budget)
+    # the NaN is staged as an accepted call; only the trainer's own check at commit stops it, losing the decision
+    assert "invalid_calls=0, expected 1" in problems, problems
+    assert any(p.startswith("commit failed") and "lr=nan" in p for p in problems), problems
+
+
+def test_meta_without_the_delta_limit_any_magnitude_is_staged():
+    case = _case("out_of_range_magnitude_toward_grad_direction=1000000000.0")
+    result, _ = run_model_case(case, bounds=Bounds(delta_max_fraction=math.inf))
+    problems = problems_with(result, case.expect, case.budget)
+    assert "invalid_calls=0, expected 1" in problems, problems
 
 
 # ---------------------------------------------------------------------------------------------- training faults
@@ -898,6 +1207,8 @@ def test_guard_rolls_back_a_diverged_epoch_and_the_run_finishes(tmp_path, monkey
     runner = _diverging_runner(tmp_path, monkeypatch)
     result = runner.run()
     runner.close()
+    if runner.guard_rollbacks:
+        _fired("training guard")
     assert not guard_problems(runner, result)
     assert [o.report.finite for o in result.epochs] == [True, True, False, False, True, True]
     assert [o.guard_rollbacks for o in result.epochs] == [0, 0, 1, 2, 2, 2] and runner.guard_rollbacks == 2
@@ -912,6 +1223,7 @@ def test_guard_rolls_back_a_diverged_epoch_and_the_run_finishes(tmp_path, monkey
     # the rollback took the knobs back with the weights; the next epoch's events say so
     assert "guard rollback: restored the state of epoch 2" in result.epochs[3].report.events
     assert runner.trainer.lr == 0.01
+    EXECUTED["guard_diverged_epoch"] = 1
 
 
 def test_guard_metric_lands_in_mlflow(tmp_path, monkeypatch, store):
@@ -954,6 +1266,8 @@ def test_guard_rolls_back_exploding_gradients(tmp_path, monkeypatch):
         assert torch.equal(tensor, before[name]), name
     assert runner.trainer.lr == 0.03  # the lr=0.3 decision was undone with the weights
     assert runner.step().guard is None  # compared with the (inflated) epoch 3, epoch 4 is fine
+    _fired("training guard")
+    EXECUTED["guard_exploding_gradients"] = 1
 
 
 def test_meta_without_the_guard_the_run_ends_diverged(tmp_path, monkeypatch):
@@ -962,16 +1276,3 @@ def test_meta_without_the_guard_the_run_ends_diverged(tmp_path, monkeypatch):
     runner.close()
     assert runner.guard_rollbacks == 0
     assert guard_problems(runner, result)
-
-
-# ---------------------------------------------------------------------------------------------- count
-def test_case_count(capsys):
-    """At least 200 generated fault cases. Runs last in this file: prints how many were generated and how many
-    fault checks passed in this session."""
-    total = len(MODEL_CASES) + len(PROVIDER_CASES)
-    with capsys.disabled():
-        print(
-            f"\nfault cases: {len(MODEL_CASES)} model + {len(PROVIDER_CASES)} provider = {total} generated; "
-            f"{len(EXECUTED)} fault checks passed in this session"
-        )
-    assert total >= 200

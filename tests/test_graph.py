@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
 from mimic_learn.agents.providers import ProviderOptions
 from mimic_learn.agents.reflection.revert_on_harm import RevertOnHarm
+from mimic_learn.agents.rules import rules_decision
 from mimic_learn.agents.scripted import ScriptedChatModel
 from mimic_learn.graphs.runner import agent_report
 
@@ -260,12 +263,28 @@ def test_hanging_provider_hits_the_decision_timeout(tmp_path):
 
 
 def test_rules_controller_end_to_end(tmp_path):
-    runner = make_runner(tmp_path, controller="rules", epochs=4)
+    """report -> rules -> tool call -> commit -> the next epoch trains with it. At lr 1e-5 the digits model barely
+    moves, so the plateau rule fires once two epochs have not improved validation loss by 1%."""
+    runner = make_runner(tmp_path, controller="rules", epochs=5)
+    runner.trainer.set_lr(1e-5)
     result = runner.run()
-    assert [o.report.epoch for o in result.epochs] == [1, 2, 3, 4]
+    runner.close()
+    assert [o.report.epoch for o in result.epochs] == [1, 2, 3, 4, 5]
     decisions = [o.decision for o in result.epochs if o.decision]
-    assert len(decisions) == 3 and all(d["calls"] and d["calls"][0]["accepted"] for d in decisions)
-    assert 0 < result.test.acc <= 1
+    assert [[c["tool"] for c in d["calls"]] for d in decisions] == [["keep_current"]] * 2 + [["set_lr"]] * 2
+    assert all(c["accepted"] for d in decisions for c in d["calls"])
+    # Each decision is exactly what the rules say for the report the graph saw, and what they staged is what the
+    # next epoch trained with.
+    for outcome, after in zip(result.epochs[:-1], result.epochs[1:], strict=True):
+        expected = rules_decision(outcome.state["report"])
+        assert [(c["tool"], c["args"]) for c in outcome.decision["calls"]] == [
+            (c["name"], c["args"]) for c in expected
+        ]
+        lr = next((c["args"]["lr"] for c in expected if c["name"] == "set_lr"), outcome.report.lr)
+        assert math.isclose(after.report.lr, lr), (after.report.lr, lr)
+    assert [o.report.lr for o in result.epochs] == [1e-5, 1e-5, 1e-5, 5e-6, 2.5e-6]
+    # the test figure is the final model's
+    assert result.test.acc == runner.trainer.evaluate("test").acc
 
 
 def test_rules_controller_lowers_lr_on_a_plateau():

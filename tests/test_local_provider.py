@@ -6,6 +6,7 @@ except under CI=true, where they fail. Run: pytest tests/test_local_provider.py 
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -132,7 +133,7 @@ def test_tool_added_after_first_call_is_reachable(model):
     assert_valid_calls(alone, [added])
 
 
-def test_schema_features_llguidance_cannot_compile_are_left_out_of_the_grammar(model):
+def test_schema_features_llguidance_cannot_compile_are_left_out_of_the_grammar(model, monkeypatch):
     class AwkwardArgs(BaseModel):
         layer: str = Field(pattern=r"^\bfc[a-z0-9.]*$", description="A layer name like fc.4.weight.")
         operation: Literal["scale", "noise"] = "scale"
@@ -140,10 +141,40 @@ def test_schema_features_llguidance_cannot_compile_are_left_out_of_the_grammar(m
         note: str = Field(default="", json_schema_extra={"format": "no-such-format"})
 
     awkward = make_tool("perturb_layer", "Perturb one layer's weights.", AwkwardArgs)
+    sent: list[dict] = []
+    replies: list[str] = []
+    real_call_schema, real_decode = local.call_schema, local._decode
+
+    def spy_call_schema(*args, **kwargs):
+        sent.append(real_call_schema(*args, **kwargs))
+        return sent[-1]
+
+    def spy_decode(*args, **kwargs):
+        response, prime_s = real_decode(*args, **kwargs)
+        replies.append(response["choices"][0]["message"]["content"])
+        return response, prime_s
+
+    monkeypatch.setattr(local, "call_schema", spy_call_schema)
+    monkeypatch.setattr(local, "_decode", spy_decode)
     ai = model.bind_tools([awkward]).invoke([SYSTEM, SLOW])
-    assert ai.tool_calls and ai.tool_calls[0]["name"] == "perturb_layer"
-    # The tool still validates in full: the call either passes or is rejected by the tool, never unconstrained text.
-    assert set(ai.tool_calls[0]["args"]) <= set(AwkwardArgs.model_fields)
+
+    # The tool's own schema has the pattern and the unknown format; the grammar's schema has neither.
+    original = json.dumps(AwkwardArgs.model_json_schema())
+    assert '"pattern"' in original and '"no-such-format"' in original
+    (schema,) = sent
+    assert '"pattern"' not in json.dumps(schema) and '"format"' not in json.dumps(schema)
+    # Decoding was constrained by that grammar (a grammar that fails to compile is dropped and decoding runs
+    # free): the reply is one object of exactly the schema's shape, in the compact separators the grammar forces.
+    (text,) = replies
+    decoded = json.loads(text)
+    assert text == json.dumps(decoded, separators=(", ", ": "), ensure_ascii=False), text
+    args_schema = schema["properties"]["args"]
+    assert decoded["tool"] == "perturb_layer" and set(decoded["args"]) <= set(args_schema["properties"])
+    assert decoded["args"].get("operation", "scale") in ("scale", "noise")
+    assert len(decoded["args"].get("layer", "")) <= args_schema["properties"]["layer"]["maxLength"]
+    assert ai.tool_calls == [
+        {"name": "perturb_layer", "args": decoded["args"], "id": ai.tool_calls[0]["id"], "type": "tool_call"}
+    ]
 
 
 def test_with_more_rounds_the_model_may_correct_or_finish_after_an_error_reply(model):

@@ -436,8 +436,15 @@ def test_same_knob_twice_the_later_call_wins(trainer, ctl):
 def test_parallel_staging_from_eight_threads(trainer, ctl):
     barrier = threading.Barrier(8)
     errors: list[BaseException] = []
-    values = {"lr": [0.001 + 0.0005 * i for i in range(8)], "dropout": [0.1 + 0.05 * i for i in range(8)]}
-    values |= {"alpha": [0.05 * i for i in range(8)], "weight_decay": [0.001 * (i + 1) for i in range(8)]}
+    # Every thread's value differs from the knob's current one (lr 0.001, dropout 0.2, weight decay 0, alpha 0):
+    # a knob set to its current value is kept, not changed, so whichever thread wins, every knob changes.
+    values = {"lr": [0.0015 + 0.0005 * i for i in range(8)], "dropout": [0.25 + 0.025 * i for i in range(8)]}
+    values |= {
+        "alpha": [0.05 * (i + 1) for i in range(8)],
+        "weight_decay": [0.001 * (i + 1) for i in range(8)],
+    }
+    before = knobs(trainer)
+    assert all(before[k] not in values[k] for k in KNOBS), before
 
     def worker(i: int) -> None:
         try:
@@ -464,6 +471,7 @@ def test_parallel_staging_from_eight_threads(trainer, ctl):
     result = ctl.commit()
     assert sorted(result.changed_knobs) == sorted([*KNOBS, f"delta:{LAYER}"])
     assert knobs(trainer) == staged
+    assert result.kept == []
     assert trainer.pending_delta_layers == [LAYER]
 
 

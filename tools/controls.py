@@ -98,11 +98,7 @@ class TrainerControls:
                 arg,
             )
         value = float(value)
-        if not math.isfinite(value):
-            raise ToolArgumentError(
-                f"{arg}={value} is not a finite number; allowed range [{low:.6g}, {high:.6g}]; current {arg} is {current}",
-                arg,
-            )
+        check_finite(arg, value, low, high, current)
         if low <= value <= high:
             return value, ""
         # The trust region's edges are products (0.0003 * 10 == 0.0029999999999999996, 0.6 + 0.3 ==
@@ -271,6 +267,16 @@ class TrainerControls:
         replaced = self.stage(f"delta:{name}", tensor, reason, "stage_raw_delta", note)
         return (
             f"raw delta for {name} {tuple(param.shape)} staged, norm {min(size, limit):.6g}{note}{replaced}"
+        )
+
+
+def check_finite(arg: str, value: float, low: float, high: float, current: object) -> None:
+    """The non-finite guard, checked before the range: with ``Bounds(clamp=True)`` a NaN would otherwise pass
+    (``min``/``max`` keep a NaN), so this is what rejects it. Module-level so the fault suite can switch it off."""
+    if not math.isfinite(value):
+        raise ToolArgumentError(
+            f"{arg}={value} is not a finite number; allowed range [{low:.6g}, {high:.6g}]; current {arg} is {current}",
+            arg,
         )
 
 

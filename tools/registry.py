@@ -121,6 +121,12 @@ def _short(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
 
 
+def validate_args(spec: ToolSpec, raw_args: dict) -> BaseModel:
+    """The argument guard: pydantic parses the model's arguments (types, ``extra="forbid"``, the reason's
+    length). Raises ``ValidationError``; ``call_tool`` turns it into a ``ToolArgumentError``."""
+    return spec.args.model_validate(raw_args)
+
+
 def call_tool(name: str, ctl: TrainerControls, raw_args: dict | None = None) -> str:
     """Validate and run one tool call. Raises ``ToolArgumentError`` (nothing changed) on bad input."""
     spec = REGISTRY.get(name)
@@ -135,7 +141,7 @@ def call_tool(name: str, ctl: TrainerControls, raw_args: dict | None = None) -> 
                 f"{name} takes a JSON object of arguments, got {_short(raw_args)}", "arguments"
             )
         try:
-            args = spec.args.model_validate(raw_args)
+            args = validate_args(spec, raw_args)
         except ValidationError as exc:
             first = exc.errors()[0]["loc"] if exc.errors() else ()
             raise ToolArgumentError(

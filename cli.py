@@ -565,6 +565,30 @@ def _read_instruction(text: str | None, path: Path | None) -> str | None:
     return text.strip() if text is not None else None
 
 
+def _agent_child_run(run_id: str, tracking_uri: str, purpose: str, maker: str):
+    """The MLflow child run of an agent run, given it or its parent (which must have exactly one child);
+    fails with what to do otherwise. Returns (client, run)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except Exception as exc:
+        _fail(f"run {run_id} is not in {tracking_uri}: {exc}")
+    if run.data.tags.get("mimic.role") == "parent":
+        children = client.search_runs(
+            [run.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'"
+        )
+        if len(children) != 1:
+            _fail(f"parent run {run_id} has {len(children)} child runs; name the child run {purpose}")
+        run = children[0]
+    tags = run.data.tags
+    if tags.get("mimic.role") != "child" or "mimic.thread_id" not in tags:
+        _fail(f"run {run.info.run_id} was not made by {maker}")
+    return client, run
+
+
 @app.command(short_help="Give a running run a note its next decision reads once.")
 def note(
     run_id: Annotated[
@@ -579,8 +603,6 @@ def note(
     mimic.note.<time>); a finished run is refused."""
     import time
 
-    import mlflow
-
     from .graphs.runner import new_note
     from .tracking import NOTE_TAG_PREFIX
 
@@ -590,24 +612,9 @@ def note(
     limit = 8000  # mlflow.utils.validation.MAX_TAG_VAL_LENGTH
     if len(text) > limit:
         _fail(f"the note has {len(text)} characters; a note holds at most {limit} (an MLflow tag)")
-    mlflow.set_tracking_uri(tracking_uri)
-    client = mlflow.MlflowClient()
-    try:
-        run = client.get_run(run_id)
-    except Exception as exc:
-        _fail(f"run {run_id} is not in {tracking_uri}: {exc}")
-    if run.data.tags.get("mimic.role") == "parent":
-        children = client.search_runs(
-            [run.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'"
-        )
-        if len(children) != 1:
-            _fail(
-                f"parent run {run_id} has {len(children)} child runs; name the child run to send the note to"
-            )
-        run = children[0]
-    tags = run.data.tags
-    if tags.get("mimic.role") != "child" or "mimic.thread_id" not in tags:
-        _fail(f"run {run.info.run_id} was not made by `mimic-learn run` or `Steering`")
+    client, run = _agent_child_run(
+        run_id, tracking_uri, "to send the note to", "`mimic-learn run` or `Steering`"
+    )
     if run.data.params.get("controller") == "none":
         _fail(f"run {run.info.run_id} has no controller: nobody would read the note")
     status = run.info.status
@@ -648,22 +655,8 @@ def resume(
             load_tools_module(module)
         except Exception as exc:
             _fail(f"could not import tools from {module}: {exc}")
-    mlflow.set_tracking_uri(tracking_uri)
-    client = mlflow.MlflowClient()
-    try:
-        run = client.get_run(run_id)
-    except Exception as exc:
-        _fail(f"run {run_id} is not in {tracking_uri}: {exc}")
-    if run.data.tags.get("mimic.role") == "parent":
-        children = client.search_runs(
-            [run.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'"
-        )
-        if len(children) != 1:
-            _fail(f"parent run {run_id} has {len(children)} child runs; name the child run to resume")
-        run = children[0]
+    client, run = _agent_child_run(run_id, tracking_uri, "to resume", "`mimic-learn run`")
     tags = run.data.tags
-    if tags.get("mimic.role") != "child" or "mimic.thread_id" not in tags:
-        _fail(f"run {run.info.run_id} was not made by `mimic-learn run`")
     if run.info.status == "FINISHED":
         _fail(_finished_run_message(run))
     if "mimic.checkpoint_dir" not in tags:
@@ -1256,7 +1249,7 @@ def eval_controller(
 
 
 @app.command(
-    "train-controller", short_help="Fine-tune the local controller (LoRA) and export a GGUF adapter."
+    "train-controller", short_help="Fine-tune the local controller (LoRA adapter, GGUF)."
 )
 def train_controller_command(
     data: Annotated[
@@ -1376,7 +1369,7 @@ def export_decisions(
     )
 
 
-@app.command("export-outcomes", short_help="Collect runs' outcome records (forks, oracle trials) into JSONL.")
+@app.command("export-outcomes", short_help="Write runs' outcome records (forks, oracle) as JSONL.")
 def export_outcomes(
     args: Annotated[
         list[str],

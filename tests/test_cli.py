@@ -13,8 +13,8 @@ runner = CliRunner()
 
 
 def test_help_lists_every_command():
-    """The Commands panel of ``--help`` has one row per registered command (no more, no fewer), each starting
-    with the first words of that command's docstring; each command's own ``--help`` works."""
+    """The Commands section of ``--help`` has one row per registered command (no more, no fewer), each starting
+    with the first words of that command's one-line summary; each command's own ``--help`` works."""
     import re
 
     import typer
@@ -22,8 +22,8 @@ def test_help_lists_every_command():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
     commands = typer.main.get_command(app).commands
-    panel = result.output.split("Commands")[1]
-    rows = dict(re.findall(r"^│ ([a-z][a-z-]*)\s{2,}(\S.*?)\s*│$", panel, flags=re.MULTILINE))
+    panel = result.output.split("Commands:")[1]
+    rows = dict(re.findall(r"^  ([a-z][a-z-]*)\s{2,}(\S.*?)\s*$", panel, flags=re.MULTILINE))
     assert set(rows) == set(commands) >= {"train", "run", "resume", "tools", "ui", "sweep", "reproduce"}
     for name, command in commands.items():
         first_words = " ".join(command.get_short_help_str(200).split()[:4])

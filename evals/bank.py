@@ -40,7 +40,7 @@ from ..training.outcomes import BranchOutcome, OutcomeRecord
 from ..training.trainer import Trainer, metric_value
 
 BANK_VERSION = 1
-DEFAULT_BANK = Path(__file__).parent / "data" / "bank_v1.jsonl"
+DEFAULT_BANK = Path(__file__).parent / "data" / "bank_v1.jsonl.gz"  # gzip: 0.3 MB instead of 4
 HORIZONS = (1, 5)  # plus "end": the run's last epoch
 N_ORDERS = 3
 
@@ -302,6 +302,13 @@ def _finite(value):
     return value
 
 
+def _open(path: Path, mode: str):
+    """A bank file for text reading or appending; ``.gz`` files are gzip (a file of gzip members is one gzip)."""
+    import gzip
+
+    return gzip.open(path, mode + "t") if path.suffix == ".gz" else path.open(mode)
+
+
 def load_bank(path: str | Path | None = None, split: str | None = None) -> list[BankEntry]:
     """The bank's entries (default: the shipped bank), optionally one split only."""
     p = Path(path) if path else DEFAULT_BANK
@@ -311,7 +318,8 @@ def load_bank(path: str | Path | None = None, split: str | None = None) -> list[
         )
     if split is not None and split not in ("train", "dev", "test"):
         raise ValueError(f"split={split!r} is not one of train, dev, test")
-    entries = [BankEntry.from_dict(json.loads(line)) for line in p.read_text().splitlines() if line.strip()]
+    with _open(p, "r") as fh:
+        entries = [BankEntry.from_dict(json.loads(line)) for line in fh if line.strip()]
     return [e for e in entries if split is None or e.split == split]
 
 
@@ -418,7 +426,7 @@ def build_bank(
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             s = pending.pop(ready[0])
-            with path.open("a") as fh:
+            with _open(path, "a") as fh:
                 fh.write(ray.get(ready[0]) + "\n")
             if progress is not None:
                 progress(s, True)
@@ -427,7 +435,7 @@ def build_bank(
         raise ValueError(f"executor={executor!r} is not one of local, ray")
     for s in todo:
         line = build_entry(s, orders).to_json()
-        with path.open("a") as fh:
+        with _open(path, "a") as fh:  # one gzip member per line for .gz: appending stays valid
             fh.write(line + "\n")
         if progress is not None:
             progress(s, True)

@@ -181,13 +181,15 @@ class Evaluator:
         return score_numbers(entry, numbers, "other", decision)
 
     def run(
-        self, controllers: list[str], model_path: str | None = None, progress=None
+        self, controllers: list[str], model_path: str | None = None, progress=None, models: dict | None = None
     ) -> list[ControllerScore]:
+        """Score each controller string on every entry. ``models``: chat model objects to use for some of the
+        strings instead of loading them (a benchmark's instrumented local model)."""
         from ..agents.providers import ProviderOptions, default_prompt, load_chat_model
 
-        models = {}
+        models = dict(models or {})
         for spec in controllers:
-            if spec in ("oracle", "keep") or spec.startswith("random"):
+            if spec in ("oracle", "keep") or spec.startswith("random") or spec in models:
                 continue
             models[spec] = load_chat_model(spec, ProviderOptions(model_path=model_path))
         scores: dict[str, list[SituationScore]] = defaultdict(list)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import pytest
@@ -75,6 +76,10 @@ def test_resume_skips_finished_situations(tiny_bank, tmp_path):
     copy.write_text(tiny_bank.read_text())
     assert build_bank(TINY, copy, resume=True) == 0
     assert copy.read_text() == tiny_bank.read_text()
+    packed = tmp_path / "b.jsonl.gz"  # the shipped bank is gzip: read and resumed the same way
+    packed.write_bytes(gzip.compress(tiny_bank.read_bytes()))
+    assert build_bank(TINY, packed, resume=True) == 0
+    assert [e.situation for e in load_bank(packed)] == TINY
 
 
 def test_splits_are_by_whole_run_and_some_task_is_only_in_test():

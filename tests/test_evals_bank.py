@@ -150,6 +150,9 @@ def test_eval_controller_cli_on_a_bank_file(tiny_bank, monkeypatch):
     names = [r["controller"] for r in rows]
     assert names[:3] == ["oracle", "keep", "random"] and "rules" in names
     assert rows[0]["regret"] == 0.0
+    table = CliRunner().invoke(app, ["eval-controller", "--bank-file", str(tiny_bank), "--split", "test"])
+    assert table.exit_code == 0, table.output
+    assert "constant:wd_up" in table.output and "rules vs best constant (constant:" in table.output
     bad = CliRunner().invoke(app, ["eval-controller", "--bank-file", str(tiny_bank), "--split", "val"])
     assert bad.exit_code != 0 and "train, dev, test" in bad.output
 

@@ -1017,34 +1017,21 @@ def _eval_outcomes(controllers, split, bank_file, budget, model_path, prompt, to
     if as_json:
         print(json.dumps([s.summary() | {"results": [vars(r) for r in s.results]} for s in scores], indent=2))
         return
-    tasks = sorted({e.situation.task for e in entries})
-    table = Table(
-        title=f"outcome bank, split {split}: {len(entries)} situations; regret etc. at the longest stored horizon; "
-        "(lo-hi) = 95% bootstrap over situations"
+    console.print(
+        f"[bold]outcome bank, split {split}[/]: {len(entries)} situations; scores at the longest stored horizon; "
+        "\\[lo, hi] = 95% bootstrap over situations"
     )
-    table.add_column("controller", no_wrap=True)
-    for name in (
-        "regret",
-        "win vs keep",
-        "harm",
-        "valid",
-        *[f"raw {t}" for t in tasks],
-        "median s",
-        "tokens",
-    ):
-        table.add_column(name, no_wrap=True)
 
     def cell(s, name):
         lo, hi = s.interval(name)
-        return f"{s.mean(name):.3f} ({lo:.2f}-{hi:.2f})"
+        return f"{name} {s.mean(name):.3f} [{lo:.2f}, {hi:.2f}]"
 
-    for s in scores:
-        raw = s.raw_by_task()
-        table.add_row(
-            s.controller, cell(s, "regret"), cell(s, "win"), cell(s, "harm"), cell(s, "valid"),
-            *[f"{raw.get(t, float('nan')):.4f}" for t in tasks], f"{s.median_seconds:.3f}", f"{s.mean_tokens:.0f}",
-        )  # fmt: skip
-    console.print(table, width=max(console.width, 170))  # a piped table stays readable
+    for s in scores:  # plain lines: a table of intervals does not fit a terminal
+        raw = " ".join(f"{t} {v:.4f}" for t, v in s.raw_by_task().items())
+        print(
+            f"{s.controller:20s} {cell(s, 'regret')}  {cell(s, 'win')}  {cell(s, 'harm')}  {cell(s, 'valid')}  "
+            f"raw {raw}  median_s {s.median_seconds:.3f}  tokens {s.mean_tokens:.0f}"
+        )
     best = best_constant(scores)
     rules = next(s for s in scores if s.controller == "rules")
     gap, (lo, hi) = paired_regret_gap(rules, best)

@@ -14,7 +14,16 @@ runner = CliRunner()
 
 def test_help_lists_every_command():
     out = runner.invoke(app, ["--help"]).output
-    for command in ("train", "run", "tools", "ui", "export-decisions", "eval-controller", "reproduce"):
+    for command in (
+        "train",
+        "run",
+        "tools",
+        "ui",
+        "export-decisions",
+        "eval-controller",
+        "build-bank",
+        "reproduce",
+    ):
         assert command in out
 
 

@@ -153,6 +153,7 @@ def test_eval_controller_cli_on_a_bank_file(tiny_bank, monkeypatch):
     table = CliRunner().invoke(app, ["eval-controller", "--bank-file", str(tiny_bank), "--split", "test"])
     assert table.exit_code == 0, table.output
     assert "constant:wd_up" in table.output and "rules vs best constant (constant:" in table.output
+    assert "regret 0.000 [0.00, 0.00]" in table.output  # the oracle row
     bad = CliRunner().invoke(app, ["eval-controller", "--bank-file", str(tiny_bank), "--split", "val"])
     assert bad.exit_code != 0 and "train, dev, test" in bad.output
 

@@ -191,17 +191,28 @@ def staged_signature(trainer: Trainer, calls: list[dict]) -> tuple | None:
     """What ``calls`` would commit, as a hashable key (knob -> value, rollback, deltas); None when a call is
     rejected. Two decisions with the same signature train identically."""
     from ..tools.errors import ToolArgumentError
-    from ..tools.registry import call_tool
+    from ..tools.registry import call_tool, discover
 
+    discover()  # the registry is filled on first use
     scratch = TrainerControls(trainer)
     try:
         for call in calls:
             call_tool(call["name"], scratch, call["args"])
     except ToolArgumentError:
         return None
+    # a delta's staged value is a function: name it by the call that made it
+    deltas = {
+        f"delta:{c['args'].get('layer')}": json.dumps(
+            {k: v for k, v in c["args"].items() if k != "reason"}, sort_keys=True, default=str
+        )
+        for c in calls
+        if c["name"] == "propose_weight_delta"
+    }
     items = []
     for c in scratch.pending.values():
-        if c.key == "rollback" or c.key.startswith("delta:"):
+        if c.key.startswith("delta:"):
+            items.append((c.key, deltas.get(c.key, c.key)))
+        elif c.key == "rollback":
             items.append((c.key, repr(c.value)))
         elif not _same_value(scratch.current(c.key), c.value):
             items.append((c.key, round(float(c.value), 12)))

@@ -163,7 +163,8 @@ class Evaluator:
     def score_decision(self, entry: BankEntry, trainer: Trainer, decision: Decision) -> SituationScore:
         calls = decision.calls if decision.valid else []
         sig = staged_signature(trainer, calls) if calls else ()
-        by_sig = {tuple(tuple(x) for x in c["signature"]): c["name"] for c in entry.candidates}
+        # the candidates' own commits, staged on the same state (stored signatures are for reading only)
+        by_sig = {staged_signature(trainer, c["tool_calls"]): c["name"] for c in entry.candidates}
         if sig is None or sig == ():
             sig = ()
         name = by_sig.get(sig)

@@ -177,3 +177,16 @@ def test_rules_beats_the_best_constant_policy_on_dev():
     best = best_constant(out)
     gap, (lo, hi) = paired_regret_gap(out[0], best)
     assert lo > 0, f"rules vs {best.controller}: regret gap {gap:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+@pytest.mark.slow
+def test_shipped_bank_replays_to_its_stored_numbers():
+    """A shipped situation rebuilt from its seeds + config + epoch gives the stored outcomes (the bank is
+    replayable, not a record of one machine's run)."""
+    from mimic_learn.evals.bank import build_entry
+
+    stored = next(e for e in load_bank(split="dev") if e.situation.pathology == "nan_spike")
+    rebuilt = build_entry(stored.situation, orders=stored.orders)
+    assert rebuilt.candidate_names() == stored.candidate_names()
+    for name in stored.candidate_names():
+        assert rebuilt.numbers(name) == pytest.approx(stored.numbers(name), abs=1e-9)

@@ -190,3 +190,33 @@ def test_shipped_bank_replays_to_its_stored_numbers():
     assert rebuilt.candidate_names() == stored.candidate_names()
     for name in stored.candidate_names():
         assert rebuilt.numbers(name) == pytest.approx(stored.numbers(name), abs=1e-9)
+
+
+def test_rules_raise_the_lr_only_when_underfitting():
+    from mimic_learn.agents.rules import rules_decision
+
+    def report(train_acc, val_loss, lr=1e-3, epoch=3, total=12):
+        hist = [
+            {"epoch": i, "train_loss": v - 0.02, "val_loss": v, "train_acc": train_acc, "val_acc": 0.5}
+            for i, v in enumerate(val_loss, 1)
+        ]
+        return {
+            "history": hist,
+            "lr": lr,
+            "dropout": 0.2,
+            "weight_decay": 0.0,
+            "epoch": epoch,
+            "total_epochs": total,
+        }
+
+    def raised(r) -> bool:
+        call = rules_decision(r)[0]
+        return call["name"] == "set_lr" and call["args"]["lr"] > r["lr"]
+
+    falling = [1.95, 1.85, 1.75]
+    up = rules_decision(report(0.5, falling))
+    assert up[0]["name"] == "set_lr" and up[0]["args"]["lr"] == pytest.approx(3e-3)
+    assert not raised(report(0.95, falling))  # fitted
+    assert not raised(report(0.5, falling, lr=5e-3))  # x3 would pass the 0.01 cap
+    assert not raised(report(0.5, falling, epoch=11))  # one epoch left
+    assert not raised(report(0.5, [1.75, 1.85, 1.95]))  # validation loss rising

@@ -1151,14 +1151,33 @@ def sweep(
             console.print(f"  {tag}: {why[:200]}", highlight=False)
 
 
+class BankChoice(StrEnum):
+    outcomes = "outcomes"
+    situations = "situations"
+
+
 @app.command("eval-controller", short_help="Score controllers on a bank of training situations.")
 def eval_controller(
     controller: Annotated[
-        list[str],
+        list[str] | None,
         typer.Option(
-            help="Controller string(s) to evaluate (repeatable), e.g. local, rules, random, openai:gpt-4o."
+            help="Controller string(s) to evaluate (repeatable), e.g. local, rules, openai:gpt-4o. The outcome "
+            "bank's table always adds its anchors (oracle, keep, random, constant:*, rules)."
         ),
-    ],
+    ] = None,
+    bank: Annotated[
+        BankChoice,
+        typer.Option(
+            help="outcomes: regret on measured outcomes (evals/data/bank_v1.jsonl); situations: the old "
+            "hand-written bank, 'does the choice point the right way'."
+        ),
+    ] = BankChoice.outcomes,
+    split: Annotated[
+        str, typer.Option(help="Outcome bank split: train, dev or test (test: report once).")
+    ] = "dev",
+    bank_file: Annotated[
+        Path | None, typer.Option(help="Outcome bank file (default: the shipped evals/data/bank_v1.jsonl).")
+    ] = None,
     budget: Annotated[int, typer.Option(min=1, help="Tool calls allowed per decision.")] = 8,
     model_path: Annotated[
         str | None, typer.Option(help="For --controller local: any GGUF chat model file.")
@@ -1176,8 +1195,80 @@ def eval_controller(
     ] = None,
     request_timeout: RequestTimeoutOpt = 60.0,
 ) -> None:
-    """Score controllers on a fixed bank of training situations (diverging, plateau, overfitting, ...):
-    valid-call rate, sensible-decision rate, median latency, and which tools each one used."""
+    """Score controllers. Default: on the outcome bank (normalised regret of the committed decision, rolled out
+    over the same data orders as every candidate; win and harm rate vs keep; valid-call rate; latency; tokens;
+    95% bootstrap intervals). --bank situations: the old direction bank."""
+    tool_list = [t for t in tools.split(",") if t] or None
+    if bank == BankChoice.situations:
+        if not controller:
+            _fail("--bank situations needs at least one --controller")
+        _eval_situations(
+            controller, budget, model_path, prompt, tool_list, as_json, scenario, request_timeout
+        )
+        return
+    if scenario:
+        _fail("--scenario names situations of --bank situations; the outcome bank is chosen by --split")
+    _eval_outcomes(
+        controller or [], split, bank_file, budget, model_path, prompt, tool_list, as_json, request_timeout
+    )
+
+
+def _eval_outcomes(
+    controllers, split, bank_file, budget, model_path, prompt, tools, as_json, request_timeout: float
+) -> None:
+    from .evals.bank import load_bank
+    from .evals.score import ANCHORS, Evaluator, best_constant, paired_regret_gap
+
+    if split not in ("train", "dev", "test"):
+        _fail(f"--split {split!r} is not one of train, dev, test")
+    try:
+        entries = load_bank(bank_file, split)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    if not entries:
+        _fail(f"--split {split} has no situations in {bank_file or 'the shipped bank'}")
+    specs = list(dict.fromkeys([*ANCHORS, *controllers]))
+    with Progress(
+        TextColumn(f"[bold]{split}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task(split, total=len(entries))
+        try:
+            scores = Evaluator(entries, prompt, budget, tools).run(
+                specs, model_path, progress=lambda e: bar.advance(task), timeout_s=request_timeout
+            )
+        except ValueError as exc:
+            _fail(str(exc))
+    if as_json:
+        print(json.dumps([s.summary() | {"results": [vars(r) for r in s.results]} for s in scores], indent=2))
+        return
+    console.print(
+        f"[bold]outcome bank, split {split}[/]: {len(entries)} situations; scores at the longest stored horizon; "
+        "\\[lo, hi] = 95% bootstrap over situations"
+    )
+
+    def cell(s, name):
+        lo, hi = s.interval(name)
+        return f"{name} {s.mean(name):.3f} [{lo:.2f}, {hi:.2f}]"
+
+    for s in scores:  # plain lines: a table of intervals does not fit a terminal
+        raw = " ".join(f"{t} {v:.4f}" for t, v in s.raw_by_task().items())
+        print(
+            f"{s.controller:20s} {cell(s, 'regret')}  {cell(s, 'win')}  {cell(s, 'harm')}  {cell(s, 'valid')}  "
+            f"raw {raw}  median_s {s.median_seconds:.3f}  tokens {s.mean_tokens:.0f}"
+        )
+    best = best_constant(scores)
+    rules = next(s for s in scores if s.controller == "rules")
+    gap, (lo, hi) = paired_regret_gap(rules, best)
+    console.print(
+        f"rules vs best constant ({best.controller}): regret lower by {gap:.3f} [{lo:.3f}, {hi:.3f}]"
+        + (" - beyond noise" if lo > 0 else " - not beyond noise")
+    )
+
+
+def _eval_situations(
+    controller, budget, model_path, prompt, tools, as_json, scenario, request_timeout: float
+) -> None:
     from dataclasses import asdict
 
     from .agents.providers import ProviderOptions, default_prompt, load_chat_model
@@ -1213,7 +1304,7 @@ def eval_controller(
                     scenarios,
                     budget,
                     prompt=prompt or default_prompt(spec, model_path),
-                    tools=[t for t in tools.split(",") if t] or None,
+                    tools=tools,
                     progress=lambda s, r, task=task: bar.advance(task),
                 )
             )
@@ -1233,7 +1324,8 @@ def eval_controller(
         "sensible",
         "median s",
         "tools used",
-        title=f"{len(scenarios)} scenarios; keep_current unacceptable in {keep_bad}",
+        title=f"situations bank (does the choice point the right way? needs a valid call): {len(scenarios)} "
+        f"scenarios; keep_current unacceptable in {keep_bad}",
     )
     for r in reports:
         tools = ", ".join(f"{t} {n}" for t, n in r.tool_counts.most_common())
@@ -1248,9 +1340,7 @@ def eval_controller(
     console.print(table)
 
 
-@app.command(
-    "train-controller", short_help="Fine-tune the local controller (LoRA adapter, GGUF)."
-)
+@app.command("train-controller", short_help="Fine-tune the local controller (LoRA adapter, GGUF).")
 def train_controller_command(
     data: Annotated[
         Path, typer.Argument(help="JSONL of training examples (docs/reference/controller-training.md).")
@@ -1367,6 +1457,51 @@ def export_decisions(
     console.print(
         f"wrote {len(script['decisions'])} decisions to {out}; replay with --controller scripted:{out}"
     )
+
+
+@app.command("build-bank", short_help="Build the outcome bank (resumable; Ray optional).")
+def build_bank_cmd(
+    out: Annotated[
+        Path | None, typer.Option(help="Bank file (default: the shipped evals/data/bank_v1.jsonl).")
+    ] = None,
+    tasks: Annotated[
+        str, typer.Option(help="Comma-separated tasks of the bank's design: digits, mnist100, mnist600.")
+    ] = "digits,mnist100",
+    resume: Annotated[
+        bool,
+        typer.Option("--resume/--fresh", help="Skip situations already in the file (default) or start over."),
+    ] = True,
+    orders: Annotated[
+        int, typer.Option(min=1, help="Data orders per action (>= 3 for the win/harm test).")
+    ] = 3,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Build at most this many situations of the design.")
+    ] = None,
+    executor: Annotated[str, typer.Option(help="local, or ray (one situation per Ray task).")] = "local",
+) -> None:
+    """Build the outcome bank: replay each situation (task x seed x induced pathology x epoch), roll every
+    candidate out over the data orders at horizons 1, 5 and the run's end, append one line per situation."""
+    from .evals.bank import DEFAULT_BANK, build_bank, default_situations, load_bank
+
+    if executor not in ("local", "ray"):
+        _fail(f"--executor {executor!r} is not one of local, ray")
+    try:
+        situations = default_situations([t for t in tasks.split(",") if t])
+    except ValueError as exc:
+        _fail(str(exc))
+    situations = situations[:limit] if limit else situations
+    path = out or DEFAULT_BANK
+    with Progress(
+        TextColumn("[bold]build-bank"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TimeRemainingColumn(), TextColumn("{task.description}"), console=console,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("", total=len(situations))
+        n = build_bank(
+            situations, path, resume=resume, orders=orders, executor=executor,
+            progress=lambda s, built: bar.update(task, advance=1, description=s.id),
+        )  # fmt: skip
+    held = len(load_bank(path)) if path.exists() else 0
+    console.print(f"built {n} situation(s) now; {path} holds {held} situation(s)")
 
 
 @app.command("export-outcomes", short_help="Write runs' outcome records (forks, oracle) as JSONL.")

@@ -87,6 +87,10 @@ def load_chat_model(spec: str, options: ProviderOptions | None = None) -> BaseCh
         from .random_policy import RandomChatModel
 
         return RandomChatModel(seed=int(spec.partition(":")[2] or 0))
+    if spec.startswith("constant:"):
+        from .constant import ConstantChatModel
+
+        return ConstantChatModel(action=spec.removeprefix("constant:"))
     if spec == "oracle" or spec.startswith("oracle:"):
         from .oracle import OracleChatModel, parse_oracle
 

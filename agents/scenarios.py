@@ -1,11 +1,12 @@
-"""A fixed bank of training situations for judging a controller, and the evaluation behind
-``mimic-learn eval-controller``.
+"""A fixed bank of hand-written training situations: ``mimic-learn eval-controller --bank situations``, "does
+the choice point the right way". The benchmark that scores decisions by measured outcomes is ``evals/``
+(``--bank outcomes``, the default); this one only checks the direction of each change against an answer key.
 
 Each scenario is a paused trainer in a given state (recent history, current knobs, per-class accuracy,
 gradient norms) plus the set of decisions a practitioner would accept. A decision is summarised as the set of
 knob moves it committed (``("lr", "down")``, ``("dropout", "up")``, ``("rollback", "yes")``, ...). It is
-*sensible* when it matches an acceptable option: the empty option means "keep everything"; any other option
-lists the moves allowed, and the decision must make at least one of them and nothing outside them.
+*sensible* when it was made with a valid call (no fallback) and matches an acceptable option: the empty option
+means "keep everything"; any other option lists the moves allowed, and the decision must make at least one of them and nothing outside them.
 
 The controller runs through the same graph as a real run (tools, validation, budget, retries, fallback), on a
 real digits trainer whose knobs and history are set to the scenario's.
@@ -433,7 +434,7 @@ def evaluate_controller(
                 scenario=s.name,
                 valid=valid,
                 first_try_valid=bool(first_turn) and all(c["accepted"] for c in first_turn) and not fallbacks,
-                sensible=is_sensible(made, s.acceptable) and not fallbacks,
+                sensible=valid and is_sensible(made, s.acceptable),  # no valid call: nothing was chosen
                 moves=sorted(f"{k} {d}" for k, d in made),
                 tools=[c["tool"] for c in accepted],
                 seconds=state.get("decide_seconds", 0.0),

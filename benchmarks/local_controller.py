@@ -1,19 +1,21 @@
-"""The embedded local controller on the scenario bank, next to rules, random and always-keep.
+"""The embedded local controller on the outcome bank's test split, next to rules, keep and the best constant.
 
-    python benchmarks/local_controller.py [--prompt compact|full|...] [--tool-list auto|short|full] [--diagnose]
-                                          [--max-string-chars N] [--threads N] [--model-path X.gguf] [--verbose]
+    python benchmarks/local_controller.py [--split test] [--bank FILE] [--prompt compact|full|...]
+                                          [--tool-list auto|short|full] [--diagnose] [--threads N]
+                                          [--model-path X.gguf] [--verbose]
 
 Defaults are the local controller's own (prompt compact, short tool list, no diagnosis, 1 thread).
 
-Runs every scenario of ``mimic_learn.agents.scenarios.bank()`` once per controller through the real graph
-(tools, validation, budget 8, retries, rules fallback). valid = at least one tool call accepted and no fallback
-(retries inside the budget allowed); first_try = every call of the first model turn accepted; sensible = the
-committed change is one a practitioner accepts for that scenario. Latency is the controller's own time per
-decision (decide_seconds). For the local model it also prints where the time went (median tokens and
-milliseconds of prompt evaluation and of decoding per decision, from llama.cpp's timings; the one-off priming
-of the system prompt's KV cache is part of the first decision) and, with ``--diagnose``, which situations it
-named. Last line: ``valid_rate <x> sensible_rate <y> median_s <z> distinct_tools <n>`` for the local controller.
-Targets: valid 1.00, median <= 2 s on 2 idle cores, >= 3 distinct tools used.
+Every situation of the bank's split (``mimic_learn.evals``: real trainer states replayed from seeds + configs,
+every candidate action rolled out over 3 data orders) is shown to each controller through the real graph (tools,
+validation, budget 8, retries, rules fallback); the committed decision is scored by its measured outcome at the
+longest stored horizon: normalised regret (0 = the best candidate, 1 = the worst), win rate vs keep (paired
+difference over data orders beyond 2 standard errors), valid-call rate (no valid call = keep, counted invalid).
+Latency is the controller's own time per decision (decide_seconds). The test split is reported, never tuned on.
+
+Prints the anchors (oracle, keep, random, every constant policy, rules) and the local controller, and for the local
+model where its time went (llama.cpp timings). Last line, for the local controller:
+``valid_rate <x> regret <y> win_rate <z> median_s <w>``. Latency target: median <= 2 s, 1 thread, idle machine.
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ import argparse
 import os
 import platform
 import statistics
-from collections import Counter
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--split", default="test", choices=["train", "dev", "test"])
+    parser.add_argument(
+        "--bank", default=None, help="bank file (default: the shipped evals/data/bank_v1.jsonl)"
+    )
     parser.add_argument("--prompt", default=None, help="default: the local model's (compact for SmolLM2)")
     parser.add_argument("--model-path", default=None)
     parser.add_argument("--diagnose", action="store_true", help="local: name the situation before the call")
@@ -39,15 +44,13 @@ def main() -> None:
     )
     parser.add_argument("--max-string-chars", type=int, default=None, help="local: cap on string arguments")
     parser.add_argument("--threads", type=int, default=1, help="local: llama.cpp CPU threads")
-    parser.add_argument("--verbose", action="store_true", help="one line per scenario for the local model")
+    parser.add_argument("--verbose", action="store_true", help="one line per situation for the local model")
     args = parser.parse_args()
 
     from mimic_learn.agents.local import LocalChatModel
     from mimic_learn.agents.providers import default_prompt
-    from mimic_learn.agents.random_policy import RandomChatModel
-    from mimic_learn.agents.rules import RulesChatModel
-    from mimic_learn.agents.scenarios import bank, evaluate_controller
-    from mimic_learn.agents.scripted import ScriptedChatModel
+    from mimic_learn.evals.bank import load_bank
+    from mimic_learn.evals.score import ANCHORS, Evaluator, best_constant, paired_regret_gap
 
     decodes: list[dict] = []  # response_metadata of every decoded local decision
 
@@ -66,48 +69,41 @@ def main() -> None:
     if args.max_string_chars:
         options["max_string_chars"] = args.max_string_chars
     local = RecordingLocalChatModel(**options)
-    args.prompt = args.prompt or default_prompt("local", args.model_path)
+    prompt = args.prompt or default_prompt("local", args.model_path)
 
-    scenarios = bank()
-    keep = ScriptedChatModel(
-        decisions=[], default_turns=[[{"name": "keep_current", "args": {"reason": "hold"}}]]
-    )
-    controllers = [
-        ("local", local),
-        ("rules", RulesChatModel()),
-        ("random", RandomChatModel(seed=0)),
-        ("always-keep", keep),
-    ]
-    variant = (
-        f"{'short' if local._short_tools else 'full'} tool list, diagnose {'on' if args.diagnose else 'off'}, "
-        f"max_string_chars {local.max_string_chars}"
+    entries = load_bank(args.bank, args.split)
+    tasks = sorted({e.situation.task for e in entries})
+    print(
+        f"# local_controller: outcome bank split '{args.split}', {len(entries)} situations ({', '.join(tasks)}), "
+        f"horizon = longest stored, 3 data orders; local prompt '{prompt}', others 'full'; budget 8"
     )
     print(
-        f"# local_controller: {len(scenarios)} scenarios, prompt '{args.prompt}', budget 8, local options: "
-        f"{variant}"
+        f"# on: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; local model "
+        f"{local.resolved_model_path().name}, {args.threads} thread(s)"
     )
-    print(
-        f"# on: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; local model {local.resolved_model_path().name}, {args.threads} thread(s)"
-    )
+    anchors = Evaluator(entries).run(list(ANCHORS))
+    local_score = Evaluator(entries, prompt=prompt).run(["local"], models={"local": local})[0]
+    scores = {s.controller: s for s in [*anchors, local_score]}
+    best = best_constant(anchors)
 
-    def progress(s, r):
-        if args.verbose and decodes:
-            m = decodes[-1]
-            print(
-                f"#   {s.name:26s} {'sensible' if r.sensible else 'not     '} {r.seconds:5.2f}s "
-                f"{m.get('situation') or '':12s} {', '.join(r.tools) or '-'} -> {', '.join(r.moves) or 'no change'}"
-            )
+    def row(name: str, s) -> str:
+        lo, hi = s.interval("regret")
+        return (
+            f"{name:22s} regret {s.mean('regret'):.3f} [{lo:.2f}, {hi:.2f}]  win {s.mean('win'):.2f}  "
+            f"harm {s.mean('harm'):.2f}  valid {s.mean('valid'):.2f}  median_s {s.median_seconds:.3f}  "
+            f"tokens {s.mean_tokens:.0f}"
+        )
 
-    reports = {}
-    for name, model in controllers:
-        reports[name] = r = evaluate_controller(
-            model, name, scenarios, prompt=args.prompt, progress=progress if name == "local" else None
-        )
-        tools = ", ".join(f"{t} {n}" for t, n in r.tool_counts.most_common())
-        print(
-            f"{name:12s} valid {r.valid_rate:.2f}  first_try {r.first_try_rate:.2f}  sensible {r.sensible_rate:.2f}  "
-            f"median_s {r.median_seconds:.3f}  distinct_tools {len(r.tool_counts)}  [{tools}]"
-        )
+    for name in ANCHORS:
+        print(row(name, scores[name]))
+    print(row(f"best constant ({best.controller})", best))
+    print(row("local", local_score))
+    for other in ("rules", best.controller):
+        gap, (lo, hi) = paired_regret_gap(local_score, scores[other])
+        print(f"# local vs {other}: regret lower by {gap:.3f} [{lo:.3f}, {hi:.3f}] (95% paired bootstrap)")
+    if args.verbose:
+        for r in local_score.results:
+            print(f"#   {r.situation:28s} {r.chosen:14s} regret {r.regret:6.3f} {r.seconds:5.2f}s {r.calls}")
     if decodes:
         timings = [m.get("timings") or {} for m in decodes]
 
@@ -117,16 +113,11 @@ def main() -> None:
         print(
             f"# local time per decoded decision (median of {len(decodes)}): prompt {med('prompt_n'):.0f} tokens "
             f"evaluated in {med('prompt_ms'):.0f} ms, {med('predicted_n'):.0f} tokens decoded in "
-            f"{med('predicted_ms'):.0f} ms; system prompt primed once in {decodes[0].get('prime_s', 0):.1f} s "
-            f"(first decision); load average now {os.getloadavg()[0]:.1f}"
+            f"{med('predicted_ms'):.0f} ms; load average now {os.getloadavg()[0]:.1f}"
         )
-        situations = Counter(m["situation"] for m in decodes if m.get("situation"))
-        if situations:
-            print("# local situations named: " + ", ".join(f"{k} {n}" for k, n in situations.most_common()))
-    local_report = reports["local"]
     print(
-        f"valid_rate {local_report.valid_rate:.2f} sensible_rate {local_report.sensible_rate:.2f} "
-        f"median_s {local_report.median_seconds:.3f} distinct_tools {len(local_report.tool_counts)}"
+        f"valid_rate {local_score.mean('valid'):.2f} regret {local_score.mean('regret'):.3f} "
+        f"win_rate {local_score.mean('win'):.2f} median_s {local_score.median_seconds:.3f}"
     )
 
 

@@ -56,6 +56,29 @@ def test_decisions_are_judged_on_what_was_committed():
 
 
 def test_eval_controller_cli_prints_the_table():
-    result = CliRunner().invoke(app, ["eval-controller", "--controller", "rules", "--controller", "random"])
+    result = CliRunner().invoke(
+        app, ["eval-controller", "--bank", "situations", "--controller", "rules", "--controller", "random"]
+    )
     assert result.exit_code == 0, result.output
     assert "rules" in result.output and "random" in result.output and "sensible" in result.output
+
+
+def test_sensible_needs_a_valid_call():
+    """Saying nothing leaves the knobs alone, which the answer key accepts for a healthy run; it still is not a
+    sensible decision, because no call was made."""
+    from langchain_core.messages import AIMessage
+
+    from mimic_learn.agents.protocol import ProtocolChatModel
+
+    class Silent(ProtocolChatModel):
+        @property
+        def _llm_type(self) -> str:
+            return "silent"
+
+        def decide(self, report, turn, replies):
+            return AIMessage(content="all looks fine")
+
+    healthy = [s for s in bank() if s.name == "healthy_mid"]
+    assert healthy[0].keep_acceptable
+    result = evaluate_controller(Silent(), "silent", healthy).results[0]
+    assert not result.valid and not result.sensible

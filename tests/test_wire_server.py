@@ -116,6 +116,8 @@ def test_eval_controller_against_served_model(served):
         app,
         [
             "eval-controller",
+            "--bank",
+            "situations",
             "--controller",
             f"openai-compatible:qwen@{served}",
             "--scenario",

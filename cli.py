@@ -921,9 +921,9 @@ class CellProgress:
 def _reproduce_cells(kind: str, regimes: list[str], seeds: list[int], arms: str) -> int:
     """How many cells (regime x seed x arm) a reproduction covers; unknown arm names are the experiment's to
     reject, so they are not counted."""
-    from .experiments import BLOG_ARMS, PAPER_ARMS, PBT_ARM
+    from .experiments import BLOG_ARMS, PAPER_ARMS, known_arms
 
-    known = {a.name for a in [*(PAPER_ARMS if kind == "paper" else BLOG_ARMS), PBT_ARM]}
+    known = {a.name for a in known_arms(kind)}
     names = [a for a in arms.split(",") if a]
     count = (
         len([a for a in names if a in known]) if names else len(PAPER_ARMS if kind == "paper" else BLOG_ARMS)
@@ -1002,6 +1002,13 @@ def reproduce(
     gpus_per_trial: GpusPerTrialOpt = 0.0,
     price_in: PriceInOpt = None,
     price_out: PriceOutOpt = None,
+    from_cells: Annotated[
+        Path | None,
+        typer.Option(
+            help="Run nothing and use no MLflow store: build the report from this per-cell CSV "
+            "(docs/results/<experiment>_cells.csv, written by every reproduce)."
+        ),
+    ] = None,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -1046,6 +1053,20 @@ def reproduce(
     task = task or ("mnist" if kind == "paper" else "cifar10")
     command = _command_line(ctx)
     provider = ProviderOptions(model_path=model_path, price_in_per_m=price_in, price_out_per_m=price_out)
+    if from_cells is not None:
+        from .experiments import report_from_cells
+
+        if not from_cells.is_file():
+            _fail(f"--from-cells {from_cells}: no such file")
+        try:
+            report_from_cells(
+                kind, from_cells, out or Path("docs/results") / f"{kind}.md", command,
+                [r.strip() for r in regimes.split(",") if r.strip()] or None,
+                [a for a in arms.split(",") if a] or None, echo=console.print,
+            )  # fmt: skip
+        except ValueError as exc:
+            _fail(str(exc))
+        return
     if dry_run:
         from .experiments import describe_plan, plan_reproduce
 

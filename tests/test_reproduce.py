@@ -134,3 +134,87 @@ def test_blog_without_cifar_says_what_to_do(workdir):
     )
     assert result.exit_code == 2
     assert "mnist32" in result.output and "--data-dir" in result.output
+
+
+# ------------------------------------------------------------------------------ the per-cell file (fixture)
+def _fixture_cells(path, seeds=range(10)):
+    """A SYNTHETIC per-cell file (made-up numbers, a test fixture, not results): regime 100, baseline and
+    three arms; reduce_on_plateau has no finished cell (its runs failed), llm_paper_memory is absent."""
+    import csv
+
+    from mimic_learn.experiments import CELL_FIELDS
+
+    base = {s: 0.80 + 0.01 * (s % 3) for s in seeds}
+    jitter = [0.001, -0.001, 0.0005, -0.0005, 0.0, 0.001, -0.001, 0.0002, -0.0002, 0.0]
+    arms = {
+        "baseline": base,
+        "llm_paper_log_only": {s: base[s] + 0.03 + jitter[s] for s in seeds},  # clearly better
+        "rules": {s: base[s] + jitter[s] for s in seeds},  # equivalent within ±1 pt
+        "llm_paper_revert": {s: base[s] + (0.05 if s % 2 else -0.05) for s in seeds},  # inconclusive
+    }
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CELL_FIELDS)
+        writer.writeheader()
+        for arm, tests in arms.items():
+            for s, test in tests.items():
+                writer.writerow(
+                    {"experiment": "paper", "regime": "100", "arm": arm, "seed": s, "status": "finished",
+                     "final_val": test - 0.005, "best_val": test, "test": test, "train": 1.0, "epochs": 30,
+                     "decisions": 0 if arm == "baseline" else 29, "tool_calls": 0 if arm == "baseline" else 29,
+                     "accepted": 0 if arm == "baseline" else 29, "fallbacks": 0, "knobs": "" if arm == "baseline" else "lr",
+                     "tokens_in": 0, "tokens_out": 0, "wall_s": 60, "ran_on": "cpu on fixture", "run_id": "", "note": ""}
+                )  # fmt: skip
+        for s in seeds:
+            writer.writerow(
+                {"experiment": "paper", "regime": "100", "arm": "reduce_on_plateau", "seed": s,
+                 "status": "not run", "note": "failed: RuntimeError: boom"}
+            )  # fmt: skip
+    return arms
+
+
+def test_report_built_from_the_cells_file_alone(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    arms = _fixture_cells(tmp_path / "paper_cells.csv")
+    out = _reproduce("paper", "--from-cells", "paper_cells.csv", "--out", "r.md")
+    assert "r.md" in out and not (tmp_path / "mlflow.db").exists()  # no store touched
+    report = (tmp_path / "r.md").read_text()
+    assert "## Regime 100 (30 epochs)" in report and "paper_cells.csv" in report
+    rows = {
+        line.split(" | ")[0].strip("| "): line.split(" | ")
+        for line in report.splitlines()
+        if line.startswith("| ") and not line.startswith("| arm")
+    }
+    assert list(rows) == [a.name for a in PAPER_ARMS]  # every published arm, in order, even those not run
+    assert rows["baseline"][1] == "10" and rows["rules"][1] == "10"
+    verdict = {
+        name: cols[9] for name, cols in rows.items()
+    }  # arm, seeds, final, best, test, train, per-seed, Δ, p, verdict
+    assert verdict["llm_paper_log_only"] == "better"
+    assert verdict["rules"] == "equivalent within ±1 pt"
+    assert verdict["llm_paper_revert"] == "inconclusive"
+    assert (
+        rows["reduce_on_plateau"][1] == "0"
+        and rows["reduce_on_plateau"][2] == "not run (failed: RuntimeError: boom)"
+    )
+    assert rows["llm_paper_memory"][2] == "not run (not in paper_cells.csv)"
+    assert rows["llm_paper_log_only"][7].startswith("+0.03")  # Δ in accuracy, 4 decimals
+    # per-seed values shown, mean ± SD labelled as SD
+    assert f"{arms['rules'][0]:.4f}" in rows["rules"][6] and "mean ± SD" in report
+    assert "absence of evidence" in report and "Smallest effect detectable" in report
+    assert "`paper/100/reduce_on_plateau/s0`: failed: RuntimeError: boom" in report
+
+
+def test_cells_file_round_trip(tmp_path):
+    from mimic_learn.experiments import read_cells_csv, write_cells_csv
+
+    data = {"10": {"baseline": {0: {"final_val": 0.5, "best_val": 0.6, "test": 0.55, "train": 1.0, "epochs": 30,
+                                    "decisions": 0.0, "calls": 0.0, "accepted": 0.0, "fallbacks": 0.0,
+                                    "knobs": ["lr", "dropout"], "tokens_in": 10.0, "tokens_out": 2.0,
+                                    "seconds": 12.5, "ran_on": "cuda on gpu1", "run_id": "abc", "val_curve": [0.5]}}}}  # fmt: skip
+    path = write_cells_csv("paper", data, {"paper/10/rules/s0": "failed: x\ntraceback"}, tmp_path / "c.csv")
+    back, missing, regimes = read_cells_csv(path, "paper")
+    cell = back["10"]["baseline"][0]
+    assert regimes == ["10"] and missing == {"paper/10/rules/s0": "failed: x"}
+    assert cell["test"] == 0.55 and cell["seconds"] == 12.5 and cell["knobs"] == ["lr", "dropout"]
+    assert cell["ran_on"] == "cuda on gpu1" and cell["epochs"] == 30 and cell["calls"] == 0.0
+    assert read_cells_csv(path, "blog") == ({}, {}, [])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 TASKS = ("digits", "mnist", "mnist32", "cifar10", "synthetic", "external")  # external: a user's own loop
 OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("none", "step", "plateau", "onecycle")
+SCHEDULES = ("none", "step", "plateau", "onecycle", "cosine")
 
 
 @dataclass

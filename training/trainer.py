@@ -212,6 +212,8 @@ class Trainer:
             return torch.optim.lr_scheduler.ReduceLROnPlateau(
                 self.optimizer, factor=cfg.gamma if cfg.gamma < 1 else 0.1, patience=cfg.plateau_patience
             )
+        if cfg.schedule == "cosine":  # per epoch, to 0 at the last epoch (chainable: a set_lr rescales it)
+            return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)
         if cfg.schedule == "onecycle":
             return torch.optim.lr_scheduler.OneCycleLR(
                 self.optimizer, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=self.steps_per_epoch

@@ -1002,6 +1002,13 @@ def reproduce(
     gpus_per_trial: GpusPerTrialOpt = 0.0,
     price_in: PriceInOpt = None,
     price_out: PriceOutOpt = None,
+    start: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated starting configurations: published (default), lr_x30, lr_div100, dropout_0.7 "
+            "(mis-tuned starts; each arm runs from each, named <arm>@<start>)."
+        ),
+    ] = "published",
     from_cells: Annotated[
         Path | None,
         typer.Option(
@@ -1053,6 +1060,12 @@ def reproduce(
     task = task or ("mnist" if kind == "paper" else "cifar10")
     command = _command_line(ctx)
     provider = ProviderOptions(model_path=model_path, price_in_per_m=price_in, price_out_per_m=price_out)
+    from .experiments import START_VARIANTS
+
+    start_list = [x.strip() for x in start.split(",") if x.strip()] or ["published"]
+    bad_starts = [x for x in start_list if x not in START_VARIANTS]
+    if bad_starts:
+        _fail(f"--start {','.join(bad_starts)} is not a start; choose from {', '.join(START_VARIANTS)}")
     if from_cells is not None:
         from .experiments import report_from_cells
 
@@ -1074,17 +1087,19 @@ def reproduce(
             plan = plan_reproduce(
                 kind, regime_list, seed_list, [a for a in arms.split(",") if a] or None,
                 controller or default_controller(), epochs, provider,
+                starts=start_list,
             )  # fmt: skip
         except ValueError as exc:
             _fail(str(exc))
-        console.print(describe_plan(plan), highlight=False)
+        console.print(describe_plan(plan), highlight=False, soft_wrap=True)
         return
     try:
         with server as uri:
             if uri != tracking_uri:
                 console.print(f"MLflow server {uri} over {tracking_uri} (for this command's trials)")
             tracking.setup(uri, mlflow_experiment or f"mimic-reproduce-{kind}")
-            bar = CellProgress(0 if report_only else _reproduce_cells(kind, regime_list, seed_list, arms))
+            n_cells = _reproduce_cells(kind, regime_list, seed_list, arms) * len(start_list)
+            bar = CellProgress(0 if report_only else n_cells)
             with bar:
                 path = run_reproduce(
                     kind, regime_list, seed_list, [a for a in arms.split(",") if a] or None,
@@ -1092,6 +1107,7 @@ def reproduce(
                     out or Path("docs/results") / f"{kind}.md", task, command,
                     provider=provider, echo=bar.echo, report_only=report_only,
                     run_cells=run_cells, model=model, val_size=val_size,
+                    starts=start_list,
                 )  # fmt: skip
     except DataUnavailableError as exc:
         hint = (

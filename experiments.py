@@ -693,7 +693,65 @@ def missing_cells(
 # turn (system prompt, tool schemas, full report; Qwen2.5 tokenizer via llama.cpp's server, digits, 2026-12-02)
 # and 82 output tokens. Other tokenizers and prompts differ: this is an order of magnitude, not a quote.
 TOKENS_PER_DECISION = (2 * 2_300, 2 * 100)
-NO_TOKEN_CONTROLLERS = ("rules", "scripted:", "random", "none")
+NO_TOKEN_CONTROLLERS = ("rules", "scripted:", "random", "oracle", "none")
+
+# Seconds per training epoch (train + validation on 5,000 images) on THIS machine, for the dry run's time
+# estimate. Paper: measured 2026-12-02 with /tmp timing script equivalent to
+#   Trainer.from_config(paper_config(regime, 0, data, 2, threads=1)).run_epoch()  (second epoch timed)
+# on the shared 2-core x86_64 host, 1 torch thread: 10 -> 1.10 s, 100 -> 1.25, 600 -> 1.26, 6000 -> 2.67;
+# full (55,000 train images) is extrapolated from those: 1.1 s fixed + 0.26 ms per training image = 15.4 s.
+# Blog proxy (mnist32, 2,000 images, ResNet-18 ImageNet stem, 2 threads): 72 min over 30 cells x 10 epochs in
+# docs/results/blog_proxy_mnist32.md = 14.4 s per epoch, controller time included. Anything else: unknown.
+# Controller latency (a local model's or a provider's) is not included for the paper rows.
+EPOCH_SECONDS = {
+    ("paper", "10"): 1.10,
+    ("paper", "100"): 1.25,
+    ("paper", "600"): 1.26,
+    ("paper", "6000"): 2.67,
+    ("paper", "full"): 15.4,
+    ("blog", "2000"): 14.4,
+}
+
+
+def oracle_candidates(tools: tuple[str, ...] | None) -> int:
+    """How many candidate actions the oracle rolls out per decision with these tools bound (an upper bound:
+    tools.candidates drops a candidate the tools would reject). None: every tool (rollback counted)."""
+    bound = set(tools) if tools is not None else {
+        "set_lr", "set_dropout", "set_weight_decay", "set_alpha", "propose_weight_delta", "rollback",
+    }  # fmt: skip
+    count = 1 + 3 * ("set_lr" in bound) + 2 * ("set_dropout" in bound) + 2 * ("set_weight_decay" in bound)
+    count += {"set_alpha", "propose_weight_delta"} <= bound
+    return count + ("rollback" in bound)
+
+
+def oracle_horizon(controller: str, regime: str) -> int | str | None:
+    """The oracle's horizon for a cell of ``regime`` (None: ``controller`` is not an oracle). Plain ``oracle``
+    is ``oracle:end`` on a cheap task and ``oracle:5`` otherwise (agents/oracle.py)."""
+    if controller != "oracle" and not controller.startswith("oracle:"):
+        return None
+    from .agents.oracle import CHEAP_TRAIN_SIZE, DEFAULT_HORIZON_EXPENSIVE, parse_oracle
+
+    horizon = parse_oracle(controller)
+    if horizon is None:
+        cheap = regime.isdigit() and int(regime) <= CHEAP_TRAIN_SIZE
+        horizon = "end" if cheap else DEFAULT_HORIZON_EXPENSIVE
+    return horizon
+
+
+@dataclass
+class PlanRow:
+    """One arm in one regime, all seeds: what the dry run's table shows."""
+
+    arm: str
+    regime: str
+    cells: int
+    epochs: int  # per cell
+    decisions: int  # per cell
+    candidates: int  # oracle rollouts per decision (0: not an oracle)
+    shadow_epochs: int  # per cell: the oracle's rollouts
+    population: int  # PBT members per cell (0: one run)
+    epoch_equivalents: int  # all cells: (epochs + shadow) x max(1, population)
+    seconds: float | None  # estimated, EPOCH_SECONDS x epoch_equivalents; None when not measured
 
 
 @dataclass
@@ -706,6 +764,7 @@ class ReproducePlan:
     cost_usd: float | None
     price: str | None
     per_arm: dict[str, int]  # decisions per arm
+    rows: list[PlanRow] = field(default_factory=list)
 
 
 def cell_epochs(kind: str, regime: str, epochs: int | None) -> int:
@@ -722,12 +781,14 @@ def plan_reproduce(
     epochs: int | None,
     provider: ProviderOptions | None = None,
     tokens_per_decision: tuple[int, int] = TOKENS_PER_DECISION,
+    starts: list[str] | None = None,
 ) -> ReproducePlan:
-    """What ``reproduce`` would run, before anything runs: cells, decisions, estimated tokens and cost. Counts
-    every cell, including those the store already holds (``reproduce`` skips those unless --force)."""
+    """What ``reproduce`` would run, before anything runs: cells, decisions, oracle rollouts, PBT members,
+    estimated time, tokens and cost. Counts every cell, including those the store already holds (``reproduce``
+    skips those unless --force)."""
     from .pricing import price_for
 
-    arms = resolve_arms(kind, arm_names)
+    arms = at_start(resolve_arms(kind, arm_names), starts or ["published"])
     if kind == "paper":
         bad = [r for r in regimes if r not in PAPER_EPOCHS and epochs is None]
         if bad:
@@ -735,12 +796,37 @@ def plan_reproduce(
                 f"regimes {bad}: no default epochs; choose from {', '.join(PAPER_EPOCHS)} or pass --epochs"
             )
     per_arm: dict[str, int] = {}
+    rows: list[PlanRow] = []
     llm = 0
     for arm in arms:
+        chosen = (
+            "none" if arm.controller is None else controller if arm.controller == "LLM" else arm.controller
+        )
+        for regime in regimes:
+            horizon = oracle_horizon(chosen, regime)
+            t = cell_epochs(kind, regime, epochs)
+            decisions = 0 if arm.controller is None else (t - 1) // arm.every
+            boundaries = [e for e in range(1, t) if e % arm.every == 0] if arm.controller else []
+            candidates = oracle_candidates(arm.tools) if horizon is not None else 0
+            if horizon is None:
+                shadow = 0
+            elif horizon == "end":
+                shadow = candidates * sum(t - e for e in boundaries)
+            else:
+                shadow = candidates * sum(
+                    min(horizon, t - e) for e in boundaries
+                )  # oracle (None): task decides
+            equivalents = (t + shadow) * max(1, arm.population) * len(seeds)
+            per_epoch = EPOCH_SECONDS.get((kind, regime))
+            rows.append(
+                PlanRow(
+                    arm.name, regime, len(seeds), t, decisions, candidates, shadow, arm.population, equivalents,
+                    per_epoch * equivalents if per_epoch is not None else None,
+                )
+            )  # fmt: skip
         if arm.controller is None:
             continue
-        chosen = controller if arm.controller == "LLM" else arm.controller
-        n = sum((cell_epochs(kind, r, epochs) - 1) // arm.every for r in regimes) * len(seeds)
+        n = sum(r.decisions * r.cells for r in rows if r.arm == arm.name)
         per_arm[arm.name] = n
         if not chosen.startswith(NO_TOKEN_CONTROLLERS):
             llm += n
@@ -756,6 +842,7 @@ def plan_reproduce(
         cost_usd=price.cost_usd(tokens_in, tokens_out) if price else None,
         price=price.describe() if price else None,
         per_arm=per_arm,
+        rows=rows,
     )
 
 
@@ -771,6 +858,34 @@ def describe_plan(plan: ReproducePlan) -> str:
         lines.append(f"estimated cost: ${plan.cost_usd:.2f} at {plan.price}")
     else:
         lines.append("estimated cost: no price known for this controller (set --price-in / --price-out)")
+    if plan.rows:
+        head = ("arm", "regime", "cells", "epochs", "decisions", "candidates", "shadow ep", "population",
+                "epoch-equiv", "est. time")  # fmt: skip
+        table = [
+            (r.arm, r.regime, str(r.cells), str(r.epochs), str(r.decisions), str(r.candidates or "—"),
+             str(r.shadow_epochs or "—"), str(r.population or "—"), f"{r.epoch_equivalents:,}",
+             "unknown" if r.seconds is None else f"{r.seconds / 60:.1f} min")
+            for r in plan.rows
+        ]  # fmt: skip
+        widths = [max(len(x) for x in col) for col in zip(head, *table, strict=True)]
+        fmt = lambda cols: "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))  # noqa: E731
+        lines += [
+            "",
+            "per cell: epochs, decisions, oracle candidates and shadow epochs; all seeds: epoch-equiv",
+            fmt(head),
+        ]
+        lines += [fmt(row) for row in table]
+        known = [r.seconds for r in plan.rows if r.seconds is not None]
+        unknown = sorted({r.regime for r in plan.rows if r.seconds is None})
+        lines.append(
+            f"estimated time on this machine: {sum(known) / 3600:.1f} h of training in one process "
+            "(divide by parallel trials with --executor ray)"
+            + (f"; regimes {', '.join(unknown)}: no measured epoch time" if unknown else "")
+            + ". Seconds per epoch assumed (experiments.EPOCH_SECONDS; paper: measured here 2026-12-02, 1 thread, "
+            "full extrapolated; blog 2000: the committed proxy report): "
+            + ", ".join(f"{k[0]} {k[1]} {v:g} s" for k, v in EPOCH_SECONDS.items())
+            + "; controller latency not included."
+        )
     return "\n".join(lines)
 
 
@@ -794,10 +909,12 @@ def reproduce(
     run_cells=None,
     model: str | None = None,
     val_size: int | None = None,
+    starts: list[str] | None = None,
 ) -> Path:
     """Run every missing cell (arm x regime x seed) under one parent run, then write the report.
 
     ``model`` / ``val_size``: override the experiment's model and validation split (e.g. a cheaper proxy).
+    ``starts``: START_VARIANTS keys; every arm runs from each (``<arm>@<start>`` beyond "published").
 
     ``run_cells(cells)``: an executor for the cells to run (``sweep.ray_executor``: one Ray Tune trial each,
     failures recorded in the store); None runs them one after the other in this process."""
@@ -806,7 +923,7 @@ def reproduce(
 
     import torch
 
-    arms = resolve_arms(kind, arm_names)
+    arms = at_start(resolve_arms(kind, arm_names), starts or ["published"])
     provider = provider or ProviderOptions()
     done = finished_cells(kind)
     report_arms = list(arms)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import mlflow
 import pytest
 from typer.testing import CliRunner
@@ -80,6 +82,12 @@ def test_paper_reproduction_on_digits_runs_every_arm_and_resumes(workdir):
     assert all(row.split(" | ")[1] == "2" for row in table)  # 2 seeds per arm
     assert "0.6654 / 0.6713 / 0.9200" in report  # the paper's published baseline row beside ours
     assert (workdir / "docs/results/paper/plots_100/val_acc.png").exists()
+    # The per-cell file written beside the report rebuilds the same table without the store.
+    _reproduce("paper", "--from-cells", "docs/results/paper_cells.csv", "--out", "again.md")
+    rebuilt = (workdir / "again.md").read_text()
+    assert [line for line in rebuilt.splitlines() if line.startswith("| ")] == [
+        line for line in report.splitlines() if line.startswith("| ")
+    ]
     # Second sitting: nothing reruns, the report is rebuilt from the store.
     again = _reproduce(*args, "--tracking-uri", f"sqlite:///{workdir / 'm.db'}")
     assert "done paper/" not in again and again.count("skip paper/100/") == len(PAPER_ARMS) * 2
@@ -218,3 +226,64 @@ def test_cells_file_round_trip(tmp_path):
     assert cell["test"] == 0.55 and cell["seconds"] == 12.5 and cell["knobs"] == ["lr", "dropout"]
     assert cell["ran_on"] == "cuda on gpu1" and cell["epochs"] == 30 and cell["calls"] == 0.0
     assert read_cells_csv(path, "blog") == ({}, {}, [])
+
+
+# ------------------------------------------------------------------------------ arms and the dry run's compute
+def test_arms_bind_the_published_action_spaces_and_starts_rename_arms():
+    from mimic_learn.agents.providers import ProviderOptions
+    from mimic_learn.experiments import (
+        BLOG_TOOLS,
+        PAPER_TOOLS,
+        arm_spec,
+        at_start,
+        paper_config,
+        resolve_arms,
+    )
+
+    assert "set_weight_decay" not in PAPER_TOOLS and {"set_alpha", "propose_weight_delta"} <= set(PAPER_TOOLS)
+    assert [a.tools for a in BLOG_ARMS if a.controller == "LLM"] == [BLOG_TOOLS] * 8
+    assert all(a.tools == PAPER_TOOLS for a in PAPER_ARMS if a.controller == "LLM")
+    oracle, cosine = resolve_arms("paper", ["oracle_end", "cosine"])[::-1]
+    assert oracle.controller == "oracle:end" and cosine.train_overrides == {"schedule": "cosine"}
+    train = paper_config("100", 0, "data", 2, 1)
+    spec = arm_spec(oracle, train, "local", "s.sqlite", ProviderOptions())
+    assert spec.controller == "oracle:end" and spec.agent.tools == list(PAPER_TOOLS)
+    variants = at_start(resolve_arms("paper", ["baseline"]), ["published", "lr_x30", "dropout_0.7"])
+    assert [a.name for a in variants] == ["baseline", "baseline@lr_x30", "baseline@dropout_0.7"]
+    lr30 = arm_spec(variants[1], train, "local", "s.sqlite", ProviderOptions()).train
+    assert lr30.lr == pytest.approx(0.03) and lr30.dropout == train.dropout
+    assert arm_spec(variants[2], train, "local", "s", ProviderOptions()).train.dropout == 0.7
+    with pytest.raises(ValueError, match="lr_x2"):
+        at_start(variants, ["lr_x2"])
+
+
+def test_dry_run_counts_oracle_rollouts_and_pbt_members_with_a_time_estimate():
+    from mimic_learn.experiments import EPOCH_SECONDS, describe_plan, plan_reproduce
+
+    plan = plan_reproduce(
+        "paper", ["600"], [0, 1], ["baseline", "oracle_end", "oracle_1", "pbt"], "local", None
+    )
+    rows = {r.arm: r for r in plan.rows}
+    # 7 candidates with the paper's tools: keep, lr x3, dropout +-0.1, alpha + weight delta
+    assert rows["oracle_end"].candidates == 7 and rows["oracle_end"].shadow_epochs == 7 * sum(range(1, 30))
+    assert rows["oracle_1"].shadow_epochs == 7 * 29 and rows["oracle_1"].epoch_equivalents == (30 + 203) * 2
+    assert rows["pbt"].epoch_equivalents == 30 * 4 * 2 and rows["baseline"].epoch_equivalents == 60
+    assert rows["baseline"].seconds == pytest.approx(60 * EPOCH_SECONDS[("paper", "600")])
+    assert plan.llm_decisions == 0  # oracles spend no tokens
+    blog = plan_reproduce("blog", ["2000"], [0], ["oracle_1"], "local", 10)
+    assert blog.rows[0].candidates == 4 and blog.rows[0].shadow_epochs == 4 * 9
+    text = describe_plan(plan)
+    assert "oracle_end" in text and "est. time" in text and "EPOCH_SECONDS" in text
+    unknown = plan_reproduce("blog", ["full"], [0], ["steplr"], "local", None)
+    assert unknown.rows[0].seconds is None and "no measured epoch time" in describe_plan(unknown)
+
+
+def test_cosine_schedule_decays_to_zero_at_the_last_epoch():
+    from mimic_learn.training import TrainConfig, Trainer
+
+    trainer = Trainer.from_config(
+        TrainConfig(task="digits", epochs=4, schedule="cosine", lr=0.01, regime="100", num_threads=1)
+    )
+    lrs = [trainer.run_epoch().lr for _ in range(4)]  # a report's lr is the one for the next epoch
+    assert lrs == pytest.approx([0.01 * (1 + math.cos(math.pi * k / 4)) / 2 for k in range(1, 5)], abs=1e-12)
+    assert trainer.lr == pytest.approx(0.0, abs=1e-12)

@@ -12,6 +12,7 @@ Knobs changeable between epochs: learning rate, dropout, weight decay, alpha, an
 Learning rate and schedules
     * StepLR / ReduceLROnPlateau step once per epoch and are chainable: a set lr becomes the current lr
       and the schedule's later factors multiply it (StepLR's next decay multiplies the new value).
+    * CosineAnnealingLR (schedule "cosine", to 0 at the last epoch) steps per epoch and is chainable too.
     * OneCycleLR steps per batch: setting lr rescales the remainder of the cycle by new/current
       (the cycle's initial, max and min lr are all multiplied by that factor).
 

@@ -1009,6 +1009,13 @@ def reproduce(
             "(mis-tuned starts; each arm runs from each, named <arm>@<start>)."
         ),
     ] = "published",
+    fixed_subset: Annotated[
+        bool,
+        typer.Option(
+            help="One training subset (data seed 0) for every seed; seeds then vary weights and batch order only. "
+            "Use a separate --mlflow-experiment and --out: cells are keyed without it."
+        ),
+    ] = False,
     from_cells: Annotated[
         Path | None,
         typer.Option(
@@ -1107,7 +1114,7 @@ def reproduce(
                     out or Path("docs/results") / f"{kind}.md", task, command,
                     provider=provider, echo=bar.echo, report_only=report_only,
                     run_cells=run_cells, model=model, val_size=val_size,
-                    starts=start_list,
+                    starts=start_list, fixed_subset=fixed_subset,
                 )  # fmt: skip
     except DataUnavailableError as exc:
         hint = (

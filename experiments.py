@@ -359,6 +359,7 @@ def collect(
                 "pbt_wall_s", ((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000.0
             ),
             "val_curve": [x.value for x in sorted(val, key=lambda x: x.step)],
+            "data_seed": run.data.params.get("data_seed", "None"),
             "decisions": m.get("decisions", 0.0),
             "tokens_in": m.get("total_tokens_in", 0.0),
             "tokens_out": m.get("total_tokens_out", 0.0),
@@ -375,7 +376,7 @@ def collect(
 CELL_FIELDS = (
     "experiment", "regime", "arm", "seed", "status", "final_val", "best_val", "test", "train", "epochs",
     "decisions", "tool_calls", "accepted", "fallbacks", "knobs", "tokens_in", "tokens_out", "wall_s", "ran_on",
-    "run_id", "note",
+    "data_seed", "run_id", "note",
 )  # fmt: skip
 _CSV_KEYS = {"tool_calls": "calls", "wall_s": "seconds"}  # CSV column -> key in collect()'s cell dict
 
@@ -438,12 +439,13 @@ def read_cells_csv(path: Path, experiment: str | None = None) -> tuple[dict, dic
             cell = {
                 _CSV_KEYS.get(k, k): number(row[k])
                 for k in CELL_FIELDS[5:-1]
-                if k not in ("knobs", "ran_on", "run_id")
+                if k not in ("knobs", "ran_on", "run_id", "data_seed")
             }
             cell["epochs"] = int(cell["epochs"]) if not math.isnan(cell["epochs"]) else 0
             cell |= {
                 "knobs": [k for k in row["knobs"].split(";") if k],
                 "ran_on": row["ran_on"],
+                "data_seed": row["data_seed"] or "None",
                 "run_id": row["run_id"],
                 "val_curve": [],
             }
@@ -531,7 +533,8 @@ def write_report(
         "the interval is simultaneous over the arms of a regime (95% family-wise, Bonferroni), p is the paired t",
         "test's, Holm-adjusted across those arms. Verdict: better/worse when Holm p < 0.05, else equivalent when",
         f"the Holm-adjusted TOST against the regime's margin rejects ({margins}), else inconclusive.",
-        "Each seed draws its own training subset. With few seeds the smallest detectable effect is large, so",
+        subset_policy(data),
+        "With few seeds the smallest detectable effect is large, so",
         '"inconclusive" and a wide interval mean absence of evidence, not evidence of no effect.',
         "",
     ]
@@ -629,6 +632,19 @@ def write_report(
     lines += missing_section(missing)
     out.write_text("\n".join(lines) + "\n")
     return out
+
+
+def subset_policy(data: dict) -> str:
+    """What the report says about training subsets: drawn per seed, or one fixed subset (--fixed-subset)."""
+    fixed = sorted(
+        {str(c.get("data_seed", "None")) for a in data.values() for s in a.values() for c in s.values()}
+    )
+    if fixed in ([], ["None"]):
+        return "Each seed draws its own training subset (stratified, seeded by the cell's seed)."
+    return (
+        f"Training subsets: data seed(s) {', '.join(fixed)} (--fixed-subset: one subset for every seed; the seed "
+        "still sets initial weights and batch order)."
+    )
 
 
 def pbt_compute_note(arms: list[Arm], data: dict) -> str:
@@ -910,11 +926,14 @@ def reproduce(
     model: str | None = None,
     val_size: int | None = None,
     starts: list[str] | None = None,
+    fixed_subset: bool = False,
 ) -> Path:
     """Run every missing cell (arm x regime x seed) under one parent run, then write the report.
 
     ``model`` / ``val_size``: override the experiment's model and validation split (e.g. a cheaper proxy).
     ``starts``: START_VARIANTS keys; every arm runs from each (``<arm>@<start>`` beyond "published").
+    ``fixed_subset``: every seed trains on the subset of data seed 0 (cells are keyed without it: use a separate
+    MLflow experiment and --out for such a table).
 
     ``run_cells(cells)``: an executor for the cells to run (``sweep.ray_executor``: one Ray Tune trial each,
     failures recorded in the store); None runs them one after the other in this process."""
@@ -966,6 +985,8 @@ def reproduce(
                         train = replace(train, model=model)
                     if val_size is not None:
                         train = replace(train, val_size=val_size)
+                    if fixed_subset:
+                        train = replace(train, data_seed=0)
                     spec = arm_spec(arm, train, controller, state_db, provider)
                     pending.append(Cell(kind, regime, seed, arm, spec))
         if run_cells is not None and pending:

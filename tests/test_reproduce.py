@@ -209,6 +209,7 @@ def test_report_built_from_the_cells_file_alone(tmp_path, monkeypatch):
     # per-seed values shown, mean ± SD labelled as SD
     assert f"{arms['rules'][0]:.4f}" in rows["rules"][6] and "mean ± SD" in report
     assert "absence of evidence" in report and "Smallest effect detectable" in report
+    assert "Each seed draws its own training subset" in report
     assert "`paper/100/reduce_on_plateau/s0`: failed: RuntimeError: boom" in report
 
 
@@ -287,3 +288,19 @@ def test_cosine_schedule_decays_to_zero_at_the_last_epoch():
     lrs = [trainer.run_epoch().lr for _ in range(4)]  # a report's lr is the one for the next epoch
     assert lrs == pytest.approx([0.01 * (1 + math.cos(math.pi * k / 4)) / 2 for k in range(1, 5)], abs=1e-12)
     assert trainer.lr == pytest.approx(0.0, abs=1e-12)
+
+
+def test_fixed_subset_gives_every_seed_the_same_training_subset():
+    from mimic_learn.experiments import subset_policy
+    from mimic_learn.training import TrainConfig, Trainer
+
+    def train_indices(seed: int, data_seed: int | None) -> list[int]:
+        cfg = TrainConfig(
+            task="digits", epochs=1, regime="100", seed=seed, data_seed=data_seed, num_threads=1
+        )
+        return sorted(Trainer.from_config(cfg).data.train_indices.tolist())
+
+    assert train_indices(1, None) != train_indices(2, None)  # default: each seed draws its own subset
+    assert train_indices(1, 0) == train_indices(2, 0) == train_indices(0, None)
+    assert subset_policy({"100": {"a": {1: {"data_seed": "None"}}}}).startswith("Each seed draws its own")
+    assert "data seed(s) 0" in subset_policy({"100": {"a": {1: {"data_seed": "0"}}}})

@@ -191,7 +191,12 @@ class Trainer:
     @classmethod
     def from_config(cls, config: TrainConfig) -> Trainer:
         data = load_task(
-            config.task, config.regime, config.val_size, config.seed, config.data_dir, config.download
+            config.task,
+            config.regime,
+            config.val_size,
+            config.seed if config.data_seed is None else config.data_seed,
+            config.data_dir,
+            config.download,
         )
         torch.manual_seed(config.seed)  # same initial weights for every arm of a seed
         model = build_model(config.model or DEFAULT_MODEL[config.task], data.num_classes, config.dropout)

@@ -624,6 +624,19 @@ def write_report(
                 f"Smallest effect detectable at 80% power with these seeds (paired t, α = 0.05, per arm): "
                 f"{min(effects) * 100:.2f}–{max(effects) * 100:.2f} points.",
             ]
+        lines += recovery_lines(arms, cells, base_arm, scale, places)
+        from .plots import plot_strip
+
+        strip = plot_strip(
+            {
+                a.name: [c["test"] * scale for _, c in sorted(cells[a.name].items())]
+                for a in arms
+                if cells.get(a.name)
+            },
+            out.parent / out.stem / f"strip_{regime}.png",
+            "test accuracy" + (" (%)" if scale == 100.0 else ""),
+        )
+        lines += ["", f"![test accuracy per seed, regime {regime}]({strip.relative_to(out.parent)})"]
         if any(c.get("val_curve") for seeds in cells.values() for c in seeds.values()):
             plot = _plot_curves(data, regime, out.parent / out.stem)
             lines += ["", f"![validation accuracy, regime {regime}]({plot.relative_to(out.parent)})", ""]
@@ -632,6 +645,42 @@ def write_report(
     lines += missing_section(missing)
     out.write_text("\n".join(lines) + "\n")
     return out
+
+
+def recovery_lines(arms: list[Arm], cells: dict, base_arm: str, scale: float, places: int) -> list[str]:
+    """For arms run from a mis-tuned start (``<arm>@<start>``): how much of the gap between the published-start
+    baseline and the same start's baseline each recovers, on mean test accuracy (1.0 = all of it)."""
+
+    def mean_test(name: str) -> float | None:
+        seeds = cells.get(name)
+        return statistics.fmean(c["test"] for c in seeds.values()) if seeds else None
+
+    tuned = mean_test(base_arm)
+    out = []
+    for start in dict.fromkeys(a.start for a in arms if a.start != "published"):
+        floor = mean_test(f"{base_arm}@{start}")
+        if tuned is None or floor is None:
+            out.append(f"- start `{start}`: no gap measured (a baseline is not run)")
+            continue
+        gap = tuned - floor
+        parts = []
+        for arm in arms:
+            value = mean_test(arm.name)
+            if arm.start != start or arm.name == f"{base_arm}@{start}" or value is None:
+                continue
+            share = f"{(value - floor) / gap:+.2f}" if abs(gap) > 1e-12 else "n/a"
+            parts.append(f"`{arm.name}` {share}")
+        out.append(
+            f"- start `{start}`: gap {gap * scale:.{places}f} ({base_arm} − {base_arm}@{start}); recovered: "
+            + (", ".join(parts) or "no other arm run")
+        )
+    if not out:
+        return []
+    return [
+        "",
+        "Share of the mis-tuned start's gap recovered (mean test; 1 = all of it, < 0 = worse than not acting):",
+        *out,
+    ]
 
 
 def subset_policy(data: dict) -> str:
@@ -1064,6 +1113,15 @@ def report_from_cells(
     else:
         arms = list(PAPER_ARMS if kind == "paper" else BLOG_ARMS)
         arms += [a for a in known if a.name in present and a not in arms]
+    # arms run from mis-tuned starts (<arm>@<start>), grouped by start in START_VARIANTS order
+    by_name = {a.name: a for a in known}
+    starts = [s for s in START_VARIANTS if any(n.endswith(f"@{s}") for n in present)]
+    for start in starts:
+        arms += [
+            replace(by_name[n.split("@")[0]], name=n, start=start)
+            for n in sorted(present)
+            if n.endswith(f"@{start}") and n.split("@")[0] in by_name
+        ]
     seeds = sorted(
         {s for arms_ in data.values() for seeds_ in arms_.values() for s in seeds_}
         | {int(t.split("/")[3][1:]) for t in missing}

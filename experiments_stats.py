@@ -83,7 +83,8 @@ def paired_t(arm: dict[int, float], base: dict[int, float], margin: float, level
         return PairedComparison(1, mean, nan, nan, nan, nan, nan, margin, diffs=tuple(diffs))
     sd = float(diffs.std(ddof=1))
     se = sd / math.sqrt(n)
-    if se == 0.0:  # every seed moved by exactly the same amount: the difference is known, not estimated
+    # every seed moved by the same amount (to rounding): the difference is known, not estimated
+    if sd <= 1e-12:
         p = 1.0 if mean == 0.0 else 0.0
         p_tost = 0.0 if abs(mean) < margin else 1.0
         return PairedComparison(n, mean, 0.0, mean, mean, p, p_tost, margin, diffs=tuple(diffs))

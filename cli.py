@@ -914,9 +914,9 @@ class CellProgress:
 def _reproduce_cells(kind: str, regimes: list[str], seeds: list[int], arms: str) -> int:
     """How many cells (regime x seed x arm) a reproduction covers; unknown arm names are the experiment's to
     reject, so they are not counted."""
-    from .experiments import BLOG_ARMS, PAPER_ARMS, PBT_ARM
+    from .experiments import BLOG_ARMS, PAPER_ARMS, known_arms
 
-    known = {a.name for a in [*(PAPER_ARMS if kind == "paper" else BLOG_ARMS), PBT_ARM]}
+    known = {a.name for a in known_arms(kind)}
     names = [a for a in arms.split(",") if a]
     count = (
         len([a for a in names if a in known]) if names else len(PAPER_ARMS if kind == "paper" else BLOG_ARMS)
@@ -995,6 +995,27 @@ def reproduce(
     gpus_per_trial: GpusPerTrialOpt = 0.0,
     price_in: PriceInOpt = None,
     price_out: PriceOutOpt = None,
+    start: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated starting configurations: published (default), lr_x30, lr_div100, dropout_0.7 "
+            "(mis-tuned starts; each arm runs from each, named <arm>@<start>)."
+        ),
+    ] = "published",
+    fixed_subset: Annotated[
+        bool,
+        typer.Option(
+            help="One training subset (data seed 0) for every seed; seeds then vary weights and batch order only. "
+            "Use a separate --mlflow-experiment and --out: cells are keyed without it."
+        ),
+    ] = False,
+    from_cells: Annotated[
+        Path | None,
+        typer.Option(
+            help="Run nothing and use no MLflow store: build the report from this per-cell CSV "
+            "(docs/results/<experiment>_cells.csv, written by every reproduce)."
+        ),
+    ] = None,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -1039,6 +1060,26 @@ def reproduce(
     task = task or ("mnist" if kind == "paper" else "cifar10")
     command = _command_line(ctx)
     provider = ProviderOptions(model_path=model_path, price_in_per_m=price_in, price_out_per_m=price_out)
+    from .experiments import START_VARIANTS
+
+    start_list = [x.strip() for x in start.split(",") if x.strip()] or ["published"]
+    bad_starts = [x for x in start_list if x not in START_VARIANTS]
+    if bad_starts:
+        _fail(f"--start {','.join(bad_starts)} is not a start; choose from {', '.join(START_VARIANTS)}")
+    if from_cells is not None:
+        from .experiments import report_from_cells
+
+        if not from_cells.is_file():
+            _fail(f"--from-cells {from_cells}: no such file")
+        try:
+            report_from_cells(
+                kind, from_cells, out or Path("docs/results") / f"{kind}.md", command,
+                [r.strip() for r in regimes.split(",") if r.strip()] or None,
+                [a for a in arms.split(",") if a] or None, echo=console.print,
+            )  # fmt: skip
+        except ValueError as exc:
+            _fail(str(exc))
+        return
     if dry_run:
         from .experiments import describe_plan, plan_reproduce
 
@@ -1046,17 +1087,19 @@ def reproduce(
             plan = plan_reproduce(
                 kind, regime_list, seed_list, [a for a in arms.split(",") if a] or None,
                 controller or default_controller(), epochs, provider,
+                starts=start_list,
             )  # fmt: skip
         except ValueError as exc:
             _fail(str(exc))
-        console.print(describe_plan(plan), highlight=False)
+        console.print(describe_plan(plan), highlight=False, soft_wrap=True)
         return
     try:
         with server as uri:
             if uri != tracking_uri:
                 console.print(f"MLflow server {uri} over {tracking_uri} (for this command's trials)")
             tracking.setup(uri, mlflow_experiment or f"mimic-reproduce-{kind}")
-            bar = CellProgress(0 if report_only else _reproduce_cells(kind, regime_list, seed_list, arms))
+            n_cells = _reproduce_cells(kind, regime_list, seed_list, arms) * len(start_list)
+            bar = CellProgress(0 if report_only else n_cells)
             with bar:
                 path = run_reproduce(
                     kind, regime_list, seed_list, [a for a in arms.split(",") if a] or None,
@@ -1064,6 +1107,7 @@ def reproduce(
                     out or Path("docs/results") / f"{kind}.md", task, command,
                     provider=provider, echo=bar.echo, report_only=report_only,
                     run_cells=run_cells, model=model, val_size=val_size,
+                    starts=start_list, fixed_subset=fixed_subset,
                 )  # fmt: skip
     except DataUnavailableError as exc:
         hint = (

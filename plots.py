@@ -59,3 +59,25 @@ def plot_run(arms: dict[str, list[dict]], out_dir: Path, panels: tuple[str, ...]
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def plot_strip(values: dict[str, list[float]], path: Path, ylabel: str = "test accuracy") -> Path:
+    """One dot per seed for each arm (a strip plot), the arm's mean as a bar: how a report shows per-seed spread,
+    bimodal arms included, where a mean ± SD would hide it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = list(values)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(names) + 1.5), 3.2))
+    for i, name in enumerate(names):
+        ys = values[name]
+        if not ys:
+            continue
+        offsets = [(k - (len(ys) - 1) / 2) * min(0.05, 0.6 / max(1, len(ys))) for k in range(len(ys))]
+        ax.scatter([i + o for o in offsets], ys, s=14, alpha=0.8)
+        mean = sum(ys) / len(ys)
+        ax.hlines(mean, i - 0.3, i + 0.3, colors="black", linewidth=1)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel(ylabel)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import mlflow
 import pytest
 from typer.testing import CliRunner
@@ -80,6 +82,12 @@ def test_paper_reproduction_on_digits_runs_every_arm_and_resumes(workdir):
     assert all(row.split(" | ")[1] == "2" for row in table)  # 2 seeds per arm
     assert "0.6654 / 0.6713 / 0.9200" in report  # the paper's published baseline row beside ours
     assert (workdir / "docs/results/paper/plots_100/val_acc.png").exists()
+    # The per-cell file written beside the report rebuilds the same table without the store.
+    _reproduce("paper", "--from-cells", "docs/results/paper_cells.csv", "--out", "again.md")
+    rebuilt = (workdir / "again.md").read_text()
+    assert [line for line in rebuilt.splitlines() if line.startswith("| ")] == [
+        line for line in report.splitlines() if line.startswith("| ")
+    ]
     # Second sitting: nothing reruns, the report is rebuilt from the store.
     again = _reproduce(*args, "--tracking-uri", f"sqlite:///{workdir / 'm.db'}")
     assert "done paper/" not in again and again.count("skip paper/100/") == len(PAPER_ARMS) * 2
@@ -134,3 +142,191 @@ def test_blog_without_cifar_says_what_to_do(workdir):
     )
     assert result.exit_code == 2
     assert "mnist32" in result.output and "--data-dir" in result.output
+
+
+# ------------------------------------------------------------------------------ the per-cell file (fixture)
+def _fixture_cells(path, seeds=range(10)):
+    """A SYNTHETIC per-cell file (made-up numbers, a test fixture, not results): regime 100, baseline and
+    three arms; reduce_on_plateau has no finished cell (its runs failed), llm_paper_memory is absent."""
+    import csv
+
+    from mimic_learn.experiments import CELL_FIELDS
+
+    base = {s: 0.80 + 0.01 * (s % 3) for s in seeds}
+    jitter = [0.001, -0.001, 0.0005, -0.0005, 0.0, 0.001, -0.001, 0.0002, -0.0002, 0.0]
+    arms = {
+        "baseline": base,
+        "llm_paper_log_only": {s: base[s] + 0.03 + jitter[s] for s in seeds},  # clearly better
+        "rules": {s: base[s] + jitter[s] for s in seeds},  # equivalent within ±1 pt
+        "llm_paper_revert": {s: base[s] + (0.05 if s % 2 else -0.05) for s in seeds},  # inconclusive
+    }
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CELL_FIELDS)
+        writer.writeheader()
+        for arm, tests in arms.items():
+            for s, test in tests.items():
+                writer.writerow(
+                    {"experiment": "paper", "regime": "100", "arm": arm, "seed": s, "status": "finished",
+                     "final_val": test - 0.005, "best_val": test, "test": test, "train": 1.0, "epochs": 30,
+                     "decisions": 0 if arm == "baseline" else 29, "tool_calls": 0 if arm == "baseline" else 29,
+                     "accepted": 0 if arm == "baseline" else 29, "fallbacks": 0, "knobs": "" if arm == "baseline" else "lr",
+                     "tokens_in": 0, "tokens_out": 0, "wall_s": 60, "ran_on": "cpu on fixture", "run_id": "", "note": ""}
+                )  # fmt: skip
+        for s in seeds:
+            writer.writerow(
+                {"experiment": "paper", "regime": "100", "arm": "reduce_on_plateau", "seed": s,
+                 "status": "not run", "note": "failed: RuntimeError: boom"}
+            )  # fmt: skip
+    return arms
+
+
+def test_report_built_from_the_cells_file_alone(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    arms = _fixture_cells(tmp_path / "paper_cells.csv")
+    out = _reproduce("paper", "--from-cells", "paper_cells.csv", "--out", "r.md")
+    assert "r.md" in out and not (tmp_path / "mlflow.db").exists()  # no store touched
+    report = (tmp_path / "r.md").read_text()
+    assert "## Regime 100 (30 epochs)" in report and "paper_cells.csv" in report
+    rows = {
+        line.split(" | ")[0].strip("| "): line.split(" | ")
+        for line in report.splitlines()
+        if line.startswith("| ") and not line.startswith("| arm")
+    }
+    assert list(rows) == [a.name for a in PAPER_ARMS]  # every published arm, in order, even those not run
+    assert rows["baseline"][1] == "10" and rows["rules"][1] == "10"
+    verdict = {
+        name: cols[9] for name, cols in rows.items()
+    }  # arm, seeds, final, best, test, train, per-seed, Δ, p, verdict
+    assert verdict["llm_paper_log_only"] == "better"
+    assert verdict["rules"] == "equivalent within ±1 pt"
+    assert verdict["llm_paper_revert"] == "inconclusive"
+    assert (
+        rows["reduce_on_plateau"][1] == "0"
+        and rows["reduce_on_plateau"][2] == "not run (failed: RuntimeError: boom)"
+    )
+    assert rows["llm_paper_memory"][2] == "not run (not in paper_cells.csv)"
+    assert rows["llm_paper_log_only"][7].startswith("+0.03")  # Δ in accuracy, 4 decimals
+    # per-seed values shown, mean ± SD labelled as SD
+    assert f"{arms['rules'][0]:.4f}" in rows["rules"][6] and "mean ± SD" in report
+    assert "absence of evidence" in report and "Smallest effect detectable" in report
+    assert "Each seed draws its own training subset" in report
+    assert "`paper/100/reduce_on_plateau/s0`: failed: RuntimeError: boom" in report
+
+
+def test_cells_file_round_trip(tmp_path):
+    from mimic_learn.experiments import read_cells_csv, write_cells_csv
+
+    data = {"10": {"baseline": {0: {"final_val": 0.5, "best_val": 0.6, "test": 0.55, "train": 1.0, "epochs": 30,
+                                    "decisions": 0.0, "calls": 0.0, "accepted": 0.0, "fallbacks": 0.0,
+                                    "knobs": ["lr", "dropout"], "tokens_in": 10.0, "tokens_out": 2.0,
+                                    "seconds": 12.5, "ran_on": "cuda on gpu1", "run_id": "abc", "val_curve": [0.5]}}}}  # fmt: skip
+    path = write_cells_csv("paper", data, {"paper/10/rules/s0": "failed: x\ntraceback"}, tmp_path / "c.csv")
+    back, missing, regimes = read_cells_csv(path, "paper")
+    cell = back["10"]["baseline"][0]
+    assert regimes == ["10"] and missing == {"paper/10/rules/s0": "failed: x"}
+    assert cell["test"] == 0.55 and cell["seconds"] == 12.5 and cell["knobs"] == ["lr", "dropout"]
+    assert cell["ran_on"] == "cuda on gpu1" and cell["epochs"] == 30 and cell["calls"] == 0.0
+    assert read_cells_csv(path, "blog") == ({}, {}, [])
+
+
+# ------------------------------------------------------------------------------ arms and the dry run's compute
+def test_arms_bind_the_published_action_spaces_and_starts_rename_arms():
+    from mimic_learn.agents.providers import ProviderOptions
+    from mimic_learn.experiments import (
+        BLOG_TOOLS,
+        PAPER_TOOLS,
+        arm_spec,
+        at_start,
+        paper_config,
+        resolve_arms,
+    )
+
+    assert "set_weight_decay" not in PAPER_TOOLS and {"set_alpha", "propose_weight_delta"} <= set(PAPER_TOOLS)
+    assert [a.tools for a in BLOG_ARMS if a.controller == "LLM"] == [BLOG_TOOLS] * 8
+    assert all(a.tools == PAPER_TOOLS for a in PAPER_ARMS if a.controller == "LLM")
+    oracle, cosine = resolve_arms("paper", ["oracle_end", "cosine"])[::-1]
+    assert oracle.controller == "oracle:end" and cosine.train_overrides == {"schedule": "cosine"}
+    train = paper_config("100", 0, "data", 2, 1)
+    spec = arm_spec(oracle, train, "local", "s.sqlite", ProviderOptions())
+    assert spec.controller == "oracle:end" and spec.agent.tools == list(PAPER_TOOLS)
+    variants = at_start(resolve_arms("paper", ["baseline"]), ["published", "lr_x30", "dropout_0.7"])
+    assert [a.name for a in variants] == ["baseline", "baseline@lr_x30", "baseline@dropout_0.7"]
+    lr30 = arm_spec(variants[1], train, "local", "s.sqlite", ProviderOptions()).train
+    assert lr30.lr == pytest.approx(0.03) and lr30.dropout == train.dropout
+    assert arm_spec(variants[2], train, "local", "s", ProviderOptions()).train.dropout == 0.7
+    with pytest.raises(ValueError, match="lr_x2"):
+        at_start(variants, ["lr_x2"])
+
+
+def test_dry_run_counts_oracle_rollouts_and_pbt_members_with_a_time_estimate():
+    from mimic_learn.experiments import EPOCH_SECONDS, describe_plan, plan_reproduce
+
+    plan = plan_reproduce(
+        "paper", ["600"], [0, 1], ["baseline", "oracle_end", "oracle_1", "pbt"], "local", None
+    )
+    rows = {r.arm: r for r in plan.rows}
+    # 7 candidates with the paper's tools: keep, lr x3, dropout +-0.1, alpha + weight delta
+    assert rows["oracle_end"].candidates == 7 and rows["oracle_end"].shadow_epochs == 7 * sum(range(1, 30))
+    assert rows["oracle_1"].shadow_epochs == 7 * 29 and rows["oracle_1"].epoch_equivalents == (30 + 203) * 2
+    assert rows["pbt"].epoch_equivalents == 30 * 4 * 2 and rows["baseline"].epoch_equivalents == 60
+    assert rows["baseline"].seconds == pytest.approx(60 * EPOCH_SECONDS[("paper", "600")])
+    assert plan.llm_decisions == 0  # oracles spend no tokens
+    blog = plan_reproduce("blog", ["2000"], [0], ["oracle_1"], "local", 10)
+    assert blog.rows[0].candidates == 4 and blog.rows[0].shadow_epochs == 4 * 9
+    text = describe_plan(plan)
+    assert "oracle_end" in text and "est. time" in text and "EPOCH_SECONDS" in text
+    unknown = plan_reproduce("blog", ["full"], [0], ["steplr"], "local", None)
+    assert unknown.rows[0].seconds is None and "no measured epoch time" in describe_plan(unknown)
+
+
+def test_cosine_schedule_decays_to_zero_at_the_last_epoch():
+    from mimic_learn.training import TrainConfig, Trainer
+
+    trainer = Trainer.from_config(
+        TrainConfig(task="digits", epochs=4, schedule="cosine", lr=0.01, regime="100", num_threads=1)
+    )
+    lrs = [trainer.run_epoch().lr for _ in range(4)]  # a report's lr is the one for the next epoch
+    assert lrs == pytest.approx([0.01 * (1 + math.cos(math.pi * k / 4)) / 2 for k in range(1, 5)], abs=1e-12)
+    assert trainer.lr == pytest.approx(0.0, abs=1e-12)
+
+
+def test_fixed_subset_gives_every_seed_the_same_training_subset():
+    from mimic_learn.experiments import subset_policy
+    from mimic_learn.training import TrainConfig, Trainer
+
+    def train_indices(seed: int, data_seed: int | None) -> list[int]:
+        cfg = TrainConfig(
+            task="digits", epochs=1, regime="100", seed=seed, data_seed=data_seed, num_threads=1
+        )
+        return sorted(Trainer.from_config(cfg).data.train_indices.tolist())
+
+    assert train_indices(1, None) != train_indices(2, None)  # default: each seed draws its own subset
+    assert train_indices(1, 0) == train_indices(2, 0) == train_indices(0, None)
+    assert subset_policy({"100": {"a": {1: {"data_seed": "None"}}}}).startswith("Each seed draws its own")
+    assert "data seed(s) 0" in subset_policy({"100": {"a": {1: {"data_seed": "0"}}}})
+
+
+def test_report_shows_the_share_of_a_mis_tuned_gap_recovered_and_a_strip_plot(tmp_path):
+    from mimic_learn.experiments import report_from_cells, write_cells_csv
+
+    def cells(tests: dict[int, float]) -> dict:
+        return {s: {"test": t, "final_val": t, "best_val": t, "train": 1.0, "epochs": 30, "seconds": 1.0}
+                for s, t in tests.items()}  # fmt: skip
+
+    # SYNTHETIC fixture: the lr x30 start costs the baseline 10 points; rules recovers 6 of them (0.60)
+    data = {"100": {
+        "baseline": cells({0: 0.80, 1: 0.82}),
+        "rules": cells({0: 0.80, 1: 0.82}),
+        "baseline@lr_x30": cells({0: 0.70, 1: 0.72}),
+        "rules@lr_x30": cells({0: 0.76, 1: 0.78}),
+    }}  # fmt: skip
+    csv_path = write_cells_csv("paper", data, {}, tmp_path / "c.csv")
+    out = report_from_cells("paper", csv_path, tmp_path / "r.md", "cmd", echo=lambda *a: None)
+    report = out.read_text()
+    assert (
+        "- start `lr_x30`: gap 0.1000 (baseline − baseline@lr_x30); recovered: `rules@lr_x30` +0.60" in report
+    )
+    rows = [line.split(" | ")[0].strip("| ") for line in report.splitlines() if line.startswith("| ")][1:]
+    assert rows[-2:] == ["baseline@lr_x30", "rules@lr_x30"]
+    assert (tmp_path / "r" / "strip_100.png").stat().st_size > 1000
+    assert "![test accuracy per seed, regime 100](r/strip_100.png)" in report

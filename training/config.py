@@ -11,7 +11,7 @@ from pathlib import Path
 
 TASKS = ("digits", "mnist", "mnist32", "cifar10", "synthetic", "external")  # external: a user's own loop
 OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("none", "step", "plateau", "onecycle")
+SCHEDULES = ("none", "step", "plateau", "onecycle", "cosine")
 
 
 @dataclass
@@ -35,6 +35,9 @@ class TrainConfig:
     dropout: float | None = None  # None: keep the model's own dropout
     alpha: float = 0.0
     seed: int = 0
+    # The seed that draws the train/val subset (None: ``seed``, so each seed draws its own subset). Set it to
+    # compare seeds on one fixed subset (reproduce --fixed-subset); ``seed`` still sets weights and batch order.
+    data_seed: int | None = None
     data_dir: str = "data"
     download: bool = False
     num_threads: int | None = None

@@ -12,6 +12,7 @@ Knobs changeable between epochs: learning rate, dropout, weight decay, alpha, an
 Learning rate and schedules
     * StepLR / ReduceLROnPlateau step once per epoch and are chainable: a set lr becomes the current lr
       and the schedule's later factors multiply it (StepLR's next decay multiplies the new value).
+    * CosineAnnealingLR (schedule "cosine", to 0 at the last epoch) steps per epoch and is chainable too.
     * OneCycleLR steps per batch: setting lr rescales the remainder of the cycle by new/current
       (the cycle's initial, max and min lr are all multiplied by that factor).
 
@@ -190,7 +191,12 @@ class Trainer:
     @classmethod
     def from_config(cls, config: TrainConfig) -> Trainer:
         data = load_task(
-            config.task, config.regime, config.val_size, config.seed, config.data_dir, config.download
+            config.task,
+            config.regime,
+            config.val_size,
+            config.seed if config.data_seed is None else config.data_seed,
+            config.data_dir,
+            config.download,
         )
         torch.manual_seed(config.seed)  # same initial weights for every arm of a seed
         model = build_model(config.model or DEFAULT_MODEL[config.task], data.num_classes, config.dropout)
@@ -212,6 +218,8 @@ class Trainer:
             return torch.optim.lr_scheduler.ReduceLROnPlateau(
                 self.optimizer, factor=cfg.gamma if cfg.gamma < 1 else 0.1, patience=cfg.plateau_patience
             )
+        if cfg.schedule == "cosine":  # per epoch, to 0 at the last epoch (chainable: a set_lr rescales it)
+            return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)
         if cfg.schedule == "onecycle":
             return torch.optim.lr_scheduler.OneCycleLR(
                 self.optimizer, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=self.steps_per_epoch

@@ -556,6 +556,10 @@ class AgentRunner:
                         "decision": o.decision,
                         "guard": o.guard,
                         "guard_rollbacks": o.guard_rollbacks,
+                        # provider usage of the decision (None: the graph did not run at this epoch)
+                        "tokens": None
+                        if o.state is None
+                        else [int(o.state.get("tokens_in", 0)), int(o.state.get("tokens_out", 0))],
                     }
                     for o in self.outcomes
                 ],
@@ -590,7 +594,13 @@ class AgentRunner:
         if self.counterfactual is not None:
             self.counterfactual.shadow_epochs = shadow.get("forks", 0)
         self.outcomes = [
-            EpochOutcome(EpochReport(**o["report"]), o["decision"], None, o["guard"], o["guard_rollbacks"])
+            EpochOutcome(
+                EpochReport(**o["report"]),
+                o["decision"],
+                _restored_state(o),
+                o["guard"],
+                o["guard_rollbacks"],
+            )
             for o in json.loads(state["outcomes"])
         ]
         if self.graph is not None:
@@ -652,6 +662,13 @@ def _prompt_text(state: dict) -> str:
         if isinstance(m, HumanMessage):
             return str(m.content)
     return ""
+
+
+def _restored_state(saved: dict) -> dict | None:
+    """What a resumed run keeps of an earlier epoch's graph state: its provider usage, so the run's token and
+    decision totals count the epochs before the interruption (their metrics are already in MLflow)."""
+    tokens = saved.get("tokens")
+    return None if tokens is None else {"tokens_in": tokens[0], "tokens_out": tokens[1]}
 
 
 def new_note(text: str, source: str, when: float | None = None) -> dict:

@@ -14,6 +14,7 @@ again, and the decisions table is rebuilt from the runner's restored outcomes.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import tempfile
 from collections.abc import Iterator
@@ -26,6 +27,11 @@ import mlflow.pytorch
 from .training.trainer import metric_value
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+# One trace-export worker: with several, a trace's span batch and its trace info are written by two threads at
+# once, and on a sqlite store the span write could replace the previews we set (measured: about one run in four
+# showed one decision's raw state as its Input/Output preview). Set before MLflow creates its export queue;
+# a user's own setting wins.
+os.environ.setdefault("MLFLOW_ASYNC_TRACE_LOGGING_MAX_WORKERS", "1")
 OUTCOMES_ARTIFACT = "outcomes.jsonl"  # a child run's outcome records (training/outcomes.py)
 # `mimic-learn note <run-id> "text"` sets the tag mimic.note.<unix ms>-<random> = text on the run; the running
 # process reads the run's tags before each decision (MlflowTracker.poll_notes). See

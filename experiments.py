@@ -19,6 +19,7 @@ from pathlib import Path
 import mlflow
 
 from .agents.providers import ProviderOptions
+from .experiments_stats import mean_sd
 from .graphs.graph import AgentConfig
 from .graphs.runner import AgentRunner, RunSpec
 from .training.config import TrainConfig
@@ -298,12 +299,6 @@ def arm_spec(
 
 
 # ---------------------------------------------------------------------------------------------- statistics
-def mean_std(values: list[float]) -> tuple[float, float]:
-    if not values:
-        return float("nan"), float("nan")
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
@@ -320,7 +315,7 @@ def paired_diff(arm: dict[int, float], base: dict[int, float]) -> tuple[float, f
 
 
 def _fmt_ms(values: list[float], scale: float = 1.0) -> str:
-    m, s = mean_std([v * scale for v in values])
+    m, s = mean_sd([v * scale for v in values])
     return "—" if math.isnan(m) else f"{m:.4f} ± {s:.4f}" if scale == 1.0 else f"{m:.2f} ± {s:.2f}"
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import mlflow
 import mlflow.pytorch
 
+from .tools.controls import KNOBS
 from .training.trainer import metric_value
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -230,7 +231,6 @@ def decision_rows(outcome) -> list[dict]:
     ]
 
 
-KNOB_NAMES = ("lr", "dropout", "weight_decay", "alpha")
 PREVIEW_REFLECTION_CHARS = 160
 
 
@@ -265,7 +265,7 @@ def decision_preview(decision: dict, before: dict[str, float | None]) -> str:
     parts = []
     for change in decision.get("changes") or []:
         key, tool = change["key"], change.get("tool") or change["key"]
-        if key in KNOB_NAMES:
+        if key in KNOBS:
             parts.append(f"{tool} {_num(before.get(key))}→{change['value']} ✓")
         else:
             parts.append(f"{tool} {change['value']} ✓" if key != "rollback" else f"{tool} ✓")
@@ -378,7 +378,7 @@ class MlflowTracker:
         if not self.traces:
             return
         controls = getattr(runner, "controls", None)
-        self._before = {k: controls.current(k) for k in KNOB_NAMES} if controls is not None else {}
+        self._before = {k: controls.current(k) for k in KNOBS} if controls is not None else {}
         history = [r.to_dict() for r in runner.trainer.history]
         report = next((r for r in reversed(history) if r["epoch"] == epoch), None)
         tags = {"epoch": str(epoch), "mimic.arm": self.arm, "mlflow.traceName": f"epoch {epoch} decision"}

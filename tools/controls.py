@@ -21,6 +21,7 @@ from ..training.trainer import Trainer
 from .errors import ToolArgumentError
 
 APPLY_ORDER = ("rollback", "weight_decay", "lr", "dropout", "alpha", "delta")
+KNOBS = ("lr", "dropout", "weight_decay", "alpha")  # the numeric knobs `current()` reads
 
 
 @dataclass
@@ -73,7 +74,7 @@ class TrainerControls:
     # ------------------------------------------------------------------ ranges
     def current(self, knob: str) -> float | None:
         t = self.trainer
-        return {"lr": t.lr, "dropout": t.dropout, "weight_decay": t.weight_decay, "alpha": t.alpha}.get(knob)
+        return getattr(t, knob) if knob in KNOBS else None
 
     def allowed_range(self, knob: str) -> tuple[float, float]:
         """Absolute bounds intersected with this decision's trust region around the current value."""

@@ -707,7 +707,8 @@ class LocalChatModel(BaseChatModel):
     def _withheld_tools(self) -> tuple[str, ...]:
         if self.withheld_tools is not None:
             return self.withheld_tools
-        return ("rollback",) if self.model_path is None else ()
+        # a trained adapter learned when to roll back (evals/training_data.py offers it), the bare model did not
+        return ("rollback",) if self.model_path is None and self.adapter_path is None else ()
 
     @property
     def _short_tools(self) -> bool:

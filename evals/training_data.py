@@ -1,0 +1,131 @@
+"""Training examples for the embedded controller from the outcome bank: what the controller sees, and the action
+that measured best.
+
+    from mimic_learn.evals.bank import load_bank
+    from mimic_learn.evals.training_data import bank_examples
+    examples = bank_examples(load_bank(split="train"))     # JSON-ready dicts, controller_data's format
+
+For each situation the trainer is replayed to its boundary (``bank.replay``), the real graph renders the report
+with the controller's prompt (default ``compact``, what ``local`` and ``local:adapter=`` use) and the chat
+messages are built exactly as llama.cpp receives them (``LocalChatModel.prompt_messages``, rollback offered, as it
+is to a model with an adapter). The target is the candidate that ``controller_data.label_from_outcomes`` picks at
+the longest stored horizon: *keep* unless the best beats keep by more than two standard errors of the paired
+difference across data orders. Knob values are snapped to the decoding grammar's grid (``local.candidate_values``);
+a target the grammar cannot express is left out and counted in ``skipped``.
+
+Only the bank's *train* split should be passed here: dev chooses, test is reported once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ..agents.controller_data import SCHEMA_VERSION, ActionOutcomes, Label, label_from_outcomes
+from ..agents.rules import RulesChatModel
+from ..tools.controls import TrainerControls
+from ..tools.registry import as_langchain_tools
+from .bank import BankEntry, replay
+from .score import decide
+
+MULTIPLICATIVE = ("lr", "weight_decay")
+KEEP_REASON = "no action beats keep beyond noise"
+
+
+class _RecordingRules(RulesChatModel):
+    """``rules`` that remembers the first messages it was asked to answer (the graph's rendered decision turn)."""
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+        if not getattr(self, "_seen", None):
+            object.__setattr__(self, "_seen", list(messages))
+        return super()._generate(messages, stop, run_manager, **kwargs)
+
+
+@dataclass
+class BankExamples:
+    examples: list[dict] = field(default_factory=list)
+    labels: dict[str, Label] = field(default_factory=dict)  # situation id -> label
+    skipped: dict[str, str] = field(default_factory=dict)  # situation id -> why
+
+
+def label_entry(entry: BankEntry) -> Label:
+    """The target action of one bank situation (longest stored horizon, keep unless beyond noise)."""
+    outcomes = [
+        ActionOutcomes(name, {entry.horizon: entry.numbers(name)}) for name in entry.candidate_names()
+    ]
+    return label_from_outcomes(outcomes, higher_is_better=entry.mode == "max")
+
+
+def _snap(call: dict, live: dict) -> dict | None:
+    """The call with each knob argument moved onto the grammar's grid; None if a value is not on it."""
+    from ..agents.local import candidate_values
+
+    args = dict(call["args"])
+    for arg, (low, high, current) in live.get(call["name"], {}).items():
+        if arg not in args:
+            continue
+        grid = candidate_values(low, high, current, multiplicative=arg in MULTIPLICATIVE)
+        near = [v for v in grid if math.isclose(v, float(args[arg]), rel_tol=1e-6)]
+        if not near:
+            return None
+        args[arg] = near[0]
+    return {"tool": call["name"], "args": args}
+
+
+def _target(entry: BankEntry, label: Label, live: dict) -> list[dict] | None:
+    if label.action == "keep":
+        return [{"tool": "keep_current", "args": {"reason": KEEP_REASON}}]
+    cand = next(c for c in entry.candidates if c["name"] == label.action)
+    reason = f"{label.action}: best measured outcome"
+    calls = [
+        _snap({"name": c["name"], "args": {**c["args"], "reason": reason}}, live) for c in cand["tool_calls"]
+    ]
+    return None if any(c is None for c in calls) else calls
+
+
+def bank_examples(entries: Iterable[BankEntry], prompt: str = "compact", budget: int = 8) -> BankExamples:
+    """One training example per situation whose target the grammar can express (see the module docstring)."""
+    from ..agents.local import LocalChatModel
+
+    model = LocalChatModel(withheld_tools=())  # what a model with an adapter sees: rollback offered
+    out = BankExamples()
+    for entry in entries:
+        sid = entry.situation.id
+        label = label_entry(entry)
+        out.labels[sid] = label
+        trainer = replay(entry.situation)
+        recorder = _RecordingRules()
+        snap = trainer.snapshot()
+        try:
+            decide(trainer, entry.situation, recorder, prompt=prompt, budget=budget)
+        finally:
+            trainer.restore_snapshot(snap)  # decide() committed rules' change; bounds are read before it
+        seen = getattr(recorder, "_seen", None)
+        if not seen:
+            out.skipped[sid] = "the graph asked no decision (guarded epoch)"
+            continue
+        tools = as_langchain_tools(TrainerControls(trainer))
+        live = {t.name: t.live_bounds() for t in tools}
+        target = _target(entry, label, live)
+        if target is None:
+            out.skipped[sid] = f"{label.action} is not on the decoding grammar's grid"
+            continue
+        out.examples.append(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "messages": model.prompt_messages(seen, tools),
+                "target": target,
+                "source": {
+                    "situation": sid,
+                    "split": entry.split,
+                    "labeller": "outcomes",
+                    "label": label.action,
+                    "horizon": label.horizon,
+                    "margin": label.margin,
+                    "stderr": label.stderr,
+                    "prompt": prompt,
+                },
+            }
+        )
+    return out

@@ -73,11 +73,15 @@ def register_tool(
 
 
 def discover() -> dict[str, ToolSpec]:
-    """Import every module in ``mimic_learn.tools.builtin`` (registering its tools) and return the registry."""
+    """Import every module in ``mimic_learn.tools.builtin`` (registering its tools) and return the registry.
+    Every entry of the knob table has its ``set_<name>`` tool, also one registered after the first call."""
     from . import builtin
 
     for module in pkgutil.iter_modules(builtin.__path__):
         importlib.import_module(f"{builtin.__name__}.{module.name}")
+    from .builtin.set_knobs import register_knob_tools
+
+    register_knob_tools()
     return REGISTRY
 
 
@@ -134,6 +138,12 @@ def call_tool(name: str, ctl: TrainerControls, raw_args: dict | None = None) -> 
         raise ToolArgumentError(
             f"unknown tool {name!r}; available tools: {', '.join(sorted(REGISTRY))}", "name"
         )
+    return run_tool(spec, ctl, raw_args)
+
+
+def run_tool(spec: ToolSpec, ctl: TrainerControls, raw_args: dict | None = None) -> str:
+    """``call_tool`` for a spec in hand (a user knob's ``set_<name>`` is not in the registry)."""
+    name = spec.name
     raw_args = raw_args if raw_args is not None else {}
     try:
         if not isinstance(raw_args, dict):
@@ -178,15 +188,13 @@ class TrainerTool(BaseTool):
         region), for constrained decoders that can enforce it. The tool still validates every call."""
         out = {}
         for arg in self.spec.args.model_fields:
-            current = (
-                self.controls.current(arg) if arg in ("lr", "dropout", "weight_decay", "alpha") else None
-            )
+            current = self.controls.current(arg) if self.controls.knob(arg) is not None else None
             if current is not None:
                 out[arg] = (*self.controls.allowed_range(arg), current)
         return out
 
     def _run(self, tool_input, run_manager=None) -> str:
-        return call_tool(self.spec.name, self.controls, tool_input)
+        return run_tool(self.spec, self.controls, tool_input)
 
 
 def as_langchain_tools(ctl: TrainerControls, names: list[str] | None = None) -> list[BaseTool]:
@@ -196,13 +204,11 @@ def as_langchain_tools(ctl: TrainerControls, names: list[str] | None = None) -> 
     missing = [n for n in chosen if n not in registry]
     if missing:
         raise ValueError(f"unknown tools {missing}; registered: {', '.join(sorted(registry))}")
-    return [
-        TrainerTool(
-            name=registry[n].name,
-            description=registry[n].description,
-            args_schema=registry[n].args,
-            controls=ctl,
-            spec=registry[n],
-        )
-        for n in chosen
-    ]
+    return [bind_tool(registry[n], ctl) for n in chosen]
+
+
+def bind_tool(spec: ToolSpec, ctl: TrainerControls) -> TrainerTool:
+    """One tool spec as a LangChain tool acting on ``ctl``."""
+    return TrainerTool(
+        name=spec.name, description=spec.description, args_schema=spec.args, controls=ctl, spec=spec
+    )

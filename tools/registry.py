@@ -133,7 +133,7 @@ def validate_args(spec: ToolSpec, raw_args: dict) -> BaseModel:
 
 def call_tool(name: str, ctl: TrainerControls, raw_args: dict | None = None) -> str:
     """Validate and run one tool call. Raises ``ToolArgumentError`` (nothing changed) on bad input."""
-    spec = REGISTRY.get(name)
+    spec = REGISTRY.get(name) or discover().get(name)  # the built-in tools, even before discover()
     if spec is None:
         raise ToolArgumentError(
             f"unknown tool {name!r}; available tools: {', '.join(sorted(REGISTRY))}", "name"

@@ -310,9 +310,12 @@ class Trainer:
                 if cuda:
                     self._cuda_rng_state = torch.cuda.get_rng_state(self.device)
 
-    def _optimizer_step(self) -> None:
+    def _clip_gradients(self) -> None:
         if self.knob_values.get("max_grad_norm"):  # gradient clipping (0 or None: off)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.knob_values["max_grad_norm"])
+
+    def _optimizer_step(self) -> None:
+        self._clip_gradients()
         if not self._deltas or self.alpha == 0.0:
             self.optimizer.step()
             return

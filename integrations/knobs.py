@@ -87,14 +87,10 @@ class UserKnob(Knob):
 
 
 class KnobControls(TrainerControls):
-    """``TrainerControls`` with the user's knobs (kept for ``Steering``; ``TrainerControls(knobs=...)`` is the same)."""
+    """``TrainerControls(trainer, bounds, knobs)``, under its old name (integrations/loop.py builds it)."""
 
     def __init__(self, trainer, bounds=None, knobs: list[UserKnob] | None = None):
         super().__init__(trainer, bounds, knobs or [])
-
-    @property
-    def knobs(self) -> dict[str, Knob]:
-        return self.user_knobs
 
 
 def knob_tools(controls: TrainerControls) -> list[BaseTool]:

@@ -72,7 +72,7 @@ class CommitResult:
 
 class TrainerControls:
     """The staging area over one paused trainer. ``knobs``: a user loop's own entries (``UserKnob``), beside
-    the table's; each gets a ``set_<name>`` tool (``tools.registry.knob_tool``)."""
+    the table's; each gets a ``set_<name>`` tool (``tools.builtin.set_knobs.knob_tool``)."""
 
     def __init__(self, trainer: Trainer, bounds: Bounds | None = None, knobs: Iterable[Knob] = ()):
         self.trainer = trainer

@@ -13,7 +13,8 @@
         return f"lr will be {value:.3g}{note}" + ctl.stage("lr", value, args.reason, "halve_lr")
 
 Tools in ``mimic_learn/tools/builtin/`` are discovered automatically; a user's own module only needs to be
-imported (``mimic-learn run --tools-module my_tools.py``).
+imported (``mimic-learn run --tools-module my_tools.py``). A knob's ``set_<name>`` tool needs no file: every
+entry of the knob table (training/knobs.py) gets one from ``builtin/set_knobs.py``.
 
 Every call, from Python (``call_tool``) or from LangChain/LangGraph (``as_langchain_tools``), goes through
 ``call_tool``: pydantic parses the arguments, the tool checks bounds, and any rejection is a

@@ -154,7 +154,7 @@ for _knob in (
         order=20,
         argument="New learning rate (absolute value, e.g. 0.0005).",
         doc="Set the optimizer's learning rate from the next epoch on. With StepLR/ReduceLROnPlateau the "
-        "schedule's\nlater factors multiply the new value; with OneCycleLR the rest of the cycle is rescaled "
+        "schedule's later factors multiply the new value; with OneCycleLR the rest of the cycle is rescaled "
         "by new/current.",
     ),
     Knob(

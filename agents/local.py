@@ -420,9 +420,7 @@ def _with_live_bounds(tools: list[dict], live: dict) -> list[dict]:
             if arg in props:
                 props[arg] = {
                     "type": "number",
-                    "enum": candidate_values(
-                        low, high, current, multiplicative=multiplicative(arg)
-                    ),
+                    "enum": candidate_values(low, high, current, multiplicative=multiplicative(arg)),
                 }
         function["parameters"] = {**params, "properties": props}
         out.append({**tool, "function": function})

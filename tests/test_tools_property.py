@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 
 from mimic_learn.tools import Bounds, ToolArgumentError, TrainerControls, call_tool, discover
 from mimic_learn.training import TrainConfig, Trainer
+from mimic_learn.training.knobs import KNOBS as KNOB_TABLE
 
-KNOBS = ("lr", "dropout", "weight_decay", "alpha")
+KNOBS = tuple(KNOB_TABLE)  # every knob of the table (lr, dropout, weight_decay, alpha, max_grad_norm, ...)
 OPERATIONS = ("scale", "shrink_toward_init", "noise", "toward_grad_direction")
 TOOLS = sorted(discover())
 SETTINGS = {"deadline": None, "database": None, "suppress_health_check": [HealthCheck.too_slow]}
@@ -104,7 +105,7 @@ def arguments(draw, ctl: TrainerControls, tool: str, valid_only: bool) -> dict:
 def check_bounds(ctl: TrainerControls) -> None:
     trainer = ctl.trainer
     for knob in KNOBS:
-        value = getattr(trainer, knob)
+        value = ctl.current(knob)
         low, high = getattr(ctl.bounds, knob)
         assert math.isfinite(value) and low <= value <= high, f"{knob}={value} outside [{low}, {high}]"
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
@@ -134,7 +135,7 @@ def test_any_arguments_are_accepted_or_rejected_by_name(setup, tool, data, clamp
     ctl.commit()
     check_bounds(ctl)
     for knob, value in accepted.items():
-        assert getattr(ctl.trainer, knob) == value
+        assert ctl.current(knob) == value
 
 
 @pytest.mark.parametrize("tool", TOOLS)
@@ -154,7 +155,7 @@ def test_in_range_arguments_are_applied(setup, tool, data):
     check_bounds(ctl)
     for knob in KNOBS:
         if knob in args:
-            assert getattr(trainer, knob) == float(args[knob])
+            assert ctl.current(knob) == float(args[knob])
     if "layer" in args:
         assert trainer.pending_delta_layers == [args["layer"]]
     if tool == "rollback":

@@ -1,10 +1,14 @@
 """TrainerControls: what the tools act on. Mutating tools *stage*; ``commit()`` applies a whole decision.
 
-A decision is staged while the trainer is paused, possibly from several threads at once (LangGraph's
-ToolNode runs the tool calls of one message in parallel), so staging is lock-protected. Two calls for the
-same knob within one decision: the later one wins and its reply says so. ``commit()`` applies everything
-in a fixed order (rollback, weight decay, lr, dropout, alpha, weight deltas) and takes effect from the next
-epoch. If applying fails half-way the knobs are put back as they were.
+The knobs are the table in ``training/knobs.py`` (plus a ``Steering`` loop's own ``UserKnob`` entries):
+``current``, ``allowed_range``, ``check_knob`` and ``commit`` iterate it, so a new entry needs nothing here.
+Two calls for the same knob within one decision: the later one wins and its reply says so. ``commit()``
+applies everything in a fixed order (rollback, then the knobs by their table ``order``: weight decay, lr,
+dropout, alpha, ..., then weight deltas) and takes effect from the next epoch. If applying fails half-way
+the knobs are put back as they were.
+
+The graph runs a decision's tool calls one at a time, in the model's order. Staging still takes a lock:
+Python callers may stage from several threads (tests/test_tools.py stages from eight at once).
 """
 
 from __future__ import annotations
@@ -12,33 +16,38 @@ from __future__ import annotations
 import copy
 import math
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, make_dataclass
 
 import torch
 
+from ..training.knobs import KNOBS as KNOB_TABLE
+from ..training.knobs import Knob
 from ..training.trainer import Trainer
 from .errors import ToolArgumentError
 
-APPLY_ORDER = ("rollback", "weight_decay", "lr", "dropout", "alpha", "delta")
-KNOBS = ("lr", "dropout", "weight_decay", "alpha")  # the numeric knobs `current()` reads
+
+def _bounds_fields() -> list[tuple]:
+    """``<knob>``: absolute bounds, and ``<knob>_max_factor`` / ``<knob>_max_step``: the trust region."""
+    fields = [(k.name, tuple[float, float], field(default=k.bounds)) for k in KNOB_TABLE.values()]
+    fields += [
+        (f"{k.name}_max_{k.trust}", float, field(default=k.max_change))
+        for k in KNOB_TABLE.values()
+        if k.trust is not None
+    ]
+    # ||delta|| over the epoch <= this fraction of the layer's weight norm
+    fields.append(("delta_max_fraction", float, field(default=0.1)))
+    fields.append(("clamp", bool, field(default=False)))
+    return fields
 
 
-@dataclass
-class Bounds:
-    """Absolute bounds per knob plus a per-decision trust region. ``clamp=True`` clamps instead of rejecting
-    (the tool's reply then says it clamped)."""
+Bounds = make_dataclass("Bounds", _bounds_fields())
+Bounds.__module__ = __name__
+Bounds.__doc__ = """Absolute bounds per knob plus a per-decision trust region, one pair of fields per entry of the
+knob table (``lr=(1e-6, 1.0)``, ``lr_max_factor=10.0``, ``dropout_max_step=0.3``, ...). ``clamp=True`` clamps
+instead of rejecting (the tool's reply then says it clamped)."""
 
-    lr: tuple[float, float] = (1e-6, 1.0)
-    dropout: tuple[float, float] = (0.0, 0.9)
-    weight_decay: tuple[float, float] = (0.0, 0.1)
-    alpha: tuple[float, float] = (0.0, 1.0)
-    lr_max_factor: float = 10.0  # lr may change by at most x10 / /10 per decision
-    weight_decay_max_factor: float = 10.0  # same for weight decay (from 0: anything within bounds)
-    dropout_max_step: float = 0.3  # absolute change per decision
-    alpha_max_step: float = 0.5
-    delta_max_fraction: float = 0.1  # ||delta|| over the epoch <= this fraction of the layer's weight norm
-    clamp: bool = False
+KNOBS = KNOB_TABLE  # the live table, by name (``key in KNOBS``; tracking reads it)
 
 
 @dataclass
@@ -62,9 +71,13 @@ class CommitResult:
 
 
 class TrainerControls:
-    def __init__(self, trainer: Trainer, bounds: Bounds | None = None):
+    """The staging area over one paused trainer. ``knobs``: a user loop's own entries (``UserKnob``), beside
+    the table's; each gets a ``set_<name>`` tool (``tools.builtin.set_knobs.knob_tool``)."""
+
+    def __init__(self, trainer: Trainer, bounds: Bounds | None = None, knobs: Iterable[Knob] = ()):
         self.trainer = trainer
         self.bounds = bounds or Bounds()
+        self.user_knobs: dict[str, Knob] = {k.name: k for k in knobs}
         self._lock = threading.Lock()
         self._seq = 0
         self.pending: dict[str, StagedChange] = {}
@@ -72,23 +85,36 @@ class TrainerControls:
         self.calls: list[dict] = []  # every tool call of the current decision: name, args, accepted, reply
 
     # ------------------------------------------------------------------ ranges
+    def knob(self, name: str) -> Knob | None:
+        """The table entry (or user knob) called ``name``; None for rollback, deltas and unknown names."""
+        return self.user_knobs.get(name) or KNOB_TABLE.get(name)
+
     def current(self, knob: str) -> float | None:
-        t = self.trainer
-        return getattr(t, knob) if knob in KNOBS else None
+        entry = self.knob(knob)
+        return entry.value(self.trainer) if entry is not None else None
+
+    def limits(self, knob: str) -> tuple[tuple[float, float], float | None]:
+        """The absolute bounds and the trust region's size: from ``Bounds`` for a table knob (an entry added
+        after ``Bounds`` was built, or a user knob, brings its own)."""
+        entry = self.knob(knob)
+        if entry.name in self.user_knobs:
+            return entry.bounds, entry.max_change
+        bounds = getattr(self.bounds, knob, entry.bounds)
+        change = getattr(self.bounds, f"{knob}_max_{entry.trust}", entry.max_change) if entry.trust else None
+        return tuple(bounds), change
 
     def allowed_range(self, knob: str) -> tuple[float, float]:
-        """Absolute bounds intersected with this decision's trust region around the current value."""
-        b = self.bounds
-        low, high = getattr(b, knob)
+        """Absolute bounds intersected with this decision's trust region around the current value. A factor
+        region around 0 is the whole of the bounds (x10 of nothing is nothing)."""
+        entry = self.knob(knob)
+        (low, high), change = self.limits(knob)
         cur = self.current(knob)
-        if knob == "lr":
-            low, high = max(low, cur / b.lr_max_factor), min(high, cur * b.lr_max_factor)
-        elif knob == "weight_decay" and cur > 0:
-            low, high = max(low, cur / b.weight_decay_max_factor), min(high, cur * b.weight_decay_max_factor)
-        elif knob == "dropout" and cur is not None:
-            low, high = max(low, cur - b.dropout_max_step), min(high, cur + b.dropout_max_step)
-        elif knob == "alpha":
-            low, high = max(low, cur - b.alpha_max_step), min(high, cur + b.alpha_max_step)
+        if cur is None or change is None:
+            return low, high
+        if entry.trust == "factor" and cur > 0:
+            return max(low, cur / change), min(high, cur * change)
+        if entry.trust == "step":
+            return max(low, cur - change), min(high, cur + change)
         return low, high
 
     def check_number(self, arg: str, value: float, low: float, high: float, current) -> tuple[float, str]:
@@ -118,11 +144,14 @@ class TrainerControls:
         )
 
     def check_knob(self, knob: str, value: float) -> tuple[float, str]:
+        entry = self.knob(knob)
         cur = self.current(knob)
-        if cur is None:
+        if entry is None or cur is None:
             raise ToolArgumentError(f"{knob} cannot be set: this model has no {knob} modules", knob)
+        if entry.off is not None and not isinstance(value, bool) and _same(entry.off, value):
+            return float(entry.off), ""  # turning a knob off is always allowed
         low, high = self.allowed_range(knob)
-        abs_low, abs_high = getattr(self.bounds, knob)
+        (abs_low, abs_high), _ = self.limits(knob)
         try:
             return self.check_number(knob, value, low, high, f"{cur:.6g}")
         except ToolArgumentError as exc:
@@ -166,7 +195,7 @@ class TrainerControls:
     def commit(self) -> CommitResult:
         """Apply the staged decision to the paused trainer, atomically; it takes effect from the next epoch."""
         with self._lock:
-            changes = sorted(self.pending.values(), key=lambda c: (_order(c.key), c.seq))
+            changes = sorted(self.pending.values(), key=lambda c: (self._order(c.key), c.seq))
             kept = list(self.keep_reasons)
             self.pending.clear()
             self.keep_reasons = []
@@ -178,46 +207,63 @@ class TrainerControls:
             kept += [f"{c.key} already {_show(c.value)} (no change)" for c in noop]
             changes = [c for c in changes if c not in noop]
         t = self.trainer
-        saved_groups = [dict(g) for g in t.optimizer.param_groups]
-        saved = (t.dropout, t.alpha, dict(t._deltas))
-        saved_scheduler = copy.deepcopy(t.scheduler.state_dict()) if t.scheduler is not None else None
-        saved_events = (len(t.events), len(t._pending_events))
-        # A rollback replaces weights and optimizer state: keep them so that a later failure can undo it.
-        saved_state = t.checkpoint() if any(c.key == "rollback" for c in changes) else None
+        undo = self._undo_point(changes)
+        done: list[tuple[Knob, float | None]] = []
         try:
             deltas = {}
             for change in changes:
-                key = change.key
+                key, entry = change.key, self.knob(change.key)
                 if key == "rollback":
                     if t.last_good is None:
                         raise ToolArgumentError("rollback: there is no last good checkpoint yet", "rollback")
                     t.restore_weights(t.last_good, reason=f"rollback ({change.reason})")
-                elif key == "lr":
-                    t.set_lr(change.value)
-                elif key == "dropout":
-                    t.set_dropout(change.value)
-                elif key == "weight_decay":
-                    t.set_weight_decay(change.value)
-                elif key == "alpha":
-                    t.set_alpha(change.value)
+                elif entry is not None:
+                    before = entry.value(t)
+                    entry.apply(t, change.value)
+                    done.append((entry, before))
                 elif key.startswith("delta:"):
                     deltas[key.removeprefix("delta:")] = change.value
             if deltas:
                 t.set_delta(deltas)
         except Exception:
-            if saved_state is not None:
-                t.restore_weights(saved_state, reason=None)
-            for group, old in zip(t.optimizer.param_groups, saved_groups, strict=True):
-                group.update({k: v for k, v in old.items() if k != "params"})
-            if saved[0] is not None:
-                t._set_dropout_now(saved[0])
-            t.alpha, t._deltas = saved[1], saved[2]
-            if saved_scheduler is not None:
-                t.scheduler.load_state_dict(saved_scheduler)
-            del t.events[saved_events[0] :]
-            del t._pending_events[saved_events[1] :]
+            self._roll_back(undo, done)
             raise
         return CommitResult(applied=changes, kept=kept)
+
+    def _order(self, key: str) -> float:
+        """Rollback first, then the knobs by their table ``order``, then weight deltas."""
+        if key == "rollback":
+            return -math.inf
+        entry = self.knob(key)
+        return entry.order if entry is not None else math.inf
+
+    def _undo_point(self, changes: list[StagedChange]) -> dict:
+        t = self.trainer
+        return {
+            "groups": [dict(g) for g in t.optimizer.param_groups],
+            "deltas": dict(t._deltas),
+            "scheduler": copy.deepcopy(t.scheduler.state_dict()) if t.scheduler is not None else None,
+            "events": (len(t.events), len(t._pending_events)),
+            # A rollback replaces weights and optimizer state: keep them so that a later failure can undo it.
+            "state": t.checkpoint() if any(c.key == "rollback" for c in changes) else None,
+        }
+
+    def _roll_back(self, undo: dict, done: list[tuple[Knob, float | None]]) -> None:
+        """Put the trainer back as it was before a commit that failed half-way."""
+        t = self.trainer
+        if undo["state"] is not None:
+            t.restore_weights(undo["state"], reason=None)
+        for entry, before in reversed(done):
+            if before is not None:
+                entry.restore(t, before) if entry.restore is not None else entry.apply(t, before)
+        # the optimizer's groups exactly as they were (lr, weight decay, a one-cycle schedule's lr fields)
+        for group, old in zip(t.optimizer.param_groups, undo["groups"], strict=True):
+            group.update({k: v for k, v in old.items() if k != "params"})
+        t._deltas = undo["deltas"]
+        if undo["scheduler"] is not None:
+            t.scheduler.load_state_dict(undo["scheduler"])
+        del t.events[undo["events"][0] :]
+        del t._pending_events[undo["events"][1] :]
 
     def new_decision(self) -> None:
         """Forget the previous decision's call log (pending changes are discarded too)."""
@@ -287,10 +333,6 @@ def _same(current: float | None, value: object) -> bool:
         and isinstance(value, int | float)
         and math.isclose(current, float(value), rel_tol=1e-12, abs_tol=0.0)
     )
-
-
-def _order(key: str) -> int:
-    return APPLY_ORDER.index("delta" if key.startswith("delta:") else key)
 
 
 def _show(value: object) -> str:

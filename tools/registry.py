@@ -13,7 +13,8 @@
         return f"lr will be {value:.3g}{note}" + ctl.stage("lr", value, args.reason, "halve_lr")
 
 Tools in ``mimic_learn/tools/builtin/`` are discovered automatically; a user's own module only needs to be
-imported (``mimic-learn run --tools-module my_tools.py``).
+imported (``mimic-learn run --tools-module my_tools.py``). A knob's ``set_<name>`` tool needs no file: every
+entry of the knob table (training/knobs.py) gets one from ``builtin/set_knobs.py``.
 
 Every call, from Python (``call_tool``) or from LangChain/LangGraph (``as_langchain_tools``), goes through
 ``call_tool``: pydantic parses the arguments, the tool checks bounds, and any rejection is a
@@ -73,11 +74,15 @@ def register_tool(
 
 
 def discover() -> dict[str, ToolSpec]:
-    """Import every module in ``mimic_learn.tools.builtin`` (registering its tools) and return the registry."""
+    """Import every module in ``mimic_learn.tools.builtin`` (registering its tools) and return the registry.
+    Every entry of the knob table has its ``set_<name>`` tool, also one registered after the first call."""
     from . import builtin
 
     for module in pkgutil.iter_modules(builtin.__path__):
         importlib.import_module(f"{builtin.__name__}.{module.name}")
+    from .builtin.set_knobs import register_knob_tools
+
+    register_knob_tools()
     return REGISTRY
 
 
@@ -129,11 +134,17 @@ def validate_args(spec: ToolSpec, raw_args: dict) -> BaseModel:
 
 def call_tool(name: str, ctl: TrainerControls, raw_args: dict | None = None) -> str:
     """Validate and run one tool call. Raises ``ToolArgumentError`` (nothing changed) on bad input."""
-    spec = REGISTRY.get(name)
+    spec = REGISTRY.get(name) or discover().get(name)  # the built-in tools, even before discover()
     if spec is None:
         raise ToolArgumentError(
             f"unknown tool {name!r}; available tools: {', '.join(sorted(REGISTRY))}", "name"
         )
+    return run_tool(spec, ctl, raw_args)
+
+
+def run_tool(spec: ToolSpec, ctl: TrainerControls, raw_args: dict | None = None) -> str:
+    """``call_tool`` for a spec in hand (a user knob's ``set_<name>`` is not in the registry)."""
+    name = spec.name
     raw_args = raw_args if raw_args is not None else {}
     try:
         if not isinstance(raw_args, dict):
@@ -178,15 +189,13 @@ class TrainerTool(BaseTool):
         region), for constrained decoders that can enforce it. The tool still validates every call."""
         out = {}
         for arg in self.spec.args.model_fields:
-            current = (
-                self.controls.current(arg) if arg in ("lr", "dropout", "weight_decay", "alpha") else None
-            )
+            current = self.controls.current(arg) if self.controls.knob(arg) is not None else None
             if current is not None:
                 out[arg] = (*self.controls.allowed_range(arg), current)
         return out
 
     def _run(self, tool_input, run_manager=None) -> str:
-        return call_tool(self.spec.name, self.controls, tool_input)
+        return run_tool(self.spec, self.controls, tool_input)
 
 
 def as_langchain_tools(ctl: TrainerControls, names: list[str] | None = None) -> list[BaseTool]:
@@ -196,13 +205,11 @@ def as_langchain_tools(ctl: TrainerControls, names: list[str] | None = None) -> 
     missing = [n for n in chosen if n not in registry]
     if missing:
         raise ValueError(f"unknown tools {missing}; registered: {', '.join(sorted(registry))}")
-    return [
-        TrainerTool(
-            name=registry[n].name,
-            description=registry[n].description,
-            args_schema=registry[n].args,
-            controls=ctl,
-            spec=registry[n],
-        )
-        for n in chosen
-    ]
+    return [bind_tool(registry[n], ctl) for n in chosen]
+
+
+def bind_tool(spec: ToolSpec, ctl: TrainerControls) -> TrainerTool:
+    """One tool spec as a LangChain tool acting on ``ctl``."""
+    return TrainerTool(
+        name=spec.name, description=spec.description, args_schema=spec.args, controls=ctl, spec=spec
+    )

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from .config import TrainConfig
+from .knobs import current_knobs
 from .trainer import STANDARD_METRICS, EpochReport, Trainer
 
 
@@ -113,6 +114,9 @@ class LoopTrainer(Trainer):
         return [(self._named_params[name], d) for name, d in self._deltas.items()]
 
     def _before_step(self, optimizer, args, kwargs) -> None:
+        # max_grad_norm; a loop whose gradients are computed inside optimizer.step(closure) (Lightning) has
+        # none yet here, so it is not clipped: use the framework's own clipping there
+        self._clip_gradients()
         self._saved = [(p, p.detach().clone(), d) for p, d in self._blend_targets()]
 
     @torch.no_grad()
@@ -186,6 +190,7 @@ class LoopTrainer(Trainer):
             metrics={k: v for k, v in values.items() if k not in STANDARD_METRICS},
             monitor=self.monitor,
             mode=self.mode,
+            knobs=current_knobs(self),
         )
         self._pending_events = []
         self.history.append(report)

@@ -40,6 +40,7 @@ from torch import nn
 
 from .config import TrainConfig, monitor_mode
 from .data import TaskData, augment_crop_flip, iterate_batches, load_task
+from .knobs import KNOBS, checkpoint_knobs, current_knobs, held_defaults, restore_knobs
 from .models import DEFAULT_MODEL, build_model, dropout_modules
 
 DeltaFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -78,6 +79,7 @@ class EpochReport:
     delta_layers: list[str] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)  # a user's own named numbers (e.g. val_mse)
+    knobs: dict[str, float | None] = field(default_factory=dict)  # every table knob's value (training.knobs)
     monitor: str = "val_acc"
     mode: str = "max"  # "max": higher monitor is better; "min": lower is better
 
@@ -286,6 +288,7 @@ class Trainer:
             metrics=val.objective(cfg.monitor),
             monitor=cfg.monitor,
             mode=monitor_mode(cfg.monitor),
+            knobs=current_knobs(self),
         )
         self._pending_events = []
         self.history.append(report)
@@ -307,7 +310,12 @@ class Trainer:
                 if cuda:
                     self._cuda_rng_state = torch.cuda.get_rng_state(self.device)
 
+    def _clip_gradients(self) -> None:
+        if self.knob_values.get("max_grad_norm"):  # gradient clipping (0 or None: off)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.knob_values["max_grad_norm"])
+
     def _optimizer_step(self) -> None:
+        self._clip_gradients()
         if not self._deltas or self.alpha == 0.0:
             self.optimizer.step()
             return
@@ -374,6 +382,19 @@ class Trainer:
     def dropout(self) -> float | None:
         mods = dropout_modules(self.model)
         return float(mods[0].p) if mods else None
+
+    @property
+    def knob_values(self) -> dict[str, float]:
+        """The values of the table knobs that no torch object holds (``training.knobs.held``)."""
+        if "_knob_values" not in self.__dict__:  # built on first use: LoopTrainer skips Trainer.__init__
+            self._knob_values = held_defaults()
+        return self._knob_values
+
+    def set_knob(self, name: str, value: float) -> None:
+        """Set a knob kept in ``knob_values`` (within its table bounds), from the next step on."""
+        low, high = KNOBS[name].bounds
+        self.knob_values[name] = self._finite_number(name, value, low, high, self.knob_values.get(name))
+        self._event(f"{name} -> {self.knob_values[name]:.3g}")
 
     @property
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -486,7 +507,7 @@ class Trainer:
             "optimizer": _clone_tree(self.optimizer.state_dict()),
             "scheduler": _clone_tree(self.scheduler.state_dict()) if self.scheduler is not None else None,
             "rng": self._rng_checkpoint(),
-            "knobs": {"alpha": self.alpha, "dropout": self.dropout},
+            "knobs": checkpoint_knobs(self),
             "history": [r.to_dict() for r in self.history],
             "events": copy.deepcopy(self.events),
         }
@@ -520,9 +541,7 @@ class Trainer:
         self.optimizer.load_state_dict(_clone_tree(ckpt["optimizer"]))
         if self.scheduler is not None and ckpt["scheduler"] is not None:
             self.scheduler.load_state_dict(_clone_tree(ckpt["scheduler"]))
-        self.alpha = ckpt["knobs"]["alpha"]
-        if ckpt["knobs"]["dropout"] is not None:
-            self._set_dropout_now(ckpt["knobs"]["dropout"])
+        restore_knobs(self, ckpt["knobs"])
         self._deltas = {}
         if reason:
             self._event(f"{reason}: restored the state of epoch {ckpt['epoch']}")

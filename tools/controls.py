@@ -12,13 +12,13 @@ from __future__ import annotations
 import copy
 import math
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from ..training.trainer import Trainer
 from .errors import ToolArgumentError
+from .records import show_value
 
 APPLY_ORDER = ("rollback", "weight_decay", "lr", "dropout", "alpha", "delta")
 KNOBS = ("lr", "dropout", "weight_decay", "alpha")  # the numeric knobs `current()` reads
@@ -141,7 +141,7 @@ class TrainerControls:
             previous = self.pending.get(key)
             self.pending[key] = StagedChange(key, value, reason, tool, self._seq, note)
         if previous is not None:
-            return f" (replaces the earlier {previous.tool} call for {key} in this decision: {_show(previous.value)})"
+            return f" (replaces the earlier {previous.tool} call for {key} in this decision: {show_value(previous.value)})"
         return ""
 
     def stage_knob(self, knob: str, value: float, reason: str, tool: str) -> str:
@@ -175,7 +175,7 @@ class TrainerControls:
             # so that reflection never judges (or reverts) a decision that did nothing.
             # (``current`` is None for rollback and delta keys, so only scalar knobs can be no-ops.)
             noop = [c for c in changes if _same(self.current(c.key), c.value)]
-            kept += [f"{c.key} already {_show(c.value)} (no change)" for c in noop]
+            kept += [f"{c.key} already {show_value(c.value)} (no change)" for c in noop]
             changes = [c for c in changes if c not in noop]
         t = self.trainer
         saved_groups = [dict(g) for g in t.optimizer.param_groups]
@@ -291,13 +291,3 @@ def _same(current: float | None, value: object) -> bool:
 
 def _order(key: str) -> int:
     return APPLY_ORDER.index("delta" if key.startswith("delta:") else key)
-
-
-def _show(value: object) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, torch.Tensor):
-        return f"tensor{tuple(value.shape)}"
-    if isinstance(value, Callable):
-        return "gradient-dependent delta"
-    return str(value)

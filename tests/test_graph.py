@@ -478,3 +478,26 @@ def test_observe_starts_every_per_decision_field_afresh_and_the_decision_is_a_ty
     assert set(decision) <= set(Decision.__annotations__), set(decision) - set(Decision.__annotations__)
     assert set(decision["changes"][0]) == set(Change.__annotations__)
     assert set(decision["calls"][0]) == set(CallRecord.__annotations__)
+
+
+def test_a_critic_reply_without_text_leaves_the_numbers_verdict():
+    from langchain_core.runnables import RunnableLambda
+
+    from mimic_learn.agents.reflection import ReflectionContext
+
+    previous = {
+        "epoch": 1,
+        "changes": [{"key": "lr", "value": "0.004", "reason": "x", "tool": "set_lr"}],
+        "base_report": {"val_acc": 0.5, "val_loss": 1.0},
+    }
+    ctx = ReflectionContext(
+        previous=previous,
+        report={"val_acc": 0.6, "val_loss": 0.9},
+        controls=None,
+        memory=[],
+        critic=RunnableLambda(lambda messages: AIMessage(content="")),
+    )
+    assert ctx.critique() == (
+        "Decision after epoch 1 (lr=0.004); validation accuracy 0.5000 -> 0.6000, validation loss 1.0000 -> "
+        "0.9000. Verdict: it helped. (the critic did not answer: an empty reply)"
+    )

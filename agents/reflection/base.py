@@ -97,8 +97,8 @@ class ReflectionContext:
 
     def judge(self, facts: str, verdict: str = "") -> str:
         """``facts`` judged by the run's critic: with the numbers critic, the facts and ``verdict``; with the LLM
-        critic, the facts and its reply, or, when it failed (its provider errors end in a reply that says so,
-        never in an exception), the facts, ``verdict`` and why the critic did not answer."""
+        critic, the facts and its reply. When the LLM critic failed (its provider errors end in a reply that says
+        so, never in an exception) or replied with no text, ``verdict`` stands in, with the reason."""
         if self.critic is None:
             return f"{facts} {verdict}".strip()
         ask = "In one or two sentences: did this decision help, and what should change next?"
@@ -108,10 +108,13 @@ class ReflectionContext:
                 "sentences: did this decision respect the instruction, did it help, and what should change next?"
             )
         reply = self.critic.invoke([HumanMessage(f"{facts} {ask}")])
-        failed = reply.response_metadata.get("fallback_reason")
+        text = str(reply.text if hasattr(reply, "text") else reply.content).strip()
+        failed = reply.response_metadata.get("fallback_reason") or ("" if text else "an empty reply")
         if failed:
-            return f"{facts} {verdict} (the critic did not answer: {failed})".replace("  ", " ").strip()
-        return f"{facts} {reply.text if hasattr(reply, 'text') else reply.content}".strip()
+            return " ".join(
+                part for part in (facts, verdict, f"(the critic did not answer: {failed})") if part
+            )
+        return f"{facts} {text}"
 
 
 @dataclass

@@ -207,7 +207,6 @@ def _fallback_answer(fallback: Runnable | None, name: str | None):
             message = fallback.invoke(inputs["messages"], config)
             why = f"fell back to {name}: {reason}"
             metadata = {"fallback": True}
-        log.warning(why)
         message.response_metadata = {**message.response_metadata, **metadata, "fallback_reason": why}
         return message
 

@@ -9,8 +9,9 @@ training before it) with an ``InMemorySaver``, then checks that
 * no tool crashed: every rejection is a guard's message, not an exception ToolNode caught,
 * a real epoch then trains and a following decision runs normally.
 
-Provider faults (timeouts, 429 with Retry-After, 5xx, connection refused, a hang) go through ``with_retry``
-and ``with_fallbacks`` as configured by ``ProviderOptions``. A few cases also check that the counts land in
+Provider faults (timeouts, 429 with Retry-After, 5xx, connection refused, a hang) go through the one path a reply
+takes (``agents.providers.build_controller``: retries, the decision timeout, then ``with_fallbacks`` once) as
+configured by ``ProviderOptions``. A few cases also check that the counts land in
 MLflow. The meta-tests at the end switch each guard off and show that the corresponding check then fails.
 
 Which guards the cases actually triggered is recorded by spies on the guards' named functions (see ``GUARDS``;

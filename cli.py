@@ -47,6 +47,11 @@ class Task(StrEnum):
     synthetic = "synthetic"
 
 
+class Critic(StrEnum):
+    numbers = "numbers"
+    llm = "llm"
+
+
 class Optim(StrEnum):
     adam = "adam"
     sgd = "sgd"
@@ -428,9 +433,17 @@ def run(
     llm_critic: Annotated[
         bool,
         typer.Option(
-            help="Let the controller model write the reflection's critique (the paper's: the model judges its previous decision)."
+            help="Let the controller model write the reflection's critique (the paper's: the model judges its previous decision); same as --critic llm."
         ),
     ] = False,
+    critic: Annotated[
+        Critic,
+        typer.Option(
+            help="Who writes the reflection's critique, whatever the --reflection policy: numbers (a verdict from "
+            "before/after metrics) or llm (the controller model, behind its retries and fallback; if it fails, "
+            "the numbers' verdict)."
+        ),
+    ] = Critic.numbers,
     model_path: Annotated[
         str | None, typer.Option(help="For --controller local: any GGUF chat model file.")
     ] = None,
@@ -523,7 +536,7 @@ def run(
             reflection=reflection,
             budget=budget,
             decision_timeout_s=decision_timeout,
-            llm_critic=llm_critic,
+            critic="llm" if llm_critic else critic.value,
             approve=approve,
             instruction=instruction,
         ),

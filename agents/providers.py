@@ -13,10 +13,10 @@
                                         a vLLM / Ollama / llama.cpp server, e.g.
                                         openai-compatible:qwen2.5-7b-instruct@http://127.0.0.1:8000/v1
 
-``build_controller`` wraps the model with ``RetryAfterRetry`` (LangChain's ``RunnableRetry`` whose tenacity
-wait honours a provider's ``Retry-After``, else exponential backoff with jitter) and ``with_fallbacks``
-(default: the ``rules`` controller). A fallback's messages carry ``response_metadata["fallback"] = True``; the
-graph counts and records them.
+``build_controller`` is the one path a reply takes: ``RetryAfterRetry`` (LangChain's ``RunnableRetry`` whose
+tenacity wait honours a provider's ``Retry-After``, else exponential backoff with jitter), the decision timeout,
+then ``with_fallbacks`` once (default: the ``rules`` controller). A fallback's reply carries
+``response_metadata["fallback_reason"]`` (the error it replaced); the graph counts and records it.
 """
 
 from __future__ import annotations
@@ -29,11 +29,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC
+from operator import itemgetter
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
+from langchain_core.runnables.config import ContextThreadPoolExecutor
 from langchain_core.runnables.retry import RunnableRetry
 from tenacity import AsyncRetrying, RetryCallState, Retrying, wait_none
 from tenacity.stop import stop_base
@@ -144,35 +146,95 @@ def load_chat_model(spec: str, options: ProviderOptions | None = None) -> BaseCh
         ) from exc
 
 
-def build_controller(model: BaseChatModel, tools: list, options: ProviderOptions | None = None) -> Runnable:
-    """Bind tools, check the reply (``checked_reply``), add retries (Retry-After or backoff, see
-    ``RetryAfterRetry``), then the fallback controller."""
+def build_controller(
+    model: BaseChatModel,
+    tools: list | None,
+    options: ProviderOptions | None = None,
+    timeout_s: float | None = None,
+    answer_always: bool = False,
+) -> Runnable:
+    """The one path a controller's reply takes: bind ``tools`` (None: bind nothing, e.g. for the critic), check
+    the reply (``checked_reply``), retry (Retry-After or backoff, see ``RetryAfterRetry``; not for the
+    deterministic controllers), cut it at ``timeout_s`` (the decision timeout, ``invoke_with_timeout``), then
+    ``with_fallbacks`` once: the fallback controller (``options.fallback``) answers, or, with ``answer_always``
+    and no fallback controller, a reply that changes nothing does. Either carries the reason in
+    ``response_metadata["fallback_reason"]`` (the graph records it); a fallback controller's reply also has
+    ``response_metadata["fallback"] = True``. Without either the last error is raised."""
     opts = options or ProviderOptions()
-    bound = model.bind_tools(tools)
-    if model._llm_type in (
-        "mimic-rules",
-        "mimic-scripted",
-        "mimic-random",
-        "mimic-oracle",
-    ):  # deterministic: nothing to retry
-        return bound
-    bound = checked_reply(bound)
-    if opts.retries > 0:
-        bound = RetryAfterRetry(
-            bound=bound,
-            max_attempt_number=opts.retries + 1,
-            wait_exponential_jitter=opts.retry_wait,
-            max_retry_after_s=opts.max_retry_after_s,
-        )
-    if opts.fallback:
-        fallback = load_chat_model(opts.fallback, opts).bind_tools(tools) | RunnableLambda(_mark_fallback)
-        bound = bound.with_fallbacks([fallback])
-    return bound
+    primary = model.bind_tools(tools) if tools is not None else model
+    if model._llm_type not in DETERMINISTIC:  # nothing to retry in a deterministic controller
+        primary = checked_reply(primary)
+        if opts.retries > 0:
+            primary = RetryAfterRetry(
+                bound=primary,
+                max_attempt_number=opts.retries + 1,
+                wait_exponential_jitter=opts.retry_wait,
+                max_retry_after_s=opts.max_retry_after_s,
+            )
+    if timeout_s is not None:
+        primary = with_timeout(primary, timeout_s)
+    fallback = build_fallback(tools, opts)
+    if fallback is None and not answer_always:
+        return primary
+    answer = RunnableLambda(_fallback_answer(fallback, opts.fallback), name="fallback")
+    as_input = RunnableLambda(lambda messages: {"messages": messages}, name="controller_input")
+    messages_of = RunnableLambda(itemgetter("messages"), name="messages")
+    return as_input | (messages_of | primary).with_fallbacks([answer], exception_key="error")
 
 
-def _mark_fallback(message: AIMessage) -> AIMessage:
-    message.response_metadata = {**message.response_metadata, "fallback": True}
-    return message
+DETERMINISTIC = ("mimic-rules", "mimic-scripted", "mimic-random", "mimic-oracle")
+
+
+def build_fallback(tools: list | None, options: ProviderOptions) -> Runnable | None:
+    """The fallback controller (``options.fallback``) with ``tools`` bound; None when there is none."""
+    if not options.fallback:
+        return None
+    model = load_chat_model(options.fallback, options)
+    return model.bind_tools(tools) if tools is not None else model
+
+
+def _fallback_answer(fallback: Runnable | None, name: str | None):
+    def answer(inputs: dict, config: RunnableConfig) -> AIMessage:
+        error = inputs["error"]
+        reason = f"{type(error).__name__}: {error}"[:300]
+        if fallback is None:
+            message = AIMessage(
+                content=f"controller failed ({reason}); no fallback configured, nothing changes"
+            )
+            why = f"controller failed ({reason})"
+            metadata = {"controller": "none"}
+        else:
+            message = fallback.invoke(inputs["messages"], config)
+            why = f"fell back to {name}: {reason}"
+            metadata = {"fallback": True}
+        message.response_metadata = {**message.response_metadata, **metadata, "fallback_reason": why}
+        return message
+
+    return answer
+
+
+def invoke_with_timeout(runnable: Runnable, messages: Any, config: RunnableConfig, timeout_s: float) -> Any:
+    """The decision timeout: ``runnable.invoke`` in a worker thread, abandoned (not awaited) after ``timeout_s``
+    seconds with a ``TimeoutError`` that says so."""
+    pool = ContextThreadPoolExecutor(max_workers=1)
+    future = pool.submit(runnable.invoke, messages, config)
+    try:
+        return future.result(timeout=timeout_s)
+    except TimeoutError:
+        if future.done():  # the call itself raised a TimeoutError
+            raise
+        raise TimeoutError(f"decision timeout: no reply within {timeout_s:g} s") from None
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)  # a hung provider call is abandoned, not awaited
+
+
+def with_timeout(runnable: Runnable, timeout_s: float) -> Runnable:
+    """``runnable`` cut at ``timeout_s`` seconds (``invoke_with_timeout``)."""
+
+    def call(messages: Any, config: RunnableConfig) -> Any:
+        return invoke_with_timeout(runnable, messages, config, timeout_s)
+
+    return RunnableLambda(call, name="decision_timeout")
 
 
 # ------------------------------------------------------------------------------------ replies that decide nothing

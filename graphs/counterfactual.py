@@ -22,9 +22,10 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..agents.reflection.base import describe_changes, metric_label
+from ..agents.reflection.base import metric_label
 from ..tools.candidates import Candidate, apply_candidate, candidate_actions
 from ..tools.controls import TrainerControls
+from ..tools.records import Decision, describe_changes
 from ..training.fork import BranchResult, branch_numbers, effect, run_branch
 from ..training.outcomes import BranchOutcome, OutcomeRecord
 from ..training.trainer import EpochReport, Trainer, metric_value
@@ -34,7 +35,7 @@ from ..training.trainer import EpochReport, Trainer, metric_value
 class OpenFork:
     epoch: int  # the boundary of the decision
     horizon: int
-    decision: dict
+    decision: Decision
     report: dict  # what the controller saw
     rendered: str
     shadow: BranchResult
@@ -56,7 +57,9 @@ class Counterfactual:
     open_forks: list[OpenFork] = field(default_factory=list)
     shadow_epochs: int = 0
 
-    def open(self, epoch: int, decision: dict, report: dict, rendered: str, start: dict) -> OpenFork | None:
+    def open(
+        self, epoch: int, decision: Decision, report: dict, rendered: str, start: dict
+    ) -> OpenFork | None:
         """Train the shadow branch of ``decision`` (taken at boundary ``epoch``) from ``start``, the
         pre-decision checkpoint. Nothing happens for a decision that changed nothing or at the last epoch."""
         if not decision.get("changes"):

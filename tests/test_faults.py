@@ -9,8 +9,9 @@ training before it) with an ``InMemorySaver``, then checks that
 * no tool crashed: every rejection is a guard's message, not an exception ToolNode caught,
 * a real epoch then trains and a following decision runs normally.
 
-Provider faults (timeouts, 429 with Retry-After, 5xx, connection refused, a hang) go through ``with_retry``
-and ``with_fallbacks`` as configured by ``ProviderOptions``. A few cases also check that the counts land in
+Provider faults (timeouts, 429 with Retry-After, 5xx, connection refused, a hang) go through the one path a reply
+takes (``agents.providers.build_controller``: retries, the decision timeout, then ``with_fallbacks`` once) as
+configured by ``ProviderOptions``. A few cases also check that the counts land in
 MLflow. The meta-tests at the end switch each guard off and show that the corresponding check then fails.
 
 Which guards the cases actually triggered is recorded by spies on the guards' named functions (see ``GUARDS``;
@@ -47,7 +48,7 @@ from mimic_learn.agents import providers as providers_module
 from mimic_learn.agents.protocol import decision_context, tool_call
 from mimic_learn.agents.providers import ProviderOptions
 from mimic_learn.agents.scenarios import bank, scenario_trainer
-from mimic_learn.graphs import graph as graph_module
+from mimic_learn.graphs import routing as routing_module
 from mimic_learn.graphs.graph import AgentConfig, build_graph
 from mimic_learn.graphs.runner import agent_report
 from mimic_learn.tools import controls as controls_module
@@ -756,9 +757,9 @@ GUARDS = {
     "reason length": "registry.validate_args (the reason's max_length)",
     "unknown tool": "langgraph ToolNode._validate_tool_call",
     "unknown layer": "TrainerControls.param",
-    "malformed JSON": "graph.run_tools' replies to the AIMessage's invalid_tool_calls",
-    "budget": "graph.split_by_budget",
-    "decision timeout": "graph._invoke_with_timeout",
+    "malformed JSON": "graphs.nodes.run_tools' replies to the AIMessage's invalid_tool_calls",
+    "budget": "graphs.routing.split_by_budget",
+    "decision timeout": "providers.invoke_with_timeout",
     "Retry-After": "providers.retry_after_seconds (the 429's header was read)",
     "fallback": "ProviderOptions.fallback (the fallback controller made the decision)",
     "training guard": "RunSpec.guard (a diverged or exploding epoch rolled back)",
@@ -830,10 +831,10 @@ def _install_spies(mp: pytest.MonkeyPatch) -> None:
     spy(registry_module, "validate_args", on_error=validation_error)
     spy(ToolNode, "_validate_tool_call", lambda out, args: out is not None and _fired("unknown tool"))
     spy(TrainerControls, "param", on_error=lambda exc, args: _fired("unknown layer"))
-    spy(graph_module, "split_by_budget", lambda out, args: bool(out[1]) and _fired("budget"))
+    spy(routing_module, "split_by_budget", lambda out, args: bool(out[1]) and _fired("budget"))
     spy(
-        graph_module,
-        "_invoke_with_timeout",
+        providers_module,
+        "invoke_with_timeout",
         on_error=lambda exc, args: isinstance(exc, TimeoutError) and _fired("decision timeout"),
     )
     spy(providers_module, "retry_after_seconds", lambda out, args: out is not None and _fired("Retry-After"))
@@ -1059,7 +1060,7 @@ def test_meta_without_tool_validation_a_knob_leaves_its_bounds(case_id, monkeypa
 
 
 def test_meta_without_the_budget_refusal_every_call_runs(monkeypatch):
-    monkeypatch.setattr(graph_module, "split_by_budget", lambda calls, budget, used: (calls, []))
+    monkeypatch.setattr(routing_module, "split_by_budget", lambda calls, budget, used: (calls, []))
     case = _case("hundreds_inspect_x100")
     result, _ = run_model_case(case)
     assert executed_in_fault_decision(result) == 100 > case.budget
@@ -1079,8 +1080,8 @@ def test_meta_without_a_fallback_nobody_decides(monkeypatch):
 
 def test_meta_without_the_decision_timeout_a_hang_blocks(monkeypatch):
     monkeypatch.setattr(
-        graph_module,
-        "_invoke_with_timeout",
+        providers_module,
+        "invoke_with_timeout",
         lambda runnable, messages, config, timeout_s: runnable.invoke(messages, config),
     )
     model = ProviderFaultModel(hang_s=2.0, fault_epoch=SCENARIO_EPOCH)

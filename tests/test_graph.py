@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
+from mimic_learn.agents.protocol import REPORT_KEY
 from mimic_learn.agents.providers import ProviderOptions
 from mimic_learn.agents.reflection.revert_on_harm import RevertOnHarm
 from mimic_learn.agents.rules import rules_decision
 from mimic_learn.agents.scripted import ScriptedChatModel
+from mimic_learn.graphs.graph import AgentConfig
 from mimic_learn.graphs.runner import agent_report
 
 from .agent_helpers import FailingChatModel, HangingChatModel, make_runner
@@ -389,4 +392,112 @@ def test_llm_critic_writes_the_reflection(tmp_path):
     assert (
         state["reflection"].startswith("Decision after epoch 1")
         and "script done for this epoch" in state["reflection"]
+    )
+
+
+POLICIES_WITH_A_CRITIQUE = ["log_only", "memory", "revert_on_harm", "counterfactual"]
+
+
+@pytest.mark.parametrize("policy", POLICIES_WITH_A_CRITIQUE)
+def test_the_llm_critic_writes_the_critique_whatever_the_policy(tmp_path, policy):
+    model = scripted({"epoch": 1, "tool_calls": [call("set_lr", lr=0.004, reason="x")]})
+    runner = make_runner(tmp_path, model=model, reflection=policy, critic="llm", epochs=4)
+    runner.step()
+    state = runner.step().state
+    runner.close()
+    # the counterfactual policy's facts are its measured verdict; the others' the before/after numbers
+    facts = "vs not acting" if policy == "counterfactual" else "Decision after epoch 1"
+    assert facts in state["reflection"] and "script done for this epoch" in state["reflection"], state[
+        "reflection"
+    ]
+    assert "Verdict:" not in state["reflection"]  # the numbers critic did not write it
+
+
+@pytest.mark.parametrize("policy", ["log_only", "memory", "revert_on_harm"])
+def test_the_numbers_critic_writes_a_verdict_whatever_the_policy(tmp_path, policy):
+    model = scripted({"epoch": 1, "tool_calls": [call("set_lr", lr=0.004, reason="x")]})
+    runner = make_runner(tmp_path, model=model, reflection=policy, epochs=3)
+    runner.step()
+    reflection = runner.step().state["reflection"]
+    runner.close()
+    assert reflection.startswith("Decision after epoch 1") and "Verdict: " in reflection, reflection
+    assert "script done" not in reflection
+
+
+class CriticOutage(ScriptedChatModel):
+    """A provider that decides as scripted but fails every request that carries no report: the critic's."""
+
+    critic_requests: int = 0
+
+    @property
+    def _llm_type(self) -> str:
+        return "critic-outage"  # not a deterministic controller: its requests are retried
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+        if not any(REPORT_KEY in m.additional_kwargs for m in messages):
+            self.critic_requests += 1
+            raise ConnectionError("critic endpoint refused the connection")
+        return super()._generate(messages, stop, run_manager, **kwargs)
+
+
+@pytest.mark.parametrize("fallback", ["rules", None])
+def test_a_provider_error_in_the_llm_critic_never_ends_the_run(tmp_path, fallback):
+    model = CriticOutage(decisions=[{"epoch": 1, "tool_calls": [call("set_lr", lr=0.004, reason="x")]}])
+    provider = ProviderOptions(retries=2, retry_wait=False, fallback=fallback)
+    runner = make_runner(
+        tmp_path, model=model, provider=provider, critic="llm", reflection="memory", epochs=4
+    )
+    outcomes = [runner.step() for _ in range(4)]
+    runner.close()
+    assert [o.report.epoch for o in outcomes] == [1, 2, 3, 4]  # the run went on to its end
+    reflection = outcomes[1].state["reflection"]
+    assert model.critic_requests == 2 * 3  # epochs 2 and 3 judged a decision: first try + 2 retries each
+    # the numbers' verdict stands in, and the critique says why the critic did not answer
+    assert reflection.startswith("Decision after epoch 1") and "Verdict: " in reflection, reflection
+    assert "the critic did not answer" in reflection and "refused the connection" in reflection, reflection
+    assert not outcomes[1].state["fallbacks"]  # the controller itself never failed
+    assert outcomes[0].decision["changes"][0]["key"] == "lr"
+
+
+def test_agent_config_names_its_critic():
+    assert AgentConfig().critic == "numbers"
+    assert AgentConfig(llm_critic=True).critic == "llm"  # the earlier spelling (runs logged with it resume)
+    with pytest.raises(ValueError, match="critic='gpt'.*numbers, llm"):
+        AgentConfig(critic="gpt")
+
+
+def test_observe_starts_every_per_decision_field_afresh_and_the_decision_is_a_typed_record(tmp_path):
+    from mimic_learn.graphs.state import DecisionFields, new_decision
+    from mimic_learn.tools.records import CallRecord, Change, Decision
+
+    assert set(new_decision()) == set(DecisionFields.__annotations__)
+    model = scripted({"epoch": 1, "tool_calls": [call("set_lr", lr=0.004, reason="x")]})
+    runner = make_runner(tmp_path, model=model, epochs=2)
+    decision = runner.step().decision
+    runner.close()
+    assert set(decision) <= set(Decision.__annotations__), set(decision) - set(Decision.__annotations__)
+    assert set(decision["changes"][0]) == set(Change.__annotations__)
+    assert set(decision["calls"][0]) == set(CallRecord.__annotations__)
+
+
+def test_a_critic_reply_without_text_leaves_the_numbers_verdict():
+    from langchain_core.runnables import RunnableLambda
+
+    from mimic_learn.agents.reflection import ReflectionContext
+
+    previous = {
+        "epoch": 1,
+        "changes": [{"key": "lr", "value": "0.004", "reason": "x", "tool": "set_lr"}],
+        "base_report": {"val_acc": 0.5, "val_loss": 1.0},
+    }
+    ctx = ReflectionContext(
+        previous=previous,
+        report={"val_acc": 0.6, "val_loss": 0.9},
+        controls=None,
+        memory=[],
+        critic=RunnableLambda(lambda messages: AIMessage(content="")),
+    )
+    assert ctx.critique() == (
+        "Decision after epoch 1 (lr=0.004); validation accuracy 0.5000 -> 0.6000, validation loss 1.0000 -> "
+        "0.9000. Verdict: it helped. (the critic did not answer: an empty reply)"
     )

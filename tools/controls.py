@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import math
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field, make_dataclass
 
 import torch
@@ -25,6 +25,7 @@ from ..training.knobs import KNOBS as KNOB_TABLE
 from ..training.knobs import Knob
 from ..training.trainer import Trainer
 from .errors import ToolArgumentError
+from .records import show_value
 
 
 def _bounds_fields() -> list[tuple]:
@@ -170,7 +171,7 @@ class TrainerControls:
             previous = self.pending.get(key)
             self.pending[key] = StagedChange(key, value, reason, tool, self._seq, note)
         if previous is not None:
-            return f" (replaces the earlier {previous.tool} call for {key} in this decision: {_show(previous.value)})"
+            return f" (replaces the earlier {previous.tool} call for {key} in this decision: {show_value(previous.value)})"
         return ""
 
     def stage_knob(self, knob: str, value: float, reason: str, tool: str) -> str:
@@ -204,7 +205,7 @@ class TrainerControls:
             # so that reflection never judges (or reverts) a decision that did nothing.
             # (``current`` is None for rollback and delta keys, so only scalar knobs can be no-ops.)
             noop = [c for c in changes if _same(self.current(c.key), c.value)]
-            kept += [f"{c.key} already {_show(c.value)} (no change)" for c in noop]
+            kept += [f"{c.key} already {show_value(c.value)} (no change)" for c in noop]
             changes = [c for c in changes if c not in noop]
         t = self.trainer
         undo = self._undo_point(changes)
@@ -333,13 +334,3 @@ def _same(current: float | None, value: object) -> bool:
         and isinstance(value, int | float)
         and math.isclose(current, float(value), rel_tol=1e-12, abs_tol=0.0)
     )
-
-
-def _show(value: object) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, torch.Tensor):
-        return f"tensor{tuple(value.shape)}"
-    if isinstance(value, Callable):
-        return "gradient-dependent delta"
-    return str(value)

@@ -9,16 +9,21 @@ A policy is one file in this folder with one class decorated by ``@register_poli
 
 ``inject`` is added to the next prompt; ``memory`` (if returned) replaces the persisted memory, which the
 graph's checkpointer keeps across epochs and process restarts.
+
+Who writes the critique is not the policy's choice but the run's (``AgentConfig.critic``): ``ctx.critique()``
+(or ``ctx.judge(facts)`` for a policy with facts of its own) returns the numbers' verdict, or the LLM critic's
+judgement of the same facts when ``ctx.critic`` is set.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage
+from langchain_core.runnables import Runnable
 
 from ...tools.controls import TrainerControls
+from ...tools.records import PreviousDecision, describe_changes
 from ...training.trainer import metric_value
 
 POLICIES: dict[str, type[ReflectionPolicy]] = {}
@@ -35,11 +40,15 @@ def register_policy(name: str):
 
 @dataclass
 class ReflectionContext:
-    previous: dict | None  # the previous decision: {"epoch", "changes": [...], "base_report": {...}}
+    previous: (
+        PreviousDecision | None
+    )  # the previous decision: {"epoch", "changes": [...], "base_report": {...}}
     report: dict  # the epoch that just ended
     controls: TrainerControls
     memory: list[dict]
-    critic: BaseChatModel | None = None  # an LLM to write the critique; None: a deterministic one
+    # the LLM critic (the controller model behind its retries and timeout, answering even when it fails:
+    # ``agents.providers.build_controller(..., answer_always=True)``); None: the numbers' verdict
+    critic: Runnable | None = None
     instruction: str | None = None  # the user's instruction for the run (AgentConfig.instruction)
 
     def outcome_numbers(self) -> dict:
@@ -69,19 +78,29 @@ class ReflectionContext:
             return "No previous decision to judge."
         n = self.outcome_numbers()
         changes = describe_changes(self.previous["changes"])
-        parts = [f"{metric_label(n['metric'])} {_num(n['before'])} -> {_num(n['after'])}"]
+        parts = [f"{metric_label(n['metric'])} {format_number(n['before'])} -> {format_number(n['after'])}"]
         if n["metric"] != "val_loss" and n["val_loss_before"] is not None and n["val_loss_after"] is not None:
-            parts.append(f"validation loss {_num(n['val_loss_before'])} -> {_num(n['val_loss_after'])}")
+            parts.append(
+                f"validation loss {format_number(n['val_loss_before'])} -> {format_number(n['val_loss_after'])}"
+            )
         facts = f"Decision after epoch {self.previous['epoch']} ({changes}); {', '.join(parts)}."
+        return self.judge(facts, f"Verdict: {self.verdict(n)}.")
+
+    def verdict(self, n: dict) -> str:
+        """The numbers' verdict on the previous decision (``n``: ``outcome_numbers()``)."""
+        delta, tol = n["improvement"], _tolerance(n)
+        if not self.previous["changes"]:
+            return "nothing was changed, so there is nothing to credit or blame"
+        if delta is None or delta != delta:
+            return "no comparable number"
+        return "it helped" if delta > tol else "it hurt" if delta < -tol else "no clear effect"
+
+    def judge(self, facts: str, verdict: str = "") -> str:
+        """``facts`` judged by the run's critic: with the numbers critic, the facts and ``verdict``; with the LLM
+        critic, the facts and its reply. When the LLM critic failed (its provider errors end in a reply that says
+        so, never in an exception) or replied with no text, ``verdict`` stands in, with the reason."""
         if self.critic is None:
-            delta, tol = n["improvement"], _tolerance(n)
-            if not self.previous["changes"]:
-                verdict = "nothing was changed, so there is nothing to credit or blame"
-            elif delta is None or delta != delta:
-                verdict = "no comparable number"
-            else:
-                verdict = "it helped" if delta > tol else "it hurt" if delta < -tol else "no clear effect"
-            return f"{facts} Verdict: {verdict}."
+            return f"{facts} {verdict}".strip()
         ask = "In one or two sentences: did this decision help, and what should change next?"
         if self.instruction:
             ask = (
@@ -89,7 +108,13 @@ class ReflectionContext:
                 "sentences: did this decision respect the instruction, did it help, and what should change next?"
             )
         reply = self.critic.invoke([HumanMessage(f"{facts} {ask}")])
-        return f"{facts} {reply.text if hasattr(reply, 'text') else reply.content}".strip()
+        text = str(reply.text if hasattr(reply, "text") else reply.content).strip()
+        failed = reply.response_metadata.get("fallback_reason") or ("" if text else "an empty reply")
+        if failed:
+            return " ".join(
+                part for part in (facts, verdict, f"(the critic did not answer: {failed})") if part
+            )
+        return f"{facts} {text}"
 
 
 @dataclass
@@ -97,9 +122,7 @@ class ReflectionOutcome:
     critique: str
     inject: str = ""
     reverted: bool = False
-    harmful: bool | None = None
     memory: list[dict] | None = None
-    extra: dict = field(default_factory=dict)
 
 
 class ReflectionPolicy:
@@ -107,12 +130,6 @@ class ReflectionPolicy:
 
     def reflect(self, ctx: ReflectionContext) -> ReflectionOutcome:  # pragma: no cover - interface
         raise NotImplementedError
-
-
-def describe_changes(changes: list[dict]) -> str:
-    if not changes:
-        return "no change"
-    return ", ".join(f"{c['key']}={c['value']}" for c in changes)
 
 
 def metric_label(metric: str) -> str:
@@ -124,7 +141,8 @@ def metric_label(metric: str) -> str:
     }.get(metric, metric)
 
 
-def _num(value) -> str:
+def format_number(value: float | None) -> str:
+    """A metric in a critique: four decimals, or ``n/a``."""
     return "n/a" if value is None else f"{value:.4f}"
 
 

@@ -14,7 +14,7 @@ class Counterfactual(ReflectionPolicy):
     """Judge a decision by what it caused: the runner trained the same epoch(s) from the pre-decision checkpoint
     without it (same batches, same RNG), and the verdict is the difference in the monitored number and the
     validation loss (``AgentRunner`` with ``RunSpec.counterfactual_horizon``, ``keep_better``; see
-    ``graphs/counterfactual.py``). The verdicts, with a short history of earlier ones, go into the next prompt.
+    ``graphs/counterfactual.py``); with ``--critic llm`` the critic judges those verdicts. The verdicts, with a short history of earlier ones, go into the next prompt.
     Costs about one extra epoch of training per decision that changes something (horizon 1)."""
 
     def reflect(self, ctx: ReflectionContext) -> ReflectionOutcome:
@@ -22,7 +22,7 @@ class Counterfactual(ReflectionPolicy):
         memory = list(ctx.memory)
         prev = ctx.previous
         if verdicts:
-            critique = " ".join(v["text"] for v in verdicts)
+            critique = ctx.judge(" ".join(v["text"] for v in verdicts))  # the verdicts are the facts
             for v in verdicts:
                 memory.append({"epoch": v["decision_epoch"], "verdict": v["text"], "effect": v["effect"]})
         elif not prev:
@@ -44,11 +44,4 @@ class Counterfactual(ReflectionPolicy):
                 f"- {m['verdict']}" for m in memory
             )
         kept = [v for v in verdicts if v.get("kept") == "without"]
-        return ReflectionOutcome(
-            critique=critique,
-            inject=inject,
-            memory=memory,
-            harmful=any((v["effect"] or 0) < 0 for v in verdicts) if verdicts else None,
-            reverted=bool(kept),
-            extra={"verdicts": verdicts},
-        )
+        return ReflectionOutcome(critique=critique, inject=inject, memory=memory, reverted=bool(kept))

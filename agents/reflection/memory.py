@@ -3,7 +3,7 @@
 Everything it adds is run text (decisions, the model's own reasons, critiques): the prompt shows it inside a
 quoted ``run-data`` block, never as instructions (prompts/templates.py). With an instruction for the run it
 also states the last decision's changes with their direction (``lr 0.001 -> 0.002, raised``) beside a pointer
-to the instruction, so the model judges whether that decision respected it; with ``--llm-critic`` the critic
+to the instruction, so the model judges whether that decision respected it; with ``--critic llm`` the critic
 is asked that question too.
 """
 
@@ -11,8 +11,8 @@ from .base import (
     ReflectionContext,
     ReflectionOutcome,
     ReflectionPolicy,
-    _num,
     describe_changes,
+    format_number,
     metric_label,
     register_policy,
 )
@@ -38,7 +38,7 @@ class Memory(ReflectionPolicy):
                     "epoch": ctx.previous["epoch"],
                     "decision": describe_changes(ctx.previous["changes"]),
                     "reasons": reasons,
-                    "outcome": f"{metric_label(n['metric'])} {_num(n['before'])}->{_num(n['after'])}",
+                    "outcome": f"{metric_label(n['metric'])} {format_number(n['before'])}->{format_number(n['after'])}",
                     "critique": critique,
                 }
             )

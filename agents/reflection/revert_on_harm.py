@@ -4,8 +4,8 @@ from .base import (
     ReflectionContext,
     ReflectionOutcome,
     ReflectionPolicy,
-    _num,
     describe_changes,
+    format_number,
     metric_label,
     register_policy,
 )
@@ -30,14 +30,13 @@ class RevertOnHarm(ReflectionPolicy):
         n = ctx.outcome_numbers()
         harmful = _harmful(n, self.acc_threshold, self.loss_threshold)
         if not harmful:
-            return ReflectionOutcome(critique=critique, harmful=False)
+            return ReflectionOutcome(critique=critique)
         trainer = ctx.controls.trainer
         ckpt = trainer.pre_decision.get(prev["epoch"])
         if ckpt is None:
             return ReflectionOutcome(
                 critique=critique
-                + f" Harmful, but the pre-decision checkpoint of epoch {prev['epoch']} is gone.",
-                harmful=True,
+                + f" Harmful, but the pre-decision checkpoint of epoch {prev['epoch']} is gone."
             )
         trainer.restore_weights(ckpt, reason="revert_on_harm")
         # The next decision starts from the restored state: that is what a later revert must return to.
@@ -48,10 +47,10 @@ class RevertOnHarm(ReflectionPolicy):
             loss = f", validation loss {n['val_loss_before']:.4f} -> {n['val_loss_after']:.4f}"
         why = (
             f"Your decision after epoch {prev['epoch']} ({describe_changes(prev['changes'])}) was reverted: "
-            f"{label} {_num(n['before'])} -> {_num(n['after'])}{loss}. The model, optimizer and settings are "
+            f"{label} {format_number(n['before'])} -> {format_number(n['after'])}{loss}. The model, optimizer and settings are "
             f"back to how they were after epoch {prev['epoch']}; choose differently."
         )
-        return ReflectionOutcome(critique=critique, inject=why, reverted=True, harmful=True)
+        return ReflectionOutcome(critique=critique, inject=why, reverted=True)
 
 
 def _harmful(n: dict, acc_threshold: float, loss_threshold: float) -> bool:

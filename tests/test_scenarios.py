@@ -5,9 +5,9 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 from mimic_learn.agents.rules import RulesChatModel
-from mimic_learn.agents.scenarios import KEEP, LR_DOWN, ROLLBACK, bank, evaluate_controller, is_sensible, opt
 from mimic_learn.agents.scripted import ScriptedChatModel
 from mimic_learn.cli import app
+from mimic_learn.evals.scenarios import KEEP, LR_DOWN, ROLLBACK, bank, evaluate_controller, is_sensible, opt
 
 
 def always_keep() -> ScriptedChatModel:

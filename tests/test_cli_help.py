@@ -8,8 +8,8 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from mimic_learn import cli
-from mimic_learn.cli import CellProgress, app
+from mimic_learn.cli import CellProgress, app, output
+from mimic_learn.cli.reproduce import count_cells
 
 COMMANDS = ["train", "run", "resume", "clean", "reproduce", "sweep", "eval-controller", "tools", "ui",
             "export-decisions"]  # fmt: skip
@@ -33,7 +33,9 @@ def test_help_fits_80_columns(command):
 
 def test_cell_progress_counts_done_failed_and_skipped_cells(monkeypatch):
     out = io.StringIO()
-    monkeypatch.setattr(cli, "console", Console(file=out, width=80, force_terminal=True, color_system=None))
+    monkeypatch.setattr(
+        output, "console", Console(file=out, width=80, force_terminal=True, color_system=None)
+    )
     with CellProgress(6) as bar:
         bar.echo("skip paper/10/baseline/s0 (finished in run 1234abcd)")
         bar.echo("done paper/10/rules/s0 in 3s")
@@ -49,5 +51,5 @@ def test_cell_progress_counts_done_failed_and_skipped_cells(monkeypatch):
 def test_reproduce_cell_count():
     from mimic_learn.experiments import PAPER_ARMS
 
-    assert cli._reproduce_cells("paper", ["10", "100"], [0, 1, 2], "") == 2 * 3 * len(PAPER_ARMS)
-    assert cli._reproduce_cells("paper", ["10"], [0], "baseline,rules,pbt") == 3
+    assert count_cells("paper", ["10", "100"], [0, 1, 2], "") == 2 * 3 * len(PAPER_ARMS)
+    assert count_cells("paper", ["10"], [0], "baseline,rules,pbt") == 3

@@ -10,10 +10,10 @@ from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from typer.testing import CliRunner
 
+from mimic_learn.agents.pricing import PRICE_TABLE, price_for
 from mimic_learn.agents.providers import ProviderOptions
 from mimic_learn.cli import app
 from mimic_learn.experiments import TOKENS_PER_DECISION, plan_reproduce
-from mimic_learn.pricing import PRICE_TABLE, price_for
 from mimic_learn.tracking import decision_rows, describe_usage, run_usage
 
 from .agent_helpers import make_runner

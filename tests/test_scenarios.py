@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from typer.testing import CliRunner
 
 from mimic_learn.agents.rules import RulesChatModel
-from mimic_learn.agents.scenarios import KEEP, LR_DOWN, ROLLBACK, bank, evaluate_controller, is_sensible, opt
 from mimic_learn.agents.scripted import ScriptedChatModel
 from mimic_learn.cli import app
+from mimic_learn.evals.scenarios import KEEP, LR_DOWN, ROLLBACK, bank, evaluate_controller, is_sensible, opt
 
 
 def always_keep() -> ScriptedChatModel:
@@ -82,3 +83,23 @@ def test_sensible_needs_a_valid_call():
     assert healthy[0].keep_acceptable
     result = evaluate_controller(Silent(), "silent", healthy).results[0]
     assert not result.valid and not result.sensible
+
+
+def test_the_bank_is_a_data_file_shipped_with_the_package(tmp_path):
+    """The situations live in evals/data/scenarios.yaml (package data); a move the answer key cannot name is
+    refused with the moves it can."""
+    import tomllib
+    from pathlib import Path
+
+    from mimic_learn.evals.scenarios import SCENARIOS_FILE, load_scenarios
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    shipped = pyproject["tool"]["setuptools"]["package-data"]["mimic_learn.evals"]
+    assert SCENARIOS_FILE.relative_to(SCENARIOS_FILE.parents[1]).as_posix() in shipped
+    assert [s.name for s in load_scenarios(SCENARIOS_FILE)] == [s.name for s in bank()]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "scenarios:\n  - {name: x, description: y, history: [[1, 1, 0.5, 0.5]], acceptable: [[lr sideways]]}\n"
+    )
+    with pytest.raises(ValueError, match="'lr sideways' is not a move; choose from rollback, lr up"):
+        load_scenarios(bad)

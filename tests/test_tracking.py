@@ -223,3 +223,70 @@ def test_trace_previews_read_like_a_log():
     )
     assert out.endswith("…") and len(out) < 260
     assert decision_preview({"changes": [], "calls": [], "reflection": ""}, {}) == "no change"
+
+
+def _run(status="FAILED", stage="active", tags=None, metrics=None, run_id="r1"):
+    from types import SimpleNamespace
+
+    info = SimpleNamespace(run_id=run_id, status=status, lifecycle_stage=stage, experiment_id="0")
+    return SimpleNamespace(
+        info=info, data=SimpleNamespace(tags=tags or {}, params={"lr": "0.001"}, metrics=metrics or {})
+    )
+
+
+def test_resume_rules_name_why_a_run_cannot_continue(tmp_path):
+    """tracking.runs.resumable: the rules `mimic-learn resume` prints, without a store."""
+    from mimic_learn.tracking import tags
+    from mimic_learn.tracking.runs import RunRefused, resumable
+
+    folder = tmp_path / "run-abc"
+    base = {tags.ROLE: "child", tags.THREAD_ID: "run-abc", tags.ARM: "rules-log_only-full-s0"}
+    with pytest.raises(RunRefused, match="wrote no trainer checkpoints"):
+        resumable(_run(tags=base))
+    gone = base | {tags.CHECKPOINT_DIR: str(folder), tags.CHECKPOINTS: "cleaned"}
+    with pytest.raises(
+        RunRefused, match=r"folder .*run-abc is gone \(`mimic-learn clean --all` removed it\)"
+    ):
+        resumable(_run(tags=gone, metrics={"val_loss": 0.3}))
+    with pytest.raises(RunRefused, match="--keep-checkpoints"):
+        resumable(_run(status="FINISHED", tags=base | {tags.CHECKPOINTS: "removed"}))
+    folder.mkdir()
+    found = resumable(_run(tags=base | {tags.CHECKPOINT_DIR: str(folder), tags.TRACES: "False"}))
+    assert (found.thread_id, found.checkpoint_dir, found.arm) == ("run-abc", str(folder), base[tags.ARM])
+    assert (found.traces, found.log_model, found.parent_id, found.params) == (
+        False,
+        True,
+        None,
+        {"lr": "0.001"},
+    )
+
+
+def test_clean_verdicts_keep_only_resumable_runs():
+    from mimic_learn.tracking.runs import clean_verdict
+
+    assert clean_verdict(None, False) == (True, "orphan: no run of this thread in the tracking store")
+    assert clean_verdict(_run(status="FINISHED"), False)[0]
+    assert clean_verdict(_run(stage="deleted"), False) == (True, "deleted in MLflow (run r1)")
+    assert clean_verdict(_run(status="KILLED"), False) == (False, "KILLED, resumable: mimic-learn resume r1")
+    assert clean_verdict(_run(status="RUNNING"), True)[0]
+
+
+def test_clean_plan_refuses_a_missing_store_and_lists_nothing_without_folders(tmp_path):
+    from mimic_learn.tracking.runs import RunRefused, clean_plan
+
+    state_db = str(tmp_path / "state" / "graph_state.sqlite")
+    missing_store = f"sqlite:///{tmp_path / 'nowhere.db'}"
+    assert clean_plan(state_db, missing_store).folders == []  # no folder: the store is not even needed
+    (tmp_path / "state" / "checkpoints" / "run-x").mkdir(parents=True)
+    with pytest.raises(RunRefused, match="no MLflow store at"):
+        clean_plan(state_db, missing_store)
+
+
+def test_note_text_is_checked_before_any_store_is_touched():
+    from mimic_learn.tracking.runs import NOTE_LIMIT, RunRefused, check_note_text
+
+    check_note_text("class 7 recall matters")
+    with pytest.raises(RunRefused, match="the note is empty"):
+        check_note_text("")
+    with pytest.raises(RunRefused, match=f"at most {NOTE_LIMIT}"):
+        check_note_text("x" * (NOTE_LIMIT + 1))

@@ -1,4 +1,5 @@
-"""MLflow tracking: params, per-epoch metrics, LangGraph traces, decisions table, plots, the final model.
+"""The MLflow store: the experiment, parent runs, and ``MlflowTracker``, the observer that logs a child run's
+params, per-epoch metrics, LangGraph traces, decisions table, plots and final model; reading a logged run back.
 
 Structure: one parent run per command (``run``, ``reproduce``), one nested child run per arm x seed.
 Traces come from ``mlflow.langchain.autolog()`` (no ``@mlflow.trace`` on top: that would duplicate spans);
@@ -24,9 +25,10 @@ from pathlib import Path
 import mlflow
 import mlflow.pytorch
 
-from .tools.controls import KNOBS
-from .training.knobs import report_knobs
-from .training.trainer import metric_value
+from ..tools.controls import KNOBS
+from . import tags
+from .previews import decision_preview, report_preview
+from .records import as_columns, decision_rows, epoch_metrics, notes_from_tags, run_usage
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # One trace-export worker: with several, a trace's span batch and its trace info are written by two threads at
@@ -35,10 +37,6 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # a user's own setting wins.
 os.environ.setdefault("MLFLOW_ASYNC_TRACE_LOGGING_MAX_WORKERS", "1")
 OUTCOMES_ARTIFACT = "outcomes.jsonl"  # a child run's outcome records (training/outcomes.py)
-# `mimic-learn note <run-id> "text"` sets the tag mimic.note.<unix ms>-<random> = text on the run; the running
-# process reads the run's tags before each decision (MlflowTracker.poll_notes). See
-# docs/guides/instructions-and-notes.md.
-NOTE_TAG_PREFIX = "mimic.note."
 TRACE_TAG_LIMIT = 4000  # mlflow.tracing.constant.MAX_CHARS_IN_TRACE_INFO_TAGS_VALUE is 4096
 
 
@@ -63,24 +61,25 @@ def setup(tracking_uri: str | None, experiment: str) -> None:
 
 
 def version_tags() -> dict[str, str]:
+    """The versions a run was made with (package, torch, device, python, langgraph, mlflow, git commit)."""
     import langgraph
     import torch
 
-    from . import __version__
+    from .. import __version__
 
-    tags = {
-        "mimic_learn.version": __version__,
-        "torch.version": torch.__version__,
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "python": platform.python_version(),
+    found = {
+        tags.VERSION: __version__,
+        tags.TORCH_VERSION: torch.__version__,
+        tags.DEVICE: "cuda" if torch.cuda.is_available() else "cpu",
+        tags.PYTHON: platform.python_version(),
     }
     try:
         from importlib.metadata import version
 
-        tags["langgraph.version"] = version("langgraph")
-        tags["mlflow.version"] = version("mlflow")
+        found[tags.LANGGRAPH_VERSION] = version("langgraph")
+        found[tags.MLFLOW_VERSION] = version("mlflow")
     except Exception:  # pragma: no cover - metadata missing in odd installs
-        tags["langgraph.version"] = getattr(langgraph, "__version__", "unknown")
+        found[tags.LANGGRAPH_VERSION] = getattr(langgraph, "__version__", "unknown")
     try:
         import subprocess
 
@@ -92,10 +91,10 @@ def version_tags() -> dict[str, str]:
             cwd=Path(__file__).parent,
         ).stdout.strip()
         if sha:
-            tags["code.version"] = sha
+            found[tags.CODE_VERSION] = sha
     except Exception:
         pass
-    return tags
+    return found
 
 
 def end_runs_down_to(run_id: str, status: str) -> None:
@@ -117,7 +116,7 @@ def parent_run(
     run = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name=name)
     try:
         if not run_id:
-            mlflow.set_tags(version_tags() | {"mimic.role": "parent"})
+            mlflow.set_tags(version_tags() | {tags.ROLE: tags.ROLE_PARENT})
         if params:
             mlflow.log_params(params)
         yield run
@@ -125,167 +124,6 @@ def parent_run(
         end_runs_down_to(run.info.run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     end_runs_down_to(run.info.run_id, "FINISHED")
-
-
-def epoch_metrics(outcome) -> dict[str, float]:
-    r = outcome.report
-    metrics = {
-        k: getattr(r, k)
-        for k in ("train_loss", "train_acc", "val_loss", "val_acc")
-        if getattr(r, k) is not None  # a user loop (LoopTrainer) reports the numbers it has
-    }
-    metrics.update(r.metrics)
-    metrics |= {k: v for k, v in report_knobs(r).items() if v is not None}  # every knob of the table
-    metrics["epoch_seconds"] = r.wall_time
-    metrics["guard_rollbacks"] = getattr(outcome, "guard_rollbacks", 0)
-    metrics.update({f"grad_norm/{k}": v for k, v in r.grad_norms.items()})
-    metrics.update({f"val_acc_class/{c}": v for c, v in enumerate(r.per_class_val_acc)})
-    state = outcome.state
-    if state is not None:
-        metrics.update(
-            {
-                "tool_calls": state.get("tool_calls_used", 0),
-                "invalid_calls": state.get("invalid_calls", 0),
-                "refused_calls": state.get("refused_calls", 0),
-                "fallbacks": len(state.get("fallbacks") or []),
-                "decision_latency_s": state.get("decide_seconds", 0.0),
-                "tokens_in": state.get("tokens_in", 0),
-                "tokens_out": state.get("tokens_out", 0),
-                "reverted": float(bool(state.get("reverted"))),
-            }
-        )
-        reviews = state.get("reviews") or []
-        if reviews:  # --approve: what the human did with this decision's proposals
-            for action in ("accept", "edit", "reject"):
-                metrics[f"review_{action}s"] = sum(rv["action"] == action for rv in reviews)
-    # Counterfactual forks measured at this epoch (graphs/counterfactual.py): the decision's effect vs not acting
-    verdicts = getattr(outcome, "counterfactual", None) or []
-    effects = [v["effect"] for v in verdicts if v.get("effect") is not None]
-    if effects:
-        metrics["decision_effect"] = effects[-1]
-    if verdicts or getattr(outcome, "shadow_epochs", 0):
-        metrics["shadow_epochs"] = outcome.shadow_epochs  # cumulative extra epochs (forks + oracle rollouts)
-    oracle = getattr(outcome, "oracle", None)
-    if oracle:
-        metrics["oracle_candidates"] = len(oracle["candidates"])
-        metrics["oracle_horizon"] = oracle["horizon"]
-        metrics["oracle_compute_epochs"] = oracle["compute_epochs"]  # candidates x horizon, this decision
-    # MLflow stores floats; a NaN loss is kept as NaN (that is the information)
-    return {k: float(v) for k, v in metrics.items()}
-
-
-def decision_rows(outcome) -> list[dict]:
-    """One row per tool call (or one row for a decision with none), for the decisions table."""
-    d, r = outcome.decision, outcome.report
-    if d is None:
-        return []
-    base = {
-        "epoch": r.epoch,
-        "reflection": d.get("reflection", ""),
-        "val_acc_before": r.val_acc,
-        "val_loss_before": r.val_loss,
-        "monitor": r.monitor,
-        "monitor_before": metric_value(r.to_dict(), r.monitor),
-        "changes": json.dumps(d.get("changes", [])),
-        "fallbacks": "; ".join(d.get("fallbacks", [])),
-        "reverted": bool(d.get("reverted")),
-        # counterfactual reflection: the measured effect vs not acting (None: no fork, or not measured yet)
-        "decision_effect": (d.get("counterfactual") or {}).get("effect"),
-        "final_text": d.get("final_text", ""),
-        # the whole decision's provider usage (every model turn of it), repeated on each of its rows
-        "tokens_in": int((outcome.state or {}).get("tokens_in", 0)),
-        "tokens_out": int((outcome.state or {}).get("tokens_out", 0)),
-        "notes": json.dumps(
-            [
-                {"time": _iso(n.get("time")), "text": n.get("text"), "source": n.get("source")}
-                for n in d.get("notes") or []
-            ]
-        )
-        if d.get("notes")
-        else "",
-        "review": json.dumps(
-            [{k: v for k, v in rv.items() if k != "message_id"} for rv in d.get("reviews") or []], default=str
-        )
-        if d.get("reviews")
-        else "",
-    }
-    calls = d.get("calls") or [
-        {"tool": "", "args": {}, "accepted": False, "reply": "no tool call", "turn": 0}
-    ]
-    return [
-        base
-        | {
-            "turn": c.get("turn", 0),
-            "tool": c.get("tool") or "",
-            "arguments": json.dumps(c.get("args"), default=str),
-            "accepted": bool(c.get("accepted")),
-            "reason": (c.get("args") or {}).get("reason", "") if isinstance(c.get("args"), dict) else "",
-            "reply": c.get("reply", ""),
-        }
-        for c in calls
-    ]
-
-
-PREVIEW_REFLECTION_CHARS = 160
-
-
-def _num(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}g}"
-
-
-def report_preview(report: dict, history: list[dict]) -> str:
-    """One line for a decision trace's Input column: ``epoch 53 · val acc 0.970 (best 0.972) · lr 0.01 ·
-    dropout 0.2``. ``history`` is the run's epoch reports up to this one (the best is over them)."""
-    monitor = report.get("monitor") or "val_acc"
-    value = metric_value(report, monitor)
-    seen = [v for v in (metric_value(r, monitor) for r in history) if v is not None]
-    best = (min if report.get("mode") == "min" else max)(seen) if seen else None
-    shown = "n/a" if value is None else f"{value:.3f}"
-    parts = [f"epoch {report['epoch']}", f"{monitor.replace('_', ' ')} {shown}"]
-    if best is not None:
-        parts[-1] += f" (best {best:.3f})"
-    parts.append(f"lr {_num(report.get('lr'))}")
-    if report.get("dropout") is not None:
-        parts.append(f"dropout {_num(report['dropout'], 2)}")
-    if report.get("weight_decay"):
-        parts.append(f"wd {_num(report['weight_decay'], 2)}")
-    if report.get("alpha"):
-        parts.append(f"alpha {_num(report['alpha'], 2)}")
-    return " · ".join(parts)
-
-
-def decision_preview(decision: dict, before: dict[str, float | None]) -> str:
-    """One line for a decision trace's Output column: ``set_lr 0.01→0.002 ✓ · set_dropout ✗ · 7 refused ·
-    reflection: …``. ``before`` holds the knob values when the decision started."""
-    parts = []
-    for change in decision.get("changes") or []:
-        key, tool = change["key"], change.get("tool") or change["key"]
-        if key in KNOBS:
-            parts.append(f"{tool} {_num(before.get(key))}→{change['value']} ✓")
-        else:
-            parts.append(f"{tool} {change['value']} ✓" if key != "rollback" else f"{tool} ✓")
-    calls = decision.get("calls") or []
-    refused = sum(not c["accepted"] and str(c.get("reply", "")).startswith("refused") for c in calls)
-    rejected: dict[str, int] = {}
-    for c in calls:
-        if not c["accepted"] and not str(c.get("reply", "")).startswith("refused"):
-            rejected[str(c["tool"])] = rejected.get(str(c["tool"]), 0) + 1
-    parts += [f"{tool} ✗" + (f"×{n}" if n > 1 else "") for tool, n in rejected.items()]
-    if refused:
-        parts.append(f"{refused} refused")
-    if not decision.get("changes"):
-        parts.insert(0, "no change")
-    if decision.get("reverted"):
-        parts.append("reverted the previous decision")
-    if decision.get("fallbacks"):
-        parts.append(f"{len(decision['fallbacks'])} fallback(s)")
-    if decision.get("commit_error"):
-        parts.append(f"commit failed: {decision['commit_error'][:80]}")
-    reflection = " ".join(str(decision.get("reflection") or "").split())
-    if reflection:
-        cut = reflection[:PREVIEW_REFLECTION_CHARS]
-        parts.append("reflection: " + cut + ("…" if len(reflection) > len(cut) else ""))
-    return " · ".join(parts)
 
 
 def run_params(runner) -> dict[str, str]:
@@ -298,7 +136,7 @@ def run_params(runner) -> dict[str, str]:
         return params
     from dataclasses import fields
 
-    from .training.config import TrainConfig
+    from ..training.config import TrainConfig
 
     unused = {f.name for f in fields(TrainConfig)} - {"task", "epochs", "checkpoint_dir", "keep_checkpoints"}
     params = {k: v for k, v in params.items() if k not in unused and not k.startswith("extra.")}
@@ -352,20 +190,20 @@ class MlflowTracker:
         run = mlflow.start_run(run_name=self.arm, nested=nested)
         self.run_id = run.info.run_id
         mlflow.log_params(run_params(runner))
-        tags = {
-            "mimic.role": "child",
-            "mimic.arm": self.arm,
-            "mimic.thread_id": runner.thread_id,
-            "mimic.data": runner.trainer.data.source if runner.trainer.data is not None else "user loop",
-            "mimic.log_model": str(self.log_model),
-            "mimic.traces": str(self.traces),
+        run_tags = {
+            tags.ROLE: tags.ROLE_CHILD,
+            tags.ARM: self.arm,
+            tags.THREAD_ID: runner.thread_id,
+            tags.DATA: runner.trainer.data.source if runner.trainer.data is not None else "user loop",
+            tags.LOG_MODEL: str(self.log_model),
+            tags.TRACES: str(self.traces),
         }
         if runner.graph is not None:
-            tags["mimic.state_db"] = str(Path(runner.spec.state_db).resolve())
+            run_tags[tags.STATE_DB] = str(Path(runner.spec.state_db).resolve())
         ckpt_dir = runner.spec.train.resolved_checkpoint_dir()
         if ckpt_dir is not None:
-            tags["mimic.checkpoint_dir"] = str(ckpt_dir.resolve())
-        mlflow.set_tags(version_tags() | tags | self.tags)
+            run_tags[tags.CHECKPOINT_DIR] = str(ckpt_dir.resolve())
+        mlflow.set_tags(version_tags() | run_tags | self.tags)
 
     def on_decision_start(self, runner, epoch: int) -> None:
         """Called inside the graph invocation: tag, name and preview the trace being recorded, and put it in
@@ -376,29 +214,29 @@ class MlflowTracker:
         self._before = {k: controls.current(k) for k in KNOBS} if controls is not None else {}
         history = [r.to_dict() for r in runner.trainer.history]
         report = next((r for r in reversed(history) if r["epoch"] == epoch), None)
-        tags = {"epoch": str(epoch), "mimic.arm": self.arm, "mlflow.traceName": f"epoch {epoch} decision"}
+        trace_tags = {tags.EPOCH: str(epoch), tags.ARM: self.arm, tags.TRACE_NAME: f"epoch {epoch} decision"}
         verdicts = getattr(runner, "current_verdicts", None) or []
         if verdicts:  # the previous decision's measured effect (counterfactual reflection)
-            tags["mimic.decision_effect"] = str(verdicts[-1]["effect"])
+            trace_tags[tags.DECISION_EFFECT] = str(verdicts[-1]["effect"])
             try:  # the graph's `observe` span; a tracing hiccup must not stop the run
                 span = mlflow.get_current_active_span()
                 if span is not None:
                     span.set_attributes(
                         {
-                            "mimic.decision_effect": verdicts[-1]["effect"],
-                            "mimic.decision_effect_epoch": verdicts[-1]["decision_epoch"],
-                            "mimic.counterfactual_horizon": verdicts[-1]["horizon"],
+                            tags.DECISION_EFFECT: verdicts[-1]["effect"],
+                            tags.DECISION_EFFECT_EPOCH: verdicts[-1]["decision_epoch"],
+                            tags.COUNTERFACTUAL_HORIZON: verdicts[-1]["horizon"],
                         }
                     )
             except Exception as exc:  # pragma: no cover - depends on the tracing backend
-                mlflow.set_tag("mimic.trace_attribute_error", f"{type(exc).__name__}: {exc}"[:300])
+                mlflow.set_tag(tags.TRACE_ATTRIBUTE_ERROR, f"{type(exc).__name__}: {exc}"[:300])
         if runner.spec.agent.instruction:
-            tags["mimic.instruction"] = runner.spec.agent.instruction[:TRACE_TAG_LIMIT]
+            trace_tags[tags.INSTRUCTION] = runner.spec.agent.instruction[:TRACE_TAG_LIMIT]
         notes = getattr(runner, "current_notes", None)
         if notes:
-            tags["mimic.notes"] = json.dumps([n["text"] for n in notes])[:TRACE_TAG_LIMIT]
+            trace_tags[tags.NOTES] = json.dumps([n["text"] for n in notes])[:TRACE_TAG_LIMIT]
         mlflow.update_current_trace(
-            tags=tags,
+            tags=trace_tags,
             session_id=runner.thread_id,
             request_preview=report_preview(report, history) if report is not None else f"epoch {epoch}",
         )
@@ -435,12 +273,12 @@ class MlflowTracker:
             usage = run_usage(result.epochs, runner.spec.controller, runner.spec.provider)
             mlflow.log_metrics({k: v for k, v in usage.items() if isinstance(v, int | float)})
             if "price" in usage:
-                mlflow.set_tag("mimic.price", usage["price"])
+                mlflow.set_tag(tags.PRICE, usage["price"])
         if self.rows:
-            mlflow.log_table(_columns(self.rows), artifact_file="decisions.json")
+            mlflow.log_table(as_columns(self.rows), artifact_file="decisions.json")
         records = getattr(runner, "outcome_records", None) or []
         if records:
-            from .training.outcomes import write_jsonl
+            from ..training.outcomes import write_jsonl
 
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / OUTCOMES_ARTIFACT
@@ -465,59 +303,6 @@ class MlflowTracker:
         mlflow.end_run()
 
 
-def run_usage(outcomes, controller: str, provider=None) -> dict:
-    """A run's total provider tokens over its decisions and, where a price is known (``--price-in/--price-out``
-    or ``pricing.PRICE_TABLE``), the estimated cost in USD: ``total_tokens_in``, ``total_tokens_out``,
-    ``decisions``, and ``estimated_cost_usd`` with ``price`` (where the price came from)."""
-    from .pricing import price_for
-
-    states = [o.state for o in outcomes if o.state is not None]
-    usage: dict = {
-        "decisions": len(states),
-        "total_tokens_in": sum(int(s.get("tokens_in", 0)) for s in states),
-        "total_tokens_out": sum(int(s.get("tokens_out", 0)) for s in states),
-    }
-    price = price_for(
-        controller,
-        getattr(provider, "price_in_per_m", None),
-        getattr(provider, "price_out_per_m", None),
-    )
-    if price is not None:
-        usage["estimated_cost_usd"] = price.cost_usd(usage["total_tokens_in"], usage["total_tokens_out"])
-        usage["price"] = price.describe()
-    return usage
-
-
-def describe_usage(usage: dict) -> str:
-    text = (
-        f"tokens: {usage['total_tokens_in']:,} in / {usage['total_tokens_out']:,} out "
-        f"over {usage['decisions']} decisions"
-    )
-    if "estimated_cost_usd" in usage:
-        text += f"; estimated cost ${usage['estimated_cost_usd']:.4f} at {usage['price']}"
-    return text
-
-
-def notes_from_tags(tags: dict[str, str]) -> list[dict]:
-    """The note records held in a run's ``mimic.note.<unix ms>-<random>`` tags."""
-    notes = []
-    for key, text in tags.items():
-        if key.startswith(NOTE_TAG_PREFIX):
-            note_id = key.removeprefix(NOTE_TAG_PREFIX)
-            ms = note_id.split("-")[0]
-            when = int(ms) / 1000 if ms.isdigit() else None
-            notes.append({"id": note_id, "text": text, "time": when, "source": "mimic-learn note"})
-    return notes
-
-
-def _iso(when) -> str:
-    import datetime as dt
-
-    if not isinstance(when, (int, float)):
-        return ""
-    return dt.datetime.fromtimestamp(when, dt.UTC).isoformat(timespec="seconds")
-
-
 def log_plots(arms: dict[str, list[dict]]) -> None:
     """Plot the arms' epoch reports (overlaid) and log the PNGs to the active run under ``plots/``."""
     from .plots import plot_run
@@ -525,11 +310,6 @@ def log_plots(arms: dict[str, list[dict]]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for path in plot_run(arms, Path(tmp)):
             mlflow.log_artifact(str(path), artifact_path="plots")
-
-
-def _columns(rows: list[dict]) -> dict[str, list]:
-    keys = list(rows[0])
-    return {k: [row.get(k) for row in rows] for k in keys}
 
 
 def load_decisions(run_id: str) -> list[dict]:
@@ -544,7 +324,7 @@ def load_decisions(run_id: str) -> list[dict]:
 
 def load_outcomes(run_id: str) -> list:
     """A logged run's outcome records (``OutcomeRecord``), each with ``source_run_id`` set; [] when it has none."""
-    from .training.outcomes import read_jsonl
+    from ..training.outcomes import read_jsonl
 
     client = mlflow.MlflowClient()
     names = {a.path for a in client.list_artifacts(run_id)}
@@ -555,21 +335,3 @@ def load_outcomes(run_id: str) -> list:
     for record in records:
         record.source_run_id = run_id
     return records
-
-
-def decisions_to_script(rows: list[dict]) -> dict:
-    """A logged run's decisions as a ``scripted:`` file: every tool call, turn by turn, rejected ones too."""
-    by_epoch: dict[int, dict[int, list]] = {}
-    for row in rows:
-        if not row.get("tool"):
-            continue
-        args = json.loads(row["arguments"]) if row.get("arguments") else {}
-        by_epoch.setdefault(int(row["epoch"]), {}).setdefault(int(row.get("turn") or 0), []).append(
-            {"name": row["tool"], "args": args}
-        )
-    return {
-        "decisions": [
-            {"epoch": epoch, "turns": [turns[t] for t in sorted(turns)]}
-            for epoch, turns in sorted(by_epoch.items())
-        ]
-    }

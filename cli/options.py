@@ -1,0 +1,113 @@
+"""The option types the commands share (typer ``Annotated`` aliases) and the choice enums. Declarative: a
+command's signature names an option and its default; its help lives here once."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+
+class Task(StrEnum):
+    digits = "digits"
+    mnist = "mnist"
+    mnist32 = "mnist32"
+    cifar10 = "cifar10"
+    synthetic = "synthetic"
+
+
+class Critic(StrEnum):
+    numbers = "numbers"
+    llm = "llm"
+
+
+class Optim(StrEnum):
+    adam = "adam"
+    sgd = "sgd"
+
+
+class Schedule(StrEnum):
+    none = "none"
+    step = "step"
+    plateau = "plateau"
+    onecycle = "onecycle"
+
+
+TaskOpt = Annotated[
+    Task,
+    typer.Option(
+        help="digits: sklearn 8x8 digits (offline); mnist/cifar10: torchvision; synthetic: CIFAR-shaped random data."
+    ),
+]
+RegimeOpt = Annotated[
+    str, typer.Option(help="Training-set size: 'full', a count (6000, 600, 100, 10) or a fraction (0.1).")
+]
+EpochsOpt = Annotated[int, typer.Option(min=1, help="Epochs to train.")]
+DataDirOpt = Annotated[
+    str, typer.Option(help="Folder holding the dataset (for MNIST: the folder with MNIST/raw/).")
+]
+TrackingOpt = Annotated[str, typer.Option(help="MLflow tracking URI (a server URL or sqlite:///file.db).")]
+OptimizerOpt = Annotated[Optim, typer.Option(help="adam (the paper) or sgd with momentum 0.9 (the blog).")]
+ScheduleOpt = Annotated[Schedule, typer.Option(help="Learning-rate schedule.")]
+LrOpt = Annotated[float, typer.Option(help="Initial learning rate.")]
+WeightDecayOpt = Annotated[float, typer.Option(help="Optimizer weight decay.")]
+BatchSizeOpt = Annotated[int, typer.Option(min=1, help="Training batch size.")]
+SeedOpt = Annotated[
+    int, typer.Option(help="Seed for the data subset, the initial weights and the batch order.")
+]
+DownloadOpt = Annotated[bool, typer.Option(help="Download the dataset if missing (needs internet).")]
+ThreadsOpt = Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")]
+ValSizeOpt = Annotated[int | None, typer.Option(help="Validation images held out from the train split.")]
+TrackOpt = Annotated[bool, typer.Option(help="Log to MLflow.")]
+PriceInOpt = Annotated[
+    float | None,
+    typer.Option(
+        min=0,
+        help="USD per million input tokens, for the estimated cost (default: the built-in estimate for gpt-4o "
+        "and gemini-2.5-flash, none for other models).",
+    ),
+]
+PriceOutOpt = Annotated[
+    float | None, typer.Option(min=0, help="USD per million output tokens (see --price-in).")
+]
+RequestTimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        min=1,
+        help="Seconds one HTTP request to the provider may take (a CPU-served local model may need minutes).",
+    ),
+]
+ExperimentOpt = Annotated[str | None, typer.Option(help="MLflow experiment (default mimic-<task>).")]
+
+
+class Executor(StrEnum):
+    local = "local"
+    ray = "ray"
+
+
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Join this Ray cluster (auto, <head-ip>:6379 or ray://<head>:10001) instead of starting Ray here."
+    ),
+]
+NumCpusOpt = Annotated[
+    int | None, typer.Option(min=1, help="CPUs of this machine Ray may use when started here (default: all).")
+]
+CpusPerTrialOpt = Annotated[
+    float, typer.Option(min=0.01, help="CPUs per Ray trial; torch uses as many threads (at least 1).")
+]
+GpusPerTrialOpt = Annotated[
+    float, typer.Option(min=0.0, help="GPUs per Ray trial; a fraction (0.25) runs several trials on one GPU.")
+]
+
+
+class Experiment(StrEnum):
+    paper = "paper"
+    blog = "blog"
+
+
+class BankChoice(StrEnum):
+    outcomes = "outcomes"
+    situations = "situations"

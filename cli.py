@@ -131,7 +131,7 @@ GpusPerTrialOpt = Annotated[
 def _require_ray() -> None:
     import importlib.util
 
-    from .sweep import RAY_MISSING
+    from .experiments import RAY_MISSING
 
     if importlib.util.find_spec("ray") is None:
         _fail(RAY_MISSING)
@@ -1032,6 +1032,7 @@ def reproduce(
 
     from . import tracking
     from .agents.providers import ProviderOptions, default_controller
+    from .experiments import ReproduceOptions
     from .experiments import reproduce as run_reproduce
     from .training import DataUnavailableError
 
@@ -1039,7 +1040,7 @@ def reproduce(
     if executor == Executor.ray or "pbt" in arms.split(","):
         _require_ray()
     if executor == Executor.ray:
-        from .sweep import TrialResources, ray_executor, tracking_server
+        from .experiments import TrialResources, ray_executor, tracking_server
 
         default_store = ctx.get_parameter_source("tracking_uri") == ParameterSource.DEFAULT
         if address and tracking_uri.startswith("sqlite:"):  # the default is one too
@@ -1101,14 +1102,14 @@ def reproduce(
             n_cells = _reproduce_cells(kind, regime_list, seed_list, arms) * len(start_list)
             bar = CellProgress(0 if report_only else n_cells)
             with bar:
-                path = run_reproduce(
-                    kind, regime_list, seed_list, [a for a in arms.split(",") if a] or None,
-                    controller or default_controller(), data_dir, epochs, threads, force,
-                    out or Path("docs/results") / f"{kind}.md", task, command,
-                    provider=provider, echo=bar.echo, report_only=report_only,
-                    run_cells=run_cells, model=model, val_size=val_size,
-                    starts=start_list, fixed_subset=fixed_subset,
+                options = ReproduceOptions(
+                    kind, regime_list, seed_list, arm_names=[a for a in arms.split(",") if a] or None,
+                    controller=controller or default_controller(), data_dir=data_dir, epochs=epochs,
+                    threads=threads, force=force, out=out, task=task, command=command, provider=provider,
+                    report_only=report_only, model=model, val_size=val_size, starts=start_list,
+                    fixed_subset=fixed_subset,
                 )  # fmt: skip
+                path = run_reproduce(options, echo=bar.echo, run_cells=run_cells)
     except DataUnavailableError as exc:
         hint = (
             " For the blog experiment without CIFAR-10, use --task mnist32 (an offline proxy)."
@@ -1128,7 +1129,7 @@ def sweep(
         Path,
         typer.Argument(
             help="Sweep spec (YAML): name, task, regime, epochs, seeds, arms (controller, reflection, prompt, "
-            "or pbt). Format: `python -c 'import mimic_learn.sweep as s; help(s)'` or the README."
+            "or pbt). Format: `python -c 'import mimic_learn.experiments.spec as s; help(s)'` or the README."
         ),
     ],
     tracking_uri: Annotated[
@@ -1161,7 +1162,7 @@ def sweep(
     MLflow store under one parent run; failed trials are retried, then recorded; the report lists missing cells."""
     from contextlib import nullcontext
 
-    from .sweep import TrialResources, load_spec, run_sweep, tracking_server
+    from .experiments import TrialResources, load_spec, run_sweep, tracking_server
 
     try:
         parsed = load_spec(spec)

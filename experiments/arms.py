@@ -59,8 +59,8 @@ START_VARIANTS = {
 }
 
 
-# validate_by_name: ``train_overrides`` is ``train:`` in a sweep spec, and both spellings construct an arm.
-@dataclass(config=ConfigDict(extra="forbid", validate_by_name=True, validate_by_alias=True))
+# populate_by_name: ``train_overrides`` is ``train:`` in a sweep spec, and both spellings construct an arm.
+@dataclass(config=ConfigDict(extra="forbid", populate_by_name=True))
 class Arm:
     # an arm run from a mis-tuned start is named <arm>@<start> (at_start)
     name: str = Field(pattern=r"^[A-Za-z0-9_.+-]+(@[A-Za-z0-9_.+-]+)?$")

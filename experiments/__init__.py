@@ -26,43 +26,28 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-# name -> module: the package's public API.
-_EXPORTS = {
-    **dict.fromkeys(("BLOG_NOTES", "BLOG_TABLE", "PAPER_EPOCHS", "PAPER_NOTES", "PAPER_TABLE"), "published"),
-    **dict.fromkeys(
-        ("ALPHA", "EQUIVALENCE_MARGINS", "PairedComparison", "compare_arms", "detectable_effect",
-         "fmt_mean_sd", "holm", "margin_for", "mean_sd", "paired_diff", "paired_t", "verdict"),
-        "stats",
-    ),  # fmt: skip
-    **dict.fromkeys(
-        ("BLOG_ARMS", "BLOG_TOOLS", "OPTIONAL_ARMS", "PAPER_ARMS", "PAPER_TOOLS", "PBT_ARM", "START_VARIANTS",
-         "Arm", "PbtSettings", "arm_spec", "at_start", "blog_config", "chosen_controller", "default_arms",
-         "known_arms", "paper_config", "resolve_arms"),
-        "arms",
-    ),  # fmt: skip
-    **dict.fromkeys(
-        ("CELL_FIELDS", "Cell", "cell_tag", "cell_tags", "cells_csv_path", "collect", "failed_cell_errors",
-         "finished_cells", "missing_cells", "read_cells_csv", "run_cell", "write_cells_csv"),
-        "cells",
-    ),  # fmt: skip
-    **dict.fromkeys(
-        ("arm_row_cells", "missing_section", "pbt_compute_note", "plot_curves", "recovery_lines",
-         "subset_policy", "write_report"),
-        "report",
-    ),  # fmt: skip
-    **dict.fromkeys(
-        ("EPOCH_SECONDS", "NO_TOKEN_CONTROLLERS", "TOKENS_PER_DECISION", "PlanRow", "ReproducePlan",
-         "describe_plan", "oracle_candidates", "oracle_horizon", "plan_reproduce"),
-        "plan",
-    ),  # fmt: skip
-    **dict.fromkeys(("absolute_tracking_uri", "free_port", "tracking_server"), "server"),
-    **dict.fromkeys(("RAY_MISSING", "TrialResources", "start_ray"), "ray_cluster"),
-    **dict.fromkeys(("run_pbt_cell",), "pbt"),
-    **dict.fromkeys(("ray_executor", "record_failures", "run_cells_on_ray"), "ray_trials"),
-    **dict.fromkeys(("SweepSpec", "load_spec"), "spec"),
-    **dict.fromkeys(("SweepOutcome", "run_sweep", "write_sweep_report"), "sweep"),
-    **dict.fromkeys(("ReproduceOptions", "report_from_cells", "reproduce"), "reproduction"),
+# module -> the names it gives the package's public API
+_PUBLIC = {
+    "published": "BLOG_NOTES BLOG_TABLE PAPER_EPOCHS PAPER_NOTES PAPER_TABLE",
+    "stats": "ALPHA EQUIVALENCE_MARGINS PairedComparison compare_arms detectable_effect fmt_mean_sd holm "
+    "margin_for mean_sd paired_diff paired_t verdict",
+    "arms": "BLOG_ARMS BLOG_TOOLS OPTIONAL_ARMS PAPER_ARMS PAPER_TOOLS PBT_ARM START_VARIANTS Arm PbtSettings "
+    "arm_spec at_start blog_config chosen_controller default_arms known_arms paper_config resolve_arms",
+    "cells": "CELL_FIELDS Cell cell_tag cell_tags cells_csv_path collect failed_cell_errors finished_cells "
+    "missing_cells read_cells_csv run_cell write_cells_csv",
+    "report": "arm_row_cells missing_section pbt_compute_note plot_curves recovery_lines subset_policy "
+    "write_report",
+    "plan": "EPOCH_SECONDS NO_TOKEN_CONTROLLERS TOKENS_PER_DECISION PlanRow ReproducePlan describe_plan "
+    "oracle_candidates oracle_horizon plan_reproduce",
+    "server": "absolute_tracking_uri free_port tracking_server",
+    "ray_cluster": "RAY_MISSING TrialResources start_ray",
+    "pbt": "run_pbt_cell",
+    "ray_trials": "ray_executor record_failures run_cells_on_ray",
+    "spec": "SweepSpec load_spec",
+    "sweep": "SweepOutcome run_sweep write_sweep_report",
+    "reproduction": "ReproduceOptions report_from_cells reproduce",
 }
+_EXPORTS = {name: module for module, names in _PUBLIC.items() for name in names.split()}
 __all__ = sorted(_EXPORTS)
 
 

@@ -64,7 +64,9 @@ START_VARIANTS = {
 class Arm:
     # an arm run from a mis-tuned start is named <arm>@<start> (at_start)
     name: str = Field(pattern=r"^[A-Za-z0-9_.+-]+(@[A-Za-z0-9_.+-]+)?$")
-    controller: str | None = None  # None (or "none" in a spec): no agent; "LLM": the command line's controller
+    controller: str | None = (
+        None  # None (or "none" in a spec): no agent; "LLM": the command line's controller
+    )
     prompt: str = "full"
     reflection: str = "log_only"
     every: int = Field(1, ge=1)

@@ -181,7 +181,11 @@ def log_pbt_cell(
             outcome = SimpleNamespace(report=EpochReport(**row), state=None, guard_rollbacks=0)
             mlflow.log_metrics(tracking.epoch_metrics(outcome), step=row["epoch"])
         mlflow.log_metrics(
-            {"test_acc": state["test"]["acc"], "test_loss": state["test"]["loss"], "pbt_wall_s": time.time() - t0}
+            {
+                "test_acc": state["test"]["acc"],
+                "test_loss": state["test"]["loss"],
+                "pbt_wall_s": time.time() - t0,
+            }
         )
         mlflow.log_dict({"lineage": state["lineage"]}, "pbt_lineage.json")
         mlflow.log_dict({"members": population}, "pbt_population.json")

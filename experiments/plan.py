@@ -210,5 +210,3 @@ def describe_plan(plan: ReproducePlan) -> str:
             + "; controller latency not included."
         )
     return "\n".join(lines)
-
-

@@ -136,7 +136,9 @@ def regime_table(
     base_arm = arms[0].name
     margin = margin_for(regime) * 100
     stat_cols = f"Δ test vs {base_arm} [95% simultaneous CI] | p (Holm) | verdict (TOST ±{margin:g} pt)"
-    tail = "tool calls (accepted) | fallbacks | knobs changed | decisions / tokens in, out / wall min | ran on"
+    tail = (
+        "tool calls (accepted) | fallbacks | knobs changed | decisions / tokens in, out / wall min | ran on"
+    )
     if kind == "paper":
         head = f"| arm | seeds | final val | best val | test | train | per-seed test | {stat_cols} | {tail} | paper final / max / train |"
     else:
@@ -169,7 +171,11 @@ def regime_figures(kind: str, regime: str, data: dict, arms: list[Arm], out: Pat
     scale = 1.0 if kind == "paper" else 100.0
     cells = data.get(regime, {})
     strip = plot_strip(
-        {a.name: [c["test"] * scale for _, c in sorted(cells[a.name].items())] for a in arms if cells.get(a.name)},
+        {
+            a.name: [c["test"] * scale for _, c in sorted(cells[a.name].items())]
+            for a in arms
+            if cells.get(a.name)
+        },
         out.parent / out.stem / f"strip_{regime}.png",
         "test accuracy" + (" (%)" if scale == 100.0 else ""),
     )

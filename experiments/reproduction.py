@@ -96,7 +96,9 @@ def train_config(options: ReproduceOptions, regime: str, seed: int) -> TrainConf
     """The experiment's TrainConfig of one regime and seed, with the options' task, model and data overrides."""
     task = options.task_name
     if options.kind == "paper":
-        train = replace(paper_config(regime, seed, options.data_dir, options.epochs, options.threads), task=task)
+        train = replace(
+            paper_config(regime, seed, options.data_dir, options.epochs, options.threads), task=task
+        )
         if task != "mnist":
             train = replace(train, model=None, val_size=None)
     else:

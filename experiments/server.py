@@ -52,7 +52,9 @@ def _wait_until_healthy(proc: subprocess.Popen, url: str, log_path: Path, timeou
         except OSError:
             pass
         if time.monotonic() > deadline:
-            raise RuntimeError(f"mlflow server did not answer on {url} within {timeout_s:.0f}s; see {log_path}")
+            raise RuntimeError(
+                f"mlflow server did not answer on {url} within {timeout_s:.0f}s; see {log_path}"
+            )
         time.sleep(0.5)
 
 

@@ -1,9 +1,9 @@
 """An arm: one way to run a cell (a controller with its prompt, reflection and tools, a schedule, or Population
 Based Training). The two reproductions' arms are defined here; a sweep spec's ``arms:`` entries are the same type.
 
-    from mimic_learn.experiments.arms import Arm, arm_spec
+    from mimic_learn.experiments import Arm, arm_spec
     arm = Arm("careful", "rules", reflection="memory", train_overrides={"lr": 0.003})
-    spec = arm_spec(arm, TrainConfig(task="digits"), controller="local", state_db="s.sqlite", provider=...)
+    spec = arm_spec(arm, TrainConfig(task="digits"), "local", "state.sqlite", ProviderOptions())   # a RunSpec
 
 ``controller`` is None for an arm without an agent, ``"LLM"`` for "the controller chosen on the command line"
 (the reproductions), or a controller name (``rules``, ``scripted:<file>``, ``openai:gpt-4o``, ...).

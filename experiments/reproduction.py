@@ -1,7 +1,7 @@
 """The two published experiments, reproduced side by side: run every missing cell, then write the report.
 
     mimic-learn reproduce paper --regimes 600,100,10 --seeds 0,1,2
-    mimic-learn reproduce blog --data-dir <folder with cifar-10-batches-py>     (or --proxy on MNIST)
+    mimic-learn reproduce blog --data-dir <folder with cifar-10-batches-py>     (or --task mnist32, a proxy)
 
     from mimic_learn.experiments import ReproduceOptions, reproduce
     reproduce(ReproduceOptions("paper", regimes=["100"], seeds=[0, 1], controller="rules", task="digits"))

@@ -41,8 +41,15 @@ import mlflow
 import yaml
 
 from mimic_learn import tracking
-from mimic_learn.experiments import finished_cells, run_cell
-from mimic_learn.sweep import ArmSpec, SweepSpec, TrialResources, run_cells_on_ray, start_ray
+from mimic_learn.experiments import (
+    Arm,
+    SweepSpec,
+    TrialResources,
+    finished_cells,
+    run_cell,
+    run_cells_on_ray,
+    start_ray,
+)
 
 SCRIPT = {
     "decisions": [
@@ -157,7 +164,7 @@ def endpoint(requests_per_client: int = 6) -> None:
     import xllamacpp
 
     from mimic_learn.agents.local import find_smollm2_gguf
-    from mimic_learn.sweep import free_port
+    from mimic_learn.experiments import free_port
     from mimic_learn.tools import discover
 
     path = find_smollm2_gguf()
@@ -266,8 +273,8 @@ def main() -> None:
         epochs=args.epochs,
         seeds=[0, 1],
         arms=[
-            ArmSpec(name="rules", controller="rules"),
-            ArmSpec(name="scripted", controller="scripted:decisions.yaml"),
+            Arm("rules", "rules"),
+            Arm("scripted", "scripted:decisions.yaml"),
         ],
     )
     load = os.getloadavg()

@@ -3,7 +3,7 @@ adapter, serve it with llama.cpp through the real local controller, and compare 
 
     python benchmarks/train_controller_proof.py --out /tmp/proof --epochs 2
 
-Data: agents/scenarios.py's 22 situations, each in 3 variants (controller_data.rules_situations: variant 0 is
+Data: evals/scenarios.py's 22 situations, each in 3 variants (evals.training_data.rules_situations: variant 0 is
 the bank's own, 1-2 perturb losses, accuracies and lr); targets are the `rules` controller's calls. Train on
 variants 0-1, hold out variant 2 (same kinds of situation, different numbers). Prints:
 1. the time to train on this CPU;
@@ -43,7 +43,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from mimic_learn.agents.controller_data import rules_situations
+    from mimic_learn.evals.training_data import rules_situations
     from mimic_learn.agents.local import LocalChatModel, _load, find_smollm2_gguf
     from mimic_learn.agents.train_controller import TrainControllerConfig, greedy_text, train_controller
 

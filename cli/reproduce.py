@@ -29,7 +29,7 @@ def require_ray() -> None:
     """Fail with the install hint when Ray is missing."""
     import importlib.util
 
-    from ..sweep import RAY_MISSING
+    from ..experiments import RAY_MISSING
 
     if importlib.util.find_spec("ray") is None:
         fail(RAY_MISSING)
@@ -191,7 +191,7 @@ def _executor(ctx: typer.Context, bar: CellProgress):
     if p["executor"] == Executor.ray or "pbt" in p["arms"].split(","):
         require_ray()
     if p["executor"] == Executor.ray:
-        from ..sweep import TrialResources, ray_executor, tracking_server
+        from ..experiments import TrialResources, ray_executor, tracking_server
 
         default_store = ctx.get_parameter_source("tracking_uri") == ParameterSource.DEFAULT
         if p["address"] and tracking_uri.startswith("sqlite:"):  # the default is one too
@@ -255,6 +255,7 @@ def _run_reproduce(
     """Run (or skip, when finished) every cell under one parent run; returns the report's path."""
     from .. import tracking
     from ..agents.providers import default_controller
+    from ..experiments import ReproduceOptions
     from ..experiments import reproduce as run_reproduce
     from ..training import DataUnavailableError
 
@@ -266,14 +267,14 @@ def _run_reproduce(
                 console.print(f"MLflow server {uri} over {tracking_uri} (for this command's trials)")
             tracking.setup(uri, p["mlflow_experiment"] or f"mimic-reproduce-{kind}")
             with bar:
-                return run_reproduce(
-                    kind, cells["regimes"], cells["seeds"], cells["arms"],
-                    p["controller"] or default_controller(), p["data_dir"], p["epochs"], p["threads"], p["force"],
-                    cells["out"], task, command,
-                    provider=_provider(p), echo=bar.echo, report_only=p["report_only"],
-                    run_cells=run_cells, model=p["model"], val_size=p["val_size"],
-                    starts=cells["starts"], fixed_subset=p["fixed_subset"],
+                options = ReproduceOptions(
+                    kind, cells["regimes"], cells["seeds"], arm_names=cells["arms"],
+                    controller=p["controller"] or default_controller(), data_dir=p["data_dir"],
+                    epochs=p["epochs"], threads=p["threads"], force=p["force"], out=cells["out"], task=task,
+                    command=command, provider=_provider(p), report_only=p["report_only"], model=p["model"],
+                    val_size=p["val_size"], starts=cells["starts"], fixed_subset=p["fixed_subset"],
                 )  # fmt: skip
+                return run_reproduce(options, echo=bar.echo, run_cells=run_cells)
     except DataUnavailableError as exc:
         hint = (
             " For the blog experiment without CIFAR-10, use --task mnist32 (an offline proxy)."
@@ -291,7 +292,7 @@ def sweep(
         Path,
         typer.Argument(
             help="Sweep spec (YAML): name, task, regime, epochs, seeds, arms (controller, reflection, prompt, "
-            "or pbt). Format: `python -c 'import mimic_learn.sweep as s; help(s)'` or the README."
+            "or pbt). Format: `python -c 'import mimic_learn.experiments.spec as s; help(s)'` or the README."
         ),
     ],
     tracking_uri: Annotated[
@@ -322,7 +323,7 @@ def sweep(
 ) -> None:
     """Run every arm x regime x seed of a spec as Ray Tune trials (PBT arms as populations), all logging to one
     MLflow store under one parent run; failed trials are retried, then recorded; the report lists missing cells."""
-    from ..sweep import TrialResources, load_spec, run_sweep, tracking_server
+    from ..experiments import TrialResources, load_spec, run_sweep, tracking_server
 
     try:
         parsed = load_spec(spec)

@@ -19,17 +19,17 @@ Only the bank's *train* split should be passed here: dev chooses, test is report
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from ..agents.controller_data import SCHEMA_VERSION, ActionOutcomes, Label, label_from_outcomes
 from ..agents.rules import RulesChatModel
 from ..tools.controls import TrainerControls
 from ..tools.registry import as_langchain_tools
+from ..training.knobs import multiplicative
 from .bank import BankEntry, replay
 from .score import decide
 
-MULTIPLICATIVE = ("lr", "weight_decay")
 KEEP_REASON = "no action beats keep beyond noise"
 
 
@@ -65,7 +65,7 @@ def _snap(call: dict, live: dict) -> dict | None:
     for arg, (low, high, current) in live.get(call["name"], {}).items():
         if arg not in args:
             continue
-        grid = candidate_values(low, high, current, multiplicative=arg in MULTIPLICATIVE)
+        grid = candidate_values(low, high, current, multiplicative=multiplicative(arg))
         near = [v for v in grid if math.isclose(v, float(args[arg]), rel_tol=1e-6)]
         if not near:
             return None
@@ -129,3 +129,97 @@ def bank_examples(entries: Iterable[BankEntry], prompt: str = "compact", budget:
             }
         )
     return out
+
+
+# ------------------------------------------------------------------ examples from the scenario bank + rules
+
+
+def rules_situations(
+    variants: int = 3, seed: int = 0, prompt: str = "compact", budget: int = 8
+) -> Iterator[tuple]:
+    """Training examples (as dicts) whose targets are the ``rules`` controller's decision on perturbed copies of
+    evals/scenarios.py's situations, rendered exactly as the built-in local controller sees them.
+
+    Variant 0 of each scenario is the bank's own; the others scale its losses by x0.75-1.3, shift accuracies
+    by +-0.03 and move lr by x0.5 / x2. Calls the grammar cannot express (``rollback``, withheld for the
+    built-in model; a value off the live candidate grid) are dropped; a decision left without calls is
+    skipped. ``source`` records scenario, variant and labeller. For proving the training pipeline; the real
+    training data comes from measured outcomes (``label_from_outcomes``).
+
+    Yields (example dict, the graph's LangChain messages, the bound tools): the last two let an evaluation run
+    the real controller on the same situation."""
+    import dataclasses
+    import random
+
+    from langchain_core.messages import SystemMessage
+
+    from ..agents.local import LocalChatModel, candidate_values
+    from ..agents.protocol import human_with_report
+    from ..agents.rules import rules_decision
+    from ..graphs.runner import agent_report
+    from ..prompts.templates import render, system_prompt
+    from .scenarios import bank, scenario_trainer
+
+    rng = random.Random(seed)
+    model = LocalChatModel()
+    for scenario in bank():
+        for variant in range(variants):
+            s = scenario
+            if variant:
+                loss_scale = rng.uniform(0.75, 1.3)
+                shift = rng.uniform(-0.03, 0.03)
+                history = [
+                    (
+                        tl * loss_scale,
+                        vl * loss_scale,
+                        min(1.0, max(0.0, ta + shift)),
+                        min(1.0, max(0.0, va + shift)),
+                    )
+                    for tl, vl, ta, va in scenario.history
+                ]
+                s = dataclasses.replace(
+                    scenario, history=history, lr=scenario.lr * rng.choice([0.5, 1.0, 2.0])
+                )
+            trainer = scenario_trainer(s)
+            tools = as_langchain_tools(TrainerControls(trainer))
+            report = agent_report(trainer, trainer.history[-1], s.total_epochs)
+            report["previous_decision"] = None
+            messages = [
+                SystemMessage(system_prompt(budget)),
+                human_with_report(render(prompt, report), report),
+            ]
+            chat = model.prompt_messages(messages, tools)
+            grammar_tools = {t["function"]["name"] for t in model.bind_tools(tools).kwargs["tools"]}
+            live = {t.name: t.live_bounds() for t in tools}
+            calls = []
+            for call in rules_decision(report):
+                if call["name"] not in grammar_tools:
+                    continue
+                args = dict(call["args"])
+                for arg, (low, high, current) in live.get(call["name"], {}).items():
+                    grid = candidate_values(low, high, current, multiplicative=multiplicative(arg))
+                    near = [v for v in grid if math.isclose(v, args.get(arg, math.nan), rel_tol=1e-6)]
+                    if not near:
+                        break
+                    args[arg] = near[0]
+                else:
+                    calls.append({"tool": call["name"], "args": args})
+            if not calls:
+                continue
+            example = {
+                "schema_version": SCHEMA_VERSION,
+                "messages": chat,
+                "target": calls[: model.max_calls_per_turn],
+                "source": {
+                    "scenario": scenario.name,
+                    "variant": variant,
+                    "labeller": "rules",
+                    "prompt": prompt,
+                },
+            }
+            yield example, messages, tools
+
+
+def rules_examples(variants: int = 3, seed: int = 0, prompt: str = "compact", budget: int = 8) -> list[dict]:
+    """``rules_situations``' examples only (JSON-ready dicts)."""
+    return [example for example, _, _ in rules_situations(variants, seed, prompt, budget)]

@@ -128,7 +128,7 @@ def test_readme_is_short_keeps_the_two_commands_and_links_resolve():
 
 
 def test_the_sweep_spec_in_the_ray_guide_is_a_valid_spec(tmp_path):
-    from mimic_learn.sweep import load_spec
+    from mimic_learn.experiments import load_spec
 
     page = (REPO / "docs/guides/ray-sweeps.md").read_text()
     blocks = re.findall(r"```yaml\n(.*?)```", page, re.S)

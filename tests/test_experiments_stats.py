@@ -1,4 +1,4 @@
-"""experiments_stats against scipy and hand-computed values: paired t, TOST, Holm, verdicts, detectable effect."""
+"""experiments/stats.py against scipy and hand-computed values: paired t, TOST, Holm, verdicts, detectable effect."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 from scipy import stats
 
-from mimic_learn.experiments_stats import (
+from mimic_learn.experiments.stats import (
     EQUIVALENCE_MARGINS,
     compare_arms,
     detectable_effect,

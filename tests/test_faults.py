@@ -47,7 +47,7 @@ from pydantic import ValidationError
 from mimic_learn.agents import providers as providers_module
 from mimic_learn.agents.protocol import decision_context, tool_call
 from mimic_learn.agents.providers import ProviderOptions
-from mimic_learn.agents.scenarios import bank, scenario_trainer
+from mimic_learn.evals.scenarios import bank, scenario_trainer
 from mimic_learn.graphs import routing as routing_module
 from mimic_learn.graphs.graph import AgentConfig, build_graph
 from mimic_learn.graphs.runner import agent_report

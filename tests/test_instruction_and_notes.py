@@ -165,7 +165,7 @@ def test_instruction_options_of_run_refuse_both_or_empty_and_read_a_file_and_mon
 
 
 def test_instruction_of_a_sweep_arm_reaches_its_runs():
-    from mimic_learn.sweep import SweepSpec
+    from mimic_learn.experiments import SweepSpec
 
     spec = SweepSpec.model_validate(
         {

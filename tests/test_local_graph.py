@@ -6,7 +6,7 @@ import pytest
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from mimic_learn.agents.local import _with_live_bounds, candidate_values
-from mimic_learn.agents.scenarios import bank, evaluate_controller, scenario_trainer
+from mimic_learn.evals.scenarios import bank, evaluate_controller, scenario_trainer
 from mimic_learn.tools import TrainerControls, as_langchain_tools, call_tool
 
 

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from mimic_learn.agents.scenarios import bank, scenario_trainer
+from mimic_learn.evals.scenarios import bank, scenario_trainer
 from mimic_learn.graphs.runner import agent_report
 from mimic_learn.prompts import render
 from mimic_learn.prompts.templates import trend

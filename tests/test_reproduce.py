@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
 
 import mlflow
 import pytest
@@ -330,3 +334,59 @@ def test_report_shows_the_share_of_a_mis_tuned_gap_recovered_and_a_strip_plot(tm
     assert rows[-2:] == ["baseline@lr_x30", "rules@lr_x30"]
     assert (tmp_path / "r" / "strip_100.png").stat().st_size > 1000
     assert "![test accuracy per seed, regime 100](r/strip_100.png)" in report
+
+
+# ------------------------------------------------------------------------------ byte-identical reports
+GOLDEN = Path(__file__).parent / "data" / "reports"
+
+
+@pytest.mark.parametrize("kind", ["paper", "blog"])
+def test_a_committed_cells_file_rebuilds_its_report_byte_for_byte(tmp_path, monkeypatch, kind):
+    """tests/data/reports/<kind>_cells.csv holds SYNTHETIC numbers (a fixture, not results) that reach every
+    part of a report: several regimes, a regime with no finished cell, failed and absent cells, optional arms,
+    PBT, a mis-tuned start, one seed only, a seed not shared with the baseline, a fixed subset (blog). The report
+    it builds must equal <kind>.md byte for byte, and reading then writing the file must give the same bytes:
+    a committed report can be rebuilt without the MLflow store, before and after a refactoring. Regenerate
+    both (with report_from_cells and write_cells_csv) only for an intended change of the report."""
+    from mimic_learn.experiments import read_cells_csv, report_from_cells, write_cells_csv
+
+    monkeypatch.chdir(tmp_path)
+    cells = Path(f"{kind}_cells.csv")
+    shutil.copy(GOLDEN / cells.name, cells)
+    command = f"mimic-learn reproduce {kind} --from-cells {cells}"
+    report = report_from_cells(kind, cells, Path(f"{kind}.md"), command, echo=lambda *a: None)
+    assert report.read_text() == (GOLDEN / f"{kind}.md").read_text()  # a readable diff when it fails
+    assert report.read_bytes() == (GOLDEN / f"{kind}.md").read_bytes()
+    data, missing, _ = read_cells_csv(cells, kind)
+    again = write_cells_csv(kind, data, missing, tmp_path / "again.csv")
+    assert again.read_bytes() == (GOLDEN / cells.name).read_bytes()
+
+
+def test_reproduce_options_build_each_cells_training_config():
+    from mimic_learn.experiments import ReproduceOptions
+    from mimic_learn.experiments.reproduction import pending_cells, train_config
+
+    paper = ReproduceOptions("paper", ["100"], [0, 1], task="digits", model="paper_cnn", val_size=40)
+    assert paper.report_path == Path("docs/results/paper.md") and paper.task_name == "digits"
+    train = train_config(paper, "100", 1)
+    assert (train.task, train.model, train.val_size, train.epochs, train.seed) == (
+        "digits",
+        "paper_cnn",
+        40,
+        30,
+        1,
+    )
+    assert train_config(replace(paper, fixed_subset=True), "100", 1).data_seed == 0
+    blog = ReproduceOptions("blog", ["2000"], [0], epochs=3, out=Path("b.md"))
+    assert blog.task_name == "cifar10" and blog.report_path == Path("b.md")
+    assert train_config(blog, "2000", 0).epochs == 3 and train_config(blog, "2000", 0).optimizer == "sgd"
+    # Finished cells are skipped unless forced; --report-only runs none; starts multiply the arms.
+    done = {"paper/100/baseline/s0": SimpleNamespace(info=SimpleNamespace(run_id="abcdef123"))}
+    arms = [a for a in PAPER_ARMS if a.name in ("baseline", "rules")]
+    lines: list[str] = []
+    pending, skipped = pending_cells(paper, arms, done, lines.append)
+    assert [c.tag for c in pending] == ["paper/100/rules/s0", "paper/100/baseline/s1", "paper/100/rules/s1"]
+    assert skipped == 1 and lines == ["skip paper/100/baseline/s0 (finished in run abcdef12)"]
+    assert pending[0].spec.controller == "rules" and pending[0].spec.train.val_size == 40
+    assert len(pending_cells(replace(paper, force=True), arms, done, print)[0]) == 4
+    assert pending_cells(replace(paper, report_only=True), arms, done, print) == ([], 0)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -12,16 +13,20 @@ import yaml
 from typer.testing import CliRunner
 
 from mimic_learn.cli import app
-from mimic_learn.experiments import Arm, Cell, cell_tag, finished_cells, missing_cells
-from mimic_learn.graphs.runner import RunSpec
-from mimic_learn.sweep import (
+from mimic_learn.experiments import (
+    Arm,
+    Cell,
     TrialResources,
     absolute_tracking_uri,
+    cell_tag,
+    finished_cells,
     load_spec,
+    missing_cells,
     record_failures,
     run_sweep,
     start_ray,
 )
+from mimic_learn.graphs.runner import RunSpec
 from mimic_learn.training import TrainConfig
 
 SCRIPT = {
@@ -72,8 +77,7 @@ def _children(parent_id: str) -> list[mlflow.entities.Run]:
 
 # ---------------------------------------------------------------------------------------------- no Ray needed
 def test_sweep_report_rows_use_the_reproduction_reports_cells(workdir):
-    from mimic_learn.experiments import Arm, arm_row_cells
-    from mimic_learn.sweep import write_sweep_report
+    from mimic_learn.experiments import arm_row_cells, write_sweep_report
 
     spec = load_spec(
         _spec(
@@ -129,6 +133,29 @@ def test_spec_file_expands_to_cells_with_absolute_paths(workdir):
     pbt = by_tag["grid/full/pbt/s0"]
     assert pbt.arm.population == 3 and pbt.spec.controller == "none"
     assert spec.arms[2].pbt.lr == (0.0001, 0.1) and spec.arms[2].pbt.interval(30) == 5
+
+
+def test_a_spec_arm_is_the_reproductions_arm_type(workdir):
+    """One type: a spec's arm entry is an ``Arm`` (``train:`` is its ``train_overrides``, ``controller: none``
+    its None), so it also binds tools and starts from a mis-tuned start, as ``reproduce`` arms do."""
+    entry = {
+        "name": "careful",
+        "controller": "rules",
+        "train": {"lr": 0.01},
+        "tools": ["set_lr", "keep_current"],
+    }
+    path = _spec(
+        workdir, [entry | {"start": "dropout_0.7"}, {"name": "plain", "controller": "none"}], seeds=[0]
+    )
+    spec = load_spec(path)
+    careful = Arm("careful", "rules", train_overrides={"lr": 0.01}, tools=("set_lr", "keep_current"))
+    assert spec.arms == [replace(careful, start="dropout_0.7"), Arm("plain", None)]
+    careful_cell, plain_cell = spec.cells(workdir, 1, workdir / "state")
+    assert careful_cell.spec.agent.tools == ["set_lr", "keep_current"] and careful_cell.spec.train.lr == 0.01
+    assert careful_cell.spec.train.dropout == 0.7 and plain_cell.spec.train.dropout != 0.7
+    assert plain_cell.spec.controller == "none" and plain_cell.spec.agent.tools is None
+    with pytest.raises(ValueError, match="start='lr_x2'"):
+        load_spec(_spec(workdir, [entry | {"start": "lr_x2"}], name="bad_start"))
 
 
 @pytest.mark.parametrize(

@@ -16,10 +16,10 @@ from mimic_learn.agents.controller_data import (
     TrainingExample,
     label_from_outcomes,
     load_examples,
-    rules_examples,
     target_text,
 )
 from mimic_learn.agents.local import tool_calls_from_json
+from mimic_learn.evals.training_data import rules_examples
 
 # ------------------------------------------------------------------------------------------------ label rule
 
@@ -315,7 +315,7 @@ def test_train_export_and_serve_changes_the_local_controller(tmp_path):
     still makes valid calls, and on a prompt whose target the base model does not produce, it answers
     differently. Measured: 17 min on the shared 2-vCPU machine at load average ~10 (6 steps of ~750
     tokens, two base loads)."""
-    from mimic_learn.agents.controller_data import rules_situations
+    from mimic_learn.evals.training_data import rules_situations
     from mimic_learn.agents.local import LocalChatModel
     from mimic_learn.agents.train_controller import TrainControllerConfig, train_controller
 

@@ -1,7 +1,7 @@
 """The statistics every reproduction report uses: paired differences vs the baseline arm, Holm's correction
 across arms, an equivalence test (TOST) with a margin stated per regime, and one verdict per arm.
 
-    from mimic_learn.experiments_stats import compare_arms
+    from mimic_learn.experiments.stats import compare_arms
     verdicts = compare_arms({"llm": {0: 0.81, 1: 0.80, 2: 0.83}}, {0: 0.80, 1: 0.81, 2: 0.82}, regime="100")
     verdicts["llm"].verdict          # "equivalent within ±1 pt", "better", "worse" or "inconclusive"
 
@@ -14,11 +14,14 @@ Rules (what a report states under its tables):
 - Verdict: "better"/"worse" when the adjusted difference p < α; else "equivalent within ±m" when the adjusted
   TOST p < α; else "inconclusive". Fewer than two paired seeds: "inconclusive (n=1)".
 - Spread is the sample standard deviation over seeds (labelled SD), not a standard error.
+
+``paired_diff`` is the simpler paired Δ with its unadjusted 95% t interval that sweep reports show.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,6 +71,28 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
         return float("nan"), float("nan")
     arr = np.asarray(values, dtype=float)
     return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
+def fmt_mean_sd(values: list[float], scale: float = 1.0) -> str:
+    """``mean ± SD`` as a report cell: 4 decimals, or 2 when ``scale`` is not 1 (percent); "—" for none."""
+    m, s = mean_sd([v * scale for v in values])
+    return "—" if math.isnan(m) else f"{m:.4f} ± {s:.4f}" if scale == 1.0 else f"{m:.2f} ± {s:.2f}"
+
+
+# t(0.975, df) for df up to 10; beyond, the normal quantile 1.96.
+T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def paired_diff(arm: dict[int, float], base: dict[int, float]) -> tuple[float, float, int]:
+    """Mean difference arm - baseline over the seeds both have, and the half-width of its 95% t interval."""
+    seeds = sorted(set(arm) & set(base))
+    diffs = [arm[s] - base[s] for s in seeds]
+    if not diffs:
+        return float("nan"), float("nan"), 0
+    if len(diffs) == 1:
+        return diffs[0], float("nan"), 1
+    half = T_95.get(len(diffs) - 1, 1.96) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return statistics.fmean(diffs), half, len(diffs)
 
 
 def paired_t(arm: dict[int, float], base: dict[int, float], margin: float, level: float = 1 - ALPHA):

@@ -1,0 +1,212 @@
+"""The dry run of ``reproduce`` (``--dry-run``): what it would run before anything runs — cells, controller
+decisions, oracle rollouts, PBT members, estimated time, tokens and cost.
+
+    mimic-learn reproduce paper --dry-run --arms baseline,oracle_end,pbt --controller openai:gpt-4o
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..agents.providers import ProviderOptions
+from .arms import Arm, at_start, chosen_controller, resolve_arms
+from .published import PAPER_EPOCHS
+
+# Tokens per controller decision when nothing better is known: two model turns (the tool call, then the turn
+# that ends the decision after the tool's reply) of the ``full`` prompt. Measured here: 2,268 input tokens per
+# turn (system prompt, tool schemas, full report; Qwen2.5 tokenizer via llama.cpp's server, digits, 2026-12-02)
+# and 82 output tokens. Other tokenizers and prompts differ: this is an order of magnitude, not a quote.
+TOKENS_PER_DECISION = (2 * 2_300, 2 * 100)
+NO_TOKEN_CONTROLLERS = ("rules", "scripted:", "random", "oracle", "none")
+
+# Seconds per training epoch (train + validation on 5,000 images) on THIS machine, for the dry run's time
+# estimate. Paper: measured 2026-12-02 with /tmp timing script equivalent to
+#   Trainer.from_config(paper_config(regime, 0, data, 2, threads=1)).run_epoch()  (second epoch timed)
+# on the shared 2-core x86_64 host, 1 torch thread: 10 -> 1.10 s, 100 -> 1.25, 600 -> 1.26, 6000 -> 2.67;
+# full (55,000 train images) is extrapolated from those: 1.1 s fixed + 0.26 ms per training image = 15.4 s.
+# Blog proxy (mnist32, 2,000 images, ResNet-18 ImageNet stem, 2 threads): 72 min over 30 cells x 10 epochs in
+# docs/results/blog_proxy_mnist32.md = 14.4 s per epoch, controller time included. Anything else: unknown.
+# Controller latency (a local model's or a provider's) is not included for the paper rows.
+EPOCH_SECONDS = {
+    ("paper", "10"): 1.10,
+    ("paper", "100"): 1.25,
+    ("paper", "600"): 1.26,
+    ("paper", "6000"): 2.67,
+    ("paper", "full"): 15.4,
+    ("blog", "2000"): 14.4,
+}
+
+
+def oracle_candidates(tools: tuple[str, ...] | None) -> int:
+    """How many candidate actions the oracle rolls out per decision with these tools bound (an upper bound:
+    tools.candidates drops a candidate the tools would reject). None: every tool (rollback counted)."""
+    bound = set(tools) if tools is not None else {
+        "set_lr", "set_dropout", "set_weight_decay", "set_alpha", "propose_weight_delta", "rollback",
+    }  # fmt: skip
+    count = 1 + 3 * ("set_lr" in bound) + 2 * ("set_dropout" in bound) + 2 * ("set_weight_decay" in bound)
+    count += {"set_alpha", "propose_weight_delta"} <= bound
+    return count + ("rollback" in bound)
+
+
+def oracle_horizon(controller: str, regime: str) -> int | str | None:
+    """The oracle's horizon for a cell of ``regime`` (None: ``controller`` is not an oracle). Plain ``oracle``
+    is ``oracle:end`` on a cheap task and ``oracle:5`` otherwise (agents/oracle.py)."""
+    if controller != "oracle" and not controller.startswith("oracle:"):
+        return None
+    from ..agents.oracle import CHEAP_TRAIN_SIZE, DEFAULT_HORIZON_EXPENSIVE, parse_oracle
+
+    horizon = parse_oracle(controller)
+    if horizon is None:
+        cheap = regime.isdigit() and int(regime) <= CHEAP_TRAIN_SIZE
+        horizon = "end" if cheap else DEFAULT_HORIZON_EXPENSIVE
+    return horizon
+
+
+@dataclass
+class PlanRow:
+    """One arm in one regime, all seeds: what the dry run's table shows."""
+
+    arm: str
+    regime: str
+    cells: int
+    epochs: int  # per cell
+    decisions: int  # per cell
+    candidates: int  # oracle rollouts per decision (0: not an oracle)
+    shadow_epochs: int  # per cell: the oracle's rollouts
+    population: int  # PBT members per cell (0: one run)
+    epoch_equivalents: int  # all cells: (epochs + shadow) x max(1, population)
+    seconds: float | None  # estimated, EPOCH_SECONDS x epoch_equivalents; None when not measured
+
+
+@dataclass
+class ReproducePlan:
+    cells: int
+    decisions: int  # controller decisions over every cell (epoch boundaries before the last, every k-th)
+    llm_decisions: int  # those made by a controller that spends provider tokens
+    tokens_in: int
+    tokens_out: int
+    cost_usd: float | None
+    price: str | None
+    per_arm: dict[str, int]  # decisions per arm
+    rows: list[PlanRow] = field(default_factory=list)
+
+
+def cell_epochs(kind: str, regime: str, epochs: int | None) -> int:
+    """Epochs of one cell, as ``reproduce`` runs it."""
+    return epochs or (PAPER_EPOCHS[regime] if kind == "paper" else 20)
+
+
+def plan_row(kind: str, arm: Arm, chosen: str, regime: str, n_seeds: int, epochs: int | None) -> PlanRow:
+    """One arm in one regime: its decisions, the oracle's shadow epochs, PBT members, compute and time."""
+    horizon = oracle_horizon(chosen, regime)
+    t = cell_epochs(kind, regime, epochs)
+    decisions = 0 if arm.controller is None else (t - 1) // arm.every
+    boundaries = [e for e in range(1, t) if e % arm.every == 0] if arm.controller else []
+    candidates = oracle_candidates(arm.tools) if horizon is not None else 0
+    if horizon is None:
+        shadow = 0
+    elif horizon == "end":
+        shadow = candidates * sum(t - e for e in boundaries)
+    else:
+        shadow = candidates * sum(min(horizon, t - e) for e in boundaries)
+    equivalents = (t + shadow) * max(1, arm.population) * n_seeds
+    per_epoch = EPOCH_SECONDS.get((kind, regime))
+    return PlanRow(
+        arm.name, regime, n_seeds, t, decisions, candidates, shadow, arm.population, equivalents,
+        per_epoch * equivalents if per_epoch is not None else None,
+    )  # fmt: skip
+
+
+def plan_reproduce(
+    kind: str,
+    regimes: list[str],
+    seeds: list[int],
+    arm_names: list[str] | None,
+    controller: str,
+    epochs: int | None,
+    provider: ProviderOptions | None = None,
+    tokens_per_decision: tuple[int, int] = TOKENS_PER_DECISION,
+    starts: list[str] | None = None,
+) -> ReproducePlan:
+    """What ``reproduce`` would run, before anything runs: cells, decisions, oracle rollouts, PBT members,
+    estimated time, tokens and cost. Counts every cell, including those the store already holds (``reproduce``
+    skips those unless --force)."""
+    from ..agents.pricing import price_for
+
+    arms = at_start(resolve_arms(kind, arm_names), starts or ["published"])
+    if kind == "paper":
+        bad = [r for r in regimes if r not in PAPER_EPOCHS and epochs is None]
+        if bad:
+            raise ValueError(
+                f"regimes {bad}: no default epochs; choose from {', '.join(PAPER_EPOCHS)} or pass --epochs"
+            )
+    per_arm: dict[str, int] = {}
+    rows: list[PlanRow] = []
+    llm = 0
+    for arm in arms:
+        chosen = chosen_controller(arm, controller)
+        arm_rows = [plan_row(kind, arm, chosen, regime, len(seeds), epochs) for regime in regimes]
+        rows += arm_rows
+        if arm.controller is None:
+            continue
+        per_arm[arm.name] = sum(r.decisions * r.cells for r in arm_rows)
+        if not chosen.startswith(NO_TOKEN_CONTROLLERS):
+            llm += per_arm[arm.name]
+    tokens_in, tokens_out = llm * tokens_per_decision[0], llm * tokens_per_decision[1]
+    provider = provider or ProviderOptions()
+    price = price_for(controller, provider.price_in_per_m, provider.price_out_per_m)
+    return ReproducePlan(
+        cells=len(arms) * len(regimes) * len(seeds),
+        decisions=sum(per_arm.values()),
+        llm_decisions=llm,
+        tokens_in=tokens_in,
+        tokens_out=tokens_out,
+        cost_usd=price.cost_usd(tokens_in, tokens_out) if price else None,
+        price=price.describe() if price else None,
+        per_arm=per_arm,
+        rows=rows,
+    )
+
+
+def describe_plan(plan: ReproducePlan) -> str:
+    """The dry run's printout: totals, then one table row per arm and regime, then the time estimate."""
+    lines = [
+        f"dry run: {plan.cells} cells, {plan.decisions} controller decisions "
+        f"({plan.llm_decisions} by a model that spends tokens); nothing was run",
+        "decisions per arm: " + (", ".join(f"{k} {v}" for k, v in plan.per_arm.items()) or "none"),
+        f"estimated tokens: {plan.tokens_in:,} in / {plan.tokens_out:,} out "
+        f"({TOKENS_PER_DECISION[0]:,} / {TOKENS_PER_DECISION[1]:,} per decision, an order of magnitude)",
+    ]
+    if plan.cost_usd is not None:
+        lines.append(f"estimated cost: ${plan.cost_usd:.2f} at {plan.price}")
+    else:
+        lines.append("estimated cost: no price known for this controller (set --price-in / --price-out)")
+    if plan.rows:
+        head = ("arm", "regime", "cells", "epochs", "decisions", "candidates", "shadow ep", "population",
+                "epoch-equiv", "est. time")  # fmt: skip
+        table = [
+            (r.arm, r.regime, str(r.cells), str(r.epochs), str(r.decisions), str(r.candidates or "—"),
+             str(r.shadow_epochs or "—"), str(r.population or "—"), f"{r.epoch_equivalents:,}",
+             "unknown" if r.seconds is None else f"{r.seconds / 60:.1f} min")
+            for r in plan.rows
+        ]  # fmt: skip
+        widths = [max(len(x) for x in col) for col in zip(head, *table, strict=True)]
+        fmt = lambda cols: "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))  # noqa: E731
+        lines += [
+            "",
+            "per cell: epochs, decisions, oracle candidates and shadow epochs; all seeds: epoch-equiv",
+            fmt(head),
+        ]
+        lines += [fmt(row) for row in table]
+        known = [r.seconds for r in plan.rows if r.seconds is not None]
+        unknown = sorted({r.regime for r in plan.rows if r.seconds is None})
+        lines.append(
+            f"estimated time on this machine: {sum(known) / 3600:.1f} h of training in one process "
+            "(divide by parallel trials with --executor ray)"
+            + (f"; regimes {', '.join(unknown)}: no measured epoch time" if unknown else "")
+            + ". Seconds per epoch assumed (experiments.EPOCH_SECONDS; paper: measured here 2026-12-02, 1 thread, "
+            "full extrapolated; blog 2000: the committed proxy report): "
+            + ", ".join(f"{k[0]} {k[1]} {v:g} s" for k, v in EPOCH_SECONDS.items())
+            + "; controller latency not included."
+        )
+    return "\n".join(lines)

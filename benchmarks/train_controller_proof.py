@@ -43,9 +43,9 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from mimic_learn.evals.training_data import rules_situations
     from mimic_learn.agents.local import LocalChatModel, _load, find_smollm2_gguf
     from mimic_learn.agents.train_controller import TrainControllerConfig, greedy_text, train_controller
+    from mimic_learn.evals.training_data import rules_situations
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

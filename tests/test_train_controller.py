@@ -315,9 +315,9 @@ def test_train_export_and_serve_changes_the_local_controller(tmp_path):
     still makes valid calls, and on a prompt whose target the base model does not produce, it answers
     differently. Measured: 17 min on the shared 2-vCPU machine at load average ~10 (6 steps of ~750
     tokens, two base loads)."""
-    from mimic_learn.evals.training_data import rules_situations
     from mimic_learn.agents.local import LocalChatModel
     from mimic_learn.agents.train_controller import TrainControllerConfig, train_controller
+    from mimic_learn.evals.training_data import rules_situations
 
     situations = {ex["source"]["scenario"]: (ex, msgs, tools) for ex, msgs, tools in rules_situations(1)}
     chosen = [situations[name] for name in ("plateau_mid", "overfitting", "healthy_mid")]

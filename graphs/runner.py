@@ -24,6 +24,7 @@ wrote there (nothing is left to resume; ``RunResult.checkpoints`` says "removed"
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sqlite3
@@ -361,11 +362,59 @@ class AgentRunner:
     # ------------------------------------------------------------------ resume (graphs/resume.py)
     def save_resume_state(self) -> Path | None:
         """After a completed epoch (trained, decided, observed): what ``load_resume_state`` continues from."""
-        return resume.save_resume_state(self)
+        folder = self.spec.train.resolved_checkpoint_dir()
+        if folder is None:
+            return None
+        for obs in self.observers:  # what they logged up to here must be durable before this file exists
+            hook = getattr(obs, "on_checkpoint", None)
+            if hook is not None:
+                hook(self)
+        graph_id = None
+        if self.graph is not None:
+            graph_id = self.graph.get_state(self.graph_config).config["configurable"].get("checkpoint_id")
+        run_state = {
+            "graph_checkpoint_id": graph_id,
+            "guard_rollbacks": self.guard_rollbacks,
+            "outcome_records": [r.to_json() for r in self.outcome_records],
+            "shadow_epochs": {
+                "oracle": self.oracle_epochs,
+                "forks": self.counterfactual.shadow_epochs if self.counterfactual else 0,
+            },
+            "outcomes": json.dumps([resume.outcome_row(o) for o in self.outcomes], default=str),
+        }
+        return resume.save(folder, self.trainer, run_state)
 
     def load_resume_state(self) -> int:
         """Continue from the newest ``resume_<epoch>.pt``; returns the epoch it resumes after (0: none)."""
-        return resume.load_resume_state(self)
+        state = resume.load(self.spec.train.resolved_checkpoint_dir(), self.trainer)
+        if state is None:
+            if self.graph is not None and self.graph_state():
+                self.checkpointer.delete_thread(self.thread_id)  # a decision made before any epoch was saved
+            return 0
+        self.guard_rollbacks = state["guard_rollbacks"]
+        self.outcome_records = [OutcomeRecord.from_json(r) for r in state.get("outcome_records", [])]
+        shadow = state.get("shadow_epochs") or {}
+        self.oracle_epochs = shadow.get("oracle", 0)
+        if self.counterfactual is not None:
+            self.counterfactual.shadow_epochs = shadow.get("forks", 0)
+        self.outcomes = [
+            EpochOutcome(
+                EpochReport(**o["report"]),
+                o["decision"],
+                resume.restored_state(o),
+                o["guard"],
+                o["guard_rollbacks"],
+            )
+            for o in json.loads(state["outcomes"])
+        ]
+        if self.graph is not None:
+            saved = state["graph_checkpoint_id"]
+            latest = self.graph.get_state(self.graph_config).config["configurable"].get("checkpoint_id")
+            if saved is None and latest is not None:
+                self.checkpointer.delete_thread(self.thread_id)
+            elif latest != saved:  # the graph saved a later decision than the trainer: continue from ours
+                self.fork_from = saved
+        return state["epoch"]
 
     def run(self) -> RunResult:
         for obs in self.observers:

@@ -7,21 +7,18 @@ The graph is compiled once per run and invoked at every ``every``-th epoch bound
 LangGraph ``thread_id``; a SQLite checkpointer keeps its memory across epochs and process restarts.
 Observers (``on_start``/``on_epoch``/``on_end``) receive everything: the CLI prints, MLflow tracking logs.
 
-Guard (``RunSpec.guard``): after an epoch whose train or validation loss is not finite, or whose gradient norm
-grew more than ``guard_grad_factor`` times over the previous epoch's, the runner restores the last good state
-(``trainer.last_good``; for an explosion with finite losses, the boundary before that epoch) *before* the graph
-runs, so the controller decides from sound weights. The previous decision is thereby undone (its knobs are
-restored with the optimizer state). The graph's report carries the note as ``report["guard"]`` (also appended
-to ``report["events"]``); it is logged (``logging``), counted (``EpochOutcome.guard_rollbacks``, the MLflow
-metric ``guard_rollbacks``, cumulative) and, from the next epoch on, in the trainer's events. The prompt
-templates do not render it (yet): an LLM sees the non-finite epoch in its history table.
+Guard (``RunSpec.guard``, ``training/guard.py``): after an epoch whose losses are not finite or whose gradient
+norm exploded, the runner rolls back (through ``TrainerControls.revert``) *before* the graph runs, so the
+controller decides from sound weights. The previous decision is thereby undone (its knobs are restored with the
+optimizer state). The graph's report carries the note as ``report["guard"]`` (also appended to
+``report["events"]``); every prompt template shows it as a ``Guard:`` line. It is logged (``logging``), counted
+(``EpochOutcome.guard_rollbacks``, the MLflow metric ``guard_rollbacks``, cumulative) and, from the next epoch
+on, in the trainer's events.
 
-Resume: with ``train.checkpoint_dir`` set, each completed epoch (trained, decided, observed) also leaves
-``resume_<epoch>.pt`` there: the trainer after the decision, its retention checkpoints, the outcomes so far and
-the graph checkpoint id. ``load_resume_state()`` continues from the newest; if the graph had already saved a
-later decision (a kill between the two writes), the next invocation forks from the recorded checkpoint.
-A run that ``run()`` completes (every epoch, the test evaluation, every observer's ``on_end``) then deletes the
-checkpoint files it wrote there (nothing is left to resume; ``RunResult.checkpoints`` says "removed"), unless
+Resume (``graphs/resume.py``): with ``train.checkpoint_dir`` set, each completed epoch also leaves
+``resume_<epoch>.pt`` there; ``load_resume_state()`` continues from the newest. A run that ``run()``
+completes (every epoch, the test evaluation, every observer's ``on_end``) then deletes the checkpoint files it
+wrote there (nothing is left to resume; ``RunResult.checkpoints`` says "removed"), unless
 ``RunSpec.keep_checkpoint_dir``. A run that raises keeps them, so that it can be resumed.
 """
 
@@ -34,164 +31,30 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.types import Command
 
-from ..agents.providers import ProviderOptions, load_chat_model
+from ..agents.providers import load_chat_model
 from ..agents.reflection.base import describe_changes
-from ..tools.controls import Bounds, TrainerControls
-from ..training.config import TrainConfig, parse_regime
+from ..tools.controls import TrainerControls
+from ..training import checkpoints
+from ..training.guard import EpochGuard
 from ..training.loop import LoopTrainer
 from ..training.outcomes import OutcomeRecord
-from ..training.trainer import EpochReport, EvalResult, Trainer, metric_value
+from ..training.reports import EpochReport, EvalResult
+from ..training.steerable import Steerable
+from ..training.trainer import Trainer
+from . import resume
 from .counterfactual import Counterfactual, oracle_horizon, oracle_records, plan_oracle
-from .graph import AgentConfig, build_graph
+from .graph import build_graph
+from .spec import PARAM_LIMIT, RunSpec, spec_from_params  # noqa: F401 (PARAM_LIMIT, spec_from_params: re-exported)
 
 HISTORY_IN_PROMPT = 10
-RESUME_KEEP = 2  # resume_<epoch>.pt files kept in the checkpoint folder
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RunSpec:
-    train: TrainConfig = field(default_factory=TrainConfig)
-    controller: str = "rules"  # "none": no agent (a baseline arm)
-    agent: AgentConfig = field(default_factory=AgentConfig)
-    provider: ProviderOptions = field(default_factory=ProviderOptions)
-    bounds: Bounds = field(default_factory=Bounds)
-    every: int = 1  # invoke the graph every k epochs
-    state_db: str = ".mimic/graph_state.sqlite"
-    thread_id: str | None = None  # None: a new id per run
-    guard: bool = True  # roll back a non-finite or exploded epoch before the graph runs (agent runs only)
-    guard_grad_factor: float = 1e3  # "exploded": total grad norm > this x the previous epoch's
-    keep_checkpoint_dir: bool = False  # True: a finished run leaves its train.checkpoint_dir files in place
-    # agent.reflection == "counterfactual": epochs the shadow branch of a decision trains (graphs/counterfactual.py)
-    counterfactual_horizon: int = 1
-    keep_better: bool = False  # counterfactual: continue from the better branch at the horizon
-
-    def __post_init__(self) -> None:
-        if self.counterfactual_horizon < 1:
-            raise ValueError(
-                f"counterfactual_horizon={self.counterfactual_horizon} must be >= 1 (epochs the shadow branch trains)"
-            )
-
-    def as_params(self) -> dict[str, str]:
-        """Everything ``spec_from_params`` needs to rebuild this spec (``mimic-learn resume``)."""
-        params = self.train.as_params()
-        params.update(
-            controller=self.controller,
-            reflection=self.agent.reflection,
-            prompt=self.agent.prompt,
-            every=str(self.every),
-            budget=str(self.agent.budget),
-            decision_timeout_s=str(self.agent.decision_timeout_s),
-            fallback=str(self.provider.fallback),
-            retries=str(self.provider.retries),
-            state_db=self.state_db,
-            guard=str(self.guard),
-            guard_grad_factor=str(self.guard_grad_factor),
-            keep_checkpoint_dir=str(self.keep_checkpoint_dir),
-            counterfactual_horizon=str(self.counterfactual_horizon),
-            keep_better=str(self.keep_better),
-            bounds=json.dumps(asdict(self.bounds)),
-        )
-        if self.agent.instruction:  # in full, as text (MLflow keeps up to PARAM_LIMIT characters of a param)
-            params["instruction"] = instruction_param(self.agent.instruction)
-        params.update({f"agent.{k}": json.dumps(v) for k, v in _agent_extras(self.agent).items()})
-        params.update({f"provider.{k}": json.dumps(v) for k, v in _provider_extras(self.provider).items()})
-        return params
-
-
-_AGENT_IN_PARAMS = ("prompt", "reflection", "budget", "decision_timeout_s", "instruction")
-_PROVIDER_IN_PARAMS = ("fallback", "retries")
-PARAM_LIMIT = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH (mlflow 3.x)
-
-
-def instruction_param(text: str) -> str:
-    """The instruction as an MLflow param: its full text, cut only beyond MLflow's limit (and then saying so)."""
-    if len(text) <= PARAM_LIMIT:
-        return text
-    tail = f" [... cut: {len(text)} characters, MLflow keeps {PARAM_LIMIT}]"
-    return text[: PARAM_LIMIT - len(tail)] + tail
-
-
-def _agent_extras(agent: AgentConfig) -> dict:
-    return {k: v for k, v in asdict(agent).items() if k not in _AGENT_IN_PARAMS}
-
-
-def _provider_extras(provider: ProviderOptions) -> dict:
-    return {k: v for k, v in asdict(provider).items() if k not in _PROVIDER_IN_PARAMS}
-
-
-def _from_text(text: str, annotation: str):
-    """A ``TrainConfig`` field back from its MLflow param string (annotations are strings here)."""
-    if text == "None" and "None" in annotation:
-        return None
-    kind = annotation.split("|")[0].strip()
-    if kind == "bool":
-        return text == "True"
-    if kind == "int":
-        return int(text)
-    if kind == "float":
-        return float(text)
-    return text
-
-
-def spec_from_params(
-    params: dict[str, str],
-    thread_id: str | None = None,
-    state_db: str | None = None,
-    checkpoint_dir: str | None = None,
-) -> RunSpec:
-    """The ``RunSpec`` whose ``as_params()`` gave ``params`` (a logged run's MLflow params)."""
-    train_kwargs: dict = {}
-    for f in fields(TrainConfig):
-        if f.name == "extra":
-            train_kwargs["extra"] = {
-                k.removeprefix("extra."): v for k, v in params.items() if k.startswith("extra.")
-            }
-        elif f.name == "regime" and "regime" in params:
-            train_kwargs["regime"] = parse_regime(params["regime"])
-        elif f.name in params:
-            train_kwargs[f.name] = _from_text(params[f.name], str(f.type))
-    if checkpoint_dir is not None:
-        train_kwargs["checkpoint_dir"] = checkpoint_dir
-    agent = AgentConfig(
-        prompt=params.get("prompt", "full"),
-        reflection=params.get("reflection", "log_only"),
-        budget=int(params.get("budget", 8)),
-        decision_timeout_s=float(params.get("decision_timeout_s", 120.0)),
-        instruction=params.get("instruction") or None,
-        **{k.removeprefix("agent."): json.loads(v) for k, v in params.items() if k.startswith("agent.")},
-    )
-    fallback = params.get("fallback", "rules")
-    provider = ProviderOptions(
-        fallback=None if fallback == "None" else fallback,
-        retries=int(params.get("retries", 2)),
-        **{
-            k.removeprefix("provider."): json.loads(v) for k, v in params.items() if k.startswith("provider.")
-        },
-    )
-    bounds = json.loads(params["bounds"]) if "bounds" in params else {}
-    return RunSpec(
-        train=TrainConfig(**train_kwargs),
-        controller=params.get("controller", "rules"),
-        agent=agent,
-        provider=provider,
-        bounds=Bounds(**{k: tuple(v) if isinstance(v, list) else v for k, v in bounds.items()}),
-        every=int(params.get("every", 1)),
-        state_db=state_db or params.get("state_db", RunSpec.state_db),
-        thread_id=thread_id,
-        guard=params.get("guard", "True") == "True",
-        guard_grad_factor=float(params.get("guard_grad_factor", 1e3)),
-        keep_checkpoint_dir=params.get("keep_checkpoint_dir", "False") == "True",
-        counterfactual_horizon=int(params.get("counterfactual_horizon", 1)),
-        keep_better=params.get("keep_better", "False") == "True",
-    )
 
 
 @dataclass
@@ -228,7 +91,7 @@ def _largest_grad_norm(report: EpochReport) -> float | None:
     return max(norms) if norms else None
 
 
-def agent_report(trainer: Trainer, report: EpochReport, total_epochs: int) -> dict:
+def agent_report(trainer: Steerable, report: EpochReport, total_epochs: int) -> dict:
     """The report the graph sees: the epoch's numbers, the run length and a compact recent history."""
     data = report.to_dict()
     data["total_epochs"] = total_epochs
@@ -248,7 +111,7 @@ class AgentRunner:
     def __init__(
         self,
         spec: RunSpec,
-        trainer: Trainer | None = None,
+        trainer: Steerable | None = None,
         observers: list | None = None,
         approver: Callable[[dict], object] | None = None,
         model=None,
@@ -267,8 +130,8 @@ class AgentRunner:
         self.outcomes: list[EpochOutcome] = []
         self.graph = None
         self._conn = None
-        self.guard_rollbacks = 0
-        self._fork_from: str | None = None  # resume: the graph checkpoint the next decision continues from
+        self.guard = EpochGuard(spec.guard_grad_factor)
+        self.fork_from: str | None = None  # resume: the graph checkpoint the next decision continues from
         # Shadow branches (counterfactual reflection, oracle) train epochs with this; a user's loop passes its own
         # (integrations.Steering's ``train_epoch``): LoopTrainer cannot train by itself.
         self.train_epoch = train_epoch
@@ -277,7 +140,7 @@ class AgentRunner:
         self.outcome_records: list[OutcomeRecord] = []  # forks, oracle trials: the outcomes.jsonl artifact
         self.current_verdicts: list[dict] = []  # the verdicts of the decision being made (trace attributes)
         self.counterfactual: Counterfactual | None = None
-        self._oracle_epochs = 0  # shadow epochs the oracle's rollouts trained
+        self.oracle_epochs = 0  # shadow epochs the oracle's rollouts trained
         needs_branches = spec.agent.reflection == "counterfactual" or _is_oracle(spec.controller)
         if needs_branches and spec.controller != "none" and self.train_epoch is None:
             raise ValueError(
@@ -340,9 +203,9 @@ class AgentRunner:
         """One decision. The checkpointer saves once, when the decision is complete (durability="exit"):
         per-step writes cost ~50 ms a decision and a half-made decision is not worth resuming."""
         config = self.graph_config
-        if self._fork_from is not None:  # resume: continue from the state the trainer checkpoint matches
-            config = {**config, "configurable": {**config["configurable"], "checkpoint_id": self._fork_from}}
-            self._fork_from = None
+        if self.fork_from is not None:  # resume: continue from the state the trainer checkpoint matches
+            config = {**config, "configurable": {**config["configurable"], "checkpoint_id": self.fork_from}}
+            self.fork_from = None
         state = self.graph.invoke(payload, config, durability="exit")
         while state.get("__interrupt__"):  # a human review (spec.agent.approve): ask, then resume the graph
             if self.approver is None:
@@ -445,7 +308,7 @@ class AgentRunner:
     @property
     def shadow_epochs(self) -> int:
         """Epochs trained in shadow branches so far (forks and oracle rollouts): the extra compute."""
-        return self._oracle_epochs + (self.counterfactual.shadow_epochs if self.counterfactual else 0)
+        return self.oracle_epochs + (self.counterfactual.shadow_epochs if self.counterfactual else 0)
 
     def _resolve_forks(self, report: EpochReport) -> list[dict]:
         """The verdicts of forks whose horizon ends at this epoch; each is also written into its decision
@@ -467,34 +330,26 @@ class AgentRunner:
         model = self.model
         horizon = oracle_horizon(getattr(model, "horizon", None), self.trainer, epoch, self.spec.train.epochs)
         plan = plan_oracle(self.controls, self.spec.agent.tools, horizon, self.train_epoch)
-        self._oracle_epochs += plan.compute_epochs
+        self.oracle_epochs += plan.compute_epochs
         if hasattr(model, "plans"):
             model.plans[epoch] = plan.candidates[plan.best].tool_calls
             model.chosen[epoch] = plan.candidates[plan.best].name
         return plan
 
     # ------------------------------------------------------------------ guard
+    @property
+    def guard_rollbacks(self) -> int:
+        return self.guard.rollbacks
+
+    @guard_rollbacks.setter
+    def guard_rollbacks(self, value: int) -> None:
+        self.guard.rollbacks = value
+
     def guard_epoch(self, report: EpochReport) -> str | None:
         """Roll back an epoch that diverged (non-finite loss) or whose gradients exploded; return the note
         the graph sees, or None when the epoch was sound."""
-        trainer = self.trainer
-        if not report.finite:
-            why = (
-                f"train loss {report.train_loss} / validation loss {report.val_loss} / {report.monitor} "
-                f"{metric_value(report.to_dict(), report.monitor)}: not finite"
-            )
-            target = trainer.last_good  # the newest boundary with finite losses: before this epoch
-        else:
-            now = _total_grad_norm(report)
-            before = _total_grad_norm(trainer.history[-2]) if len(trainer.history) > 1 else None
-            factor = self.spec.guard_grad_factor
-            exploded = not math.isfinite(now) or (before is not None and before > 0 and now > factor * before)
-            if not exploded:
-                return None
-            why = f"gradient norm exploded ({now:.3g}, previous epoch {before or float('nan'):.3g}, limit x{factor:g})"
-            target = trainer.pre_decision.get(report.epoch - 1)  # last_good is this (finite) epoch already
-        if target is None or target["epoch"] >= report.epoch:
-            log.warning("guard: epoch %d %s, but there is no earlier state to restore", report.epoch, why)
+        trip = self.guard.inspect(self.trainer, report)
+        if trip is None:
             return None
         last = self.graph_state().get("last_decision") if self.graph is not None else None
         blamed = (
@@ -502,102 +357,51 @@ class AgentRunner:
             if last
             else "no decision to blame"
         )
-        trainer.restore_weights(target, reason="guard rollback")
-        # The restored state is now this boundary's good and pre-decision state (also on disk, for resume).
-        fresh = trainer.checkpoint()
-        trainer.last_good = trainer.pre_decision[trainer.epoch] = fresh
-        ckpt_dir = self.spec.train.resolved_checkpoint_dir()
-        if ckpt_dir is not None and (ckpt_dir / f"epoch_{trainer.epoch:04d}.pt").exists():
-            trainer.save_checkpoint(ckpt_dir / f"epoch_{trainer.epoch:04d}.pt", fresh)
-        self.guard_rollbacks += 1
-        note = (
-            f"Guard after epoch {report.epoch}: {why}; {blamed}. Weights, optimizer state and knobs were "
-            f"restored to the state after epoch {target['epoch']} (lr {trainer.lr:.3g})."
-        )
-        log.warning(note)
-        return note
+        return self.guard.roll_back(trip, self.controls, blamed)
 
-    # ------------------------------------------------------------------ resume
-    def _resume_files(self) -> list[Path]:
-        ckpt_dir = self.spec.train.resolved_checkpoint_dir()
-        return sorted(ckpt_dir.glob("resume_*.pt")) if ckpt_dir is not None and ckpt_dir.exists() else []
-
+    # ------------------------------------------------------------------ resume (graphs/resume.py)
     def save_resume_state(self) -> Path | None:
         """After a completed epoch (trained, decided, observed): what ``load_resume_state`` continues from."""
-        ckpt_dir = self.spec.train.resolved_checkpoint_dir()
-        if ckpt_dir is None:
+        folder = self.spec.train.resolved_checkpoint_dir()
+        if folder is None:
             return None
         for obs in self.observers:  # what they logged up to here must be durable before this file exists
             hook = getattr(obs, "on_checkpoint", None)
             if hook is not None:
                 hook(self)
-        trainer = self.trainer
         graph_id = None
         if self.graph is not None:
             graph_id = self.graph.get_state(self.graph_config).config["configurable"].get("checkpoint_id")
-        state = {
-            "epoch": trainer.epoch,
-            "trainer": trainer.checkpoint(),  # after the decision: its knobs are in
-            "pending_events": list(trainer._pending_events),
-            "deltas": {k: v.detach().cpu() for k, v in trainer._deltas.items() if not callable(v)},
-            "last_good": trainer.last_good,
-            "pre_decision": dict(trainer.pre_decision),
+        run_state = {
             "graph_checkpoint_id": graph_id,
             "guard_rollbacks": self.guard_rollbacks,
             "outcome_records": [r.to_json() for r in self.outcome_records],
             "shadow_epochs": {
-                "oracle": self._oracle_epochs,
+                "oracle": self.oracle_epochs,
                 "forks": self.counterfactual.shadow_epochs if self.counterfactual else 0,
             },
-            "outcomes": json.dumps(
-                [
-                    {
-                        "report": o.report.to_dict(),
-                        "decision": o.decision,
-                        "guard": o.guard,
-                        "guard_rollbacks": o.guard_rollbacks,
-                        # provider usage of the decision (None: the graph did not run at this epoch)
-                        "tokens": None
-                        if o.state is None
-                        else [int(o.state.get("tokens_in", 0)), int(o.state.get("tokens_out", 0))],
-                    }
-                    for o in self.outcomes
-                ],
-                default=str,
-            ),
+            "outcomes": json.dumps([resume.outcome_row(o) for o in self.outcomes], default=str),
         }
-        path = trainer.save_checkpoint(ckpt_dir / f"resume_{trainer.epoch:04d}.pt", state)
-        for old in self._resume_files()[:-RESUME_KEEP]:
-            old.unlink(missing_ok=True)
-        return path
+        return resume.save(folder, self.trainer, run_state)
 
     def load_resume_state(self) -> int:
-        """Continue from the newest ``resume_<epoch>.pt``; returns the epoch it resumes after (0: none).
-
-        Not restored: a gradient-dependent weight delta staged by the last decision (a function, not data)."""
-        files = self._resume_files()
-        if not files:
+        """Continue from the newest ``resume_<epoch>.pt``; returns the epoch it resumes after (0: none)."""
+        state = resume.load(self.spec.train.resolved_checkpoint_dir(), self.trainer)
+        if state is None:
             if self.graph is not None and self.graph_state():
                 self.checkpointer.delete_thread(self.thread_id)  # a decision made before any epoch was saved
             return 0
-        state = Trainer.load_checkpoint(files[-1])
-        trainer = self.trainer
-        trainer.restore(state["trainer"])
-        trainer._pending_events = list(state["pending_events"])
-        trainer._deltas = {k: v.to(trainer.device) for k, v in state["deltas"].items()}
-        trainer.last_good = state["last_good"]
-        trainer.pre_decision = dict(state["pre_decision"])
         self.guard_rollbacks = state["guard_rollbacks"]
         self.outcome_records = [OutcomeRecord.from_json(r) for r in state.get("outcome_records", [])]
         shadow = state.get("shadow_epochs") or {}
-        self._oracle_epochs = shadow.get("oracle", 0)
+        self.oracle_epochs = shadow.get("oracle", 0)
         if self.counterfactual is not None:
             self.counterfactual.shadow_epochs = shadow.get("forks", 0)
         self.outcomes = [
             EpochOutcome(
                 EpochReport(**o["report"]),
                 o["decision"],
-                _restored_state(o),
+                resume.restored_state(o),
                 o["guard"],
                 o["guard_rollbacks"],
             )
@@ -609,7 +413,7 @@ class AgentRunner:
             if saved is None and latest is not None:
                 self.checkpointer.delete_thread(self.thread_id)
             elif latest != saved:  # the graph saved a later decision than the trainer: continue from ours
-                self._fork_from = saved
+                self.fork_from = saved
         return state["epoch"]
 
     def run(self) -> RunResult:
@@ -633,7 +437,7 @@ class AgentRunner:
         ckpt_dir = self.spec.train.resolved_checkpoint_dir()
         if ckpt_dir is None or not ckpt_dir.is_dir():
             return
-        for pattern in ("epoch_*.pt", "resume_*.pt", "epoch_*.tmp", "resume_*.tmp"):
+        for pattern in checkpoints.RUN_FILES:
             for path in ckpt_dir.glob(pattern):
                 path.unlink(missing_ok=True)
         try:
@@ -664,18 +468,7 @@ def _prompt_text(state: dict) -> str:
     return ""
 
 
-def _restored_state(saved: dict) -> dict | None:
-    """What a resumed run keeps of an earlier epoch's graph state: its provider usage, so the run's token and
-    decision totals count the epochs before the interruption (their metrics are already in MLflow)."""
-    tokens = saved.get("tokens")
-    return None if tokens is None else {"tokens_in": tokens[0], "tokens_out": tokens[1]}
-
-
 def new_note(text: str, source: str, when: float | None = None) -> dict:
     """A note record: ``id`` (``<unix ms>-<random>``, also its MLflow tag suffix), ``text``, ``time``, ``source``."""
     when = time.time() if when is None else when
     return {"id": f"{int(when * 1000)}-{uuid.uuid4().hex[:6]}", "text": text, "time": when, "source": source}
-
-
-def _total_grad_norm(report: EpochReport) -> float:
-    return math.sqrt(sum(v * v for v in report.grad_norms.values()))

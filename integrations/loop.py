@@ -112,21 +112,12 @@ class Steering:
             steps_per_epoch=steps_per_epoch,
             checkpoint_dir=checkpoint_dir,
         )
-        agent = agent or AgentConfig(prompt=prompt, reflection=reflection)
-        if approve:
-            agent.approve = True
-        if instruction is not None:
-            if not isinstance(instruction, str):
-                raise TypeError(f"instruction must be text, got {type(instruction).__name__}")
-            agent.instruction = instruction.strip() or None
         spec = RunSpec(
             train=TrainConfig(
-                task="external",
-                epochs=epochs,
-                checkpoint_dir=str(checkpoint_dir) if checkpoint_dir is not None else None,
+                task="external", epochs=epochs, checkpoint_dir=self.trainer.config.checkpoint_dir
             ),
             controller=controller if isinstance(controller, str) else f"custom:{type(controller).__name__}",
-            agent=agent,
+            agent=_agent_config(agent, prompt, reflection, approve, instruction),
             provider=provider or ProviderOptions(),
             bounds=bounds or Bounds(),
             every=every,
@@ -144,29 +135,35 @@ class Steering:
             train_epoch=self._shadow_epoch if train_epoch is not None else None,
         )
         self.knobs = list(knobs or [])
-        if self.knobs and self.runner.graph is not None:  # their set_<name> tools act on the user's objects
-            runner = self.runner
-            runner.controls = KnobControls(self.trainer, spec.bounds, self.knobs)
-            runner.graph = build_graph(
-                runner.controls,
-                runner.model,
-                spec.agent,
-                spec.provider,
-                runner.checkpointer,
-                on_observe=runner._on_observe,
-                extra_tools=knob_tools(runner.controls),
-            )
-        self.track = track
-        self.tracking_uri = tracking_uri
-        self.experiment = experiment
-        self.tracker = None
-        if track:
-            from ..tracking import MlflowTracker
-
-            self.tracker = MlflowTracker(arm=run_name, log_model=log_model, traces=traces)
-            self.runner.observers.append(self.tracker)
+        if self.knobs and self.runner.graph is not None:
+            self._steer_user_knobs(spec)
+        self.track, self.tracking_uri, self.experiment = track, tracking_uri, experiment
+        self.tracker = self._tracker(run_name, log_model, traces) if track else None
         self._started = False
         self._closed = False
+
+    def _steer_user_knobs(self, spec: RunSpec) -> None:
+        """Rebuild the graph with a ``set_<name>`` tool per user knob; those tools act on the user's objects."""
+        runner = self.runner
+        runner.controls = KnobControls(self.trainer, spec.bounds, self.knobs)
+        runner.graph = build_graph(
+            runner.controls,
+            runner.model,
+            spec.agent,
+            spec.provider,
+            runner.checkpointer,
+            on_observe=runner._on_observe,
+            on_decision=runner._on_decision,
+            extra_tools=knob_tools(runner.controls),
+        )
+
+    def _tracker(self, run_name: str, log_model: bool, traces: bool):
+        """The MLflow observer of this loop's run."""
+        from ..tracking import MlflowTracker
+
+        tracker = MlflowTracker(arm=run_name, log_model=log_model, traces=traces)
+        self.runner.observers.append(tracker)
+        return tracker
 
     def _shadow_epoch(self):
         """One epoch of a shadow branch: the user's ``train_epoch`` callback, closed like a real epoch."""
@@ -256,3 +253,16 @@ class Steering:
         finally:
             self.trainer.detach()
             self.runner.close()
+
+
+def _agent_config(
+    agent: AgentConfig | None, prompt: str, reflection: str, approve: bool, instruction: str | None
+) -> AgentConfig:
+    agent = agent or AgentConfig(prompt=prompt, reflection=reflection)
+    if approve:
+        agent.approve = True
+    if instruction is not None:
+        if not isinstance(instruction, str):
+            raise TypeError(f"instruction must be text, got {type(instruction).__name__}")
+        agent.instruction = instruction.strip() or None
+    return agent

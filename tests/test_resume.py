@@ -93,7 +93,7 @@ def test_resume_after_a_stop_ends_where_an_uninterrupted_run_ends(tmp_path):
     again = AgentRunner(_spec(tmp_path, "cut"))
     assert again.load_resume_state() == 2 and again.trainer.epoch == 2
     assert [o.report.epoch for o in again.outcomes] == [1, 2]
-    assert again._fork_from is None  # trainer and graph agree
+    assert again.fork_from is None  # trainer and graph agree
     _assert_same_run(_finish(again), reference)
 
 
@@ -107,7 +107,7 @@ def test_resume_when_the_graph_saved_a_decision_the_trainer_did_not(tmp_path):
     (ckpt_dir / "resume_0003.pt").unlink()  # killed between the graph's save and the trainer's
     again = AgentRunner(_spec(tmp_path, "cut"))
     assert again.graph_state()["last_decision"]["epoch"] == 3
-    assert again.load_resume_state() == 2 and again._fork_from is not None
+    assert again.load_resume_state() == 2 and again.fork_from is not None
     resumed = _finish(again)
     _assert_same_run(resumed, reference)
     assert [m["epoch"] for m in resumed[1]["memory"]] == [1, 2, 3]  # decision 3 is not remembered twice

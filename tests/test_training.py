@@ -318,6 +318,120 @@ def test_last_good_skips_a_boundary_with_non_finite_losses():
     assert t.last_good["epoch"] == 3
 
 
+def test_both_trainers_are_steerable_from_one_base():
+    from mimic_learn.training.loop import LoopTrainer
+    from mimic_learn.training.steerable import Steerable
+    from mimic_learn.training.trainer import BaseTrainer
+
+    model = nn.Linear(2, 1)
+    loop = LoopTrainer(model, torch.optim.SGD(model.parameters(), lr=0.1), monitor="loss")
+    ours = make_trainer()
+    for trainer in (ours, loop):
+        assert isinstance(trainer, Steerable) and isinstance(trainer, BaseTrainer)
+    assert not isinstance(loop, Trainer)  # a user's loop is not our Trainer with half its __init__ skipped
+    assert (ours.monitor, ours.mode, loop.monitor, loop.mode) == ("val_acc", "max", "loss", "min")
+    assert loop.rng is None and loop.checkpoint()["rng"] == {}  # the user's loop owns its RNG
+    assert loop.epoch == 0 and sorted(loop.pre_decision) == [0] and loop.last_good["epoch"] == 0
+    loop.detach()
+
+
+def _poison(t: Trainer) -> None:
+    with torch.no_grad():
+        t.model.net[4].weight.fill_(float("nan"))
+
+
+def test_guard_rolls_a_diverged_epoch_back_through_the_controls():
+    from mimic_learn.tools.controls import TrainerControls
+    from mimic_learn.training.guard import EpochGuard
+
+    t = make_trainer()
+    controls, guard = TrainerControls(t), EpochGuard()
+    first = t.run_epoch()
+    assert guard.inspect(t, first) is None
+    good_params = snapshot(t.model)
+    _poison(t)
+    bad = t.run_epoch()
+    trip = guard.inspect(t, bad)
+    assert trip.epoch == 2 and trip.target["epoch"] == 1 and "not finite" in trip.why
+    note = guard.roll_back(trip, controls, blamed="no decision to blame")
+    assert note.startswith("Guard after epoch 2: train loss nan") and "state after epoch 1" in note
+    assert guard.rollbacks == 1 and t.epoch == 2  # the clock goes on
+    assert_same_params(snapshot(t.model), good_params)
+    assert t.events[-1]["event"] == "guard rollback: restored the state of epoch 1"
+    # the restored state is now this boundary's good and pre-decision state: a later revert returns to it
+    assert t.last_good is t.pre_decision[2] and t.last_good["epoch"] == 2
+    assert_same_params(t.last_good["model"], good_params)
+
+
+def test_guard_rolls_a_gradient_explosion_back_to_the_boundary_before_it():
+    import dataclasses
+
+    from mimic_learn.tools.controls import TrainerControls
+    from mimic_learn.training.guard import EpochGuard
+
+    t = make_trainer()
+    t.run_epoch()
+    before_params = snapshot(t.model)
+    t.run_epoch()
+    calm = t.history[-1]
+    assert EpochGuard(grad_factor=1e3).inspect(t, calm) is None
+    t.history[-1] = exploded = dataclasses.replace(
+        calm, grad_norms={k: v * 1e4 for k, v in calm.grad_norms.items()}
+    )
+    assert EpochGuard(grad_factor=1e5).inspect(t, exploded) is None  # within the allowed growth
+    guard = EpochGuard(grad_factor=1e3)
+    trip = guard.inspect(t, exploded)
+    assert trip.target["epoch"] == 1 and trip.why.startswith("gradient norm exploded")
+    guard.roll_back(trip, TrainerControls(t), blamed="no decision to blame")
+    assert_same_params(snapshot(t.model), before_params)
+
+
+def test_guard_without_an_earlier_state_does_nothing():
+    from mimic_learn.training.guard import EpochGuard
+
+    t = make_trainer()
+    _poison(t)
+    bad = t.run_epoch()
+    t.last_good = None
+    assert EpochGuard().inspect(t, bad) is None
+
+
+def test_mark_boundary_rewrites_the_file_on_disk_only_for_a_good_state(tmp_path):
+    from mimic_learn.training import checkpoints
+
+    folder = tmp_path / "ckpts"
+    t = make_trainer(checkpoint_dir=str(folder), keep_checkpoints=2)
+    t.run_epoch()
+    on_disk = checkpoints.load(checkpoints.epoch_file(folder, 1))
+    with torch.no_grad():
+        t.model.net[4].weight.add_(1.0)
+    t.mark_boundary(good=False)
+    assert_same_params(checkpoints.load(checkpoints.epoch_file(folder, 1))["model"], on_disk["model"])
+    assert_same_params(t.pre_decision[1]["model"], snapshot(t.model))
+    assert_same_params(t.last_good["model"], on_disk["model"])
+    t.mark_boundary(good=True)
+    assert_same_params(checkpoints.load(checkpoints.epoch_file(folder, 1))["model"], snapshot(t.model))
+    assert_same_params(t.last_good["model"], snapshot(t.model))
+    assert checkpoints.latest_file(folder) == t.latest_disk_checkpoint() == checkpoints.epoch_file(folder, 1)
+
+
+def test_snapshot_round_trips_staged_deltas_and_a_portable_one_drops_functions():
+    from mimic_learn.training import checkpoints
+
+    t = make_trainer()
+    t.run_epoch()
+    shape = t.model.net[4].weight.shape
+    t.set_alpha(0.5)
+    t.set_delta({LAYER: torch.full(shape, 0.01), "net.4.bias": lambda g, p: -g})
+    snap = t.snapshot()
+    t.run_epoch()
+    t.restore_snapshot(snap)
+    assert t.epoch == 1 and t.pending_delta_layers == sorted([LAYER, "net.4.bias"])
+    assert t.alpha == 0.5 and t.history[-1].epoch == 1
+    portable = checkpoints.portable_snapshot(snap)
+    assert list(portable["deltas"]) == [LAYER] and portable["deltas"][LAYER].device.type == "cpu"
+
+
 # ---------------------------------------------------------------------------------------------- the update rule
 def plain_loop(model: nn.Module, cfg: TrainConfig, data, epochs: int, mix=None) -> list[float]:
     """A hand-written PyTorch loop over the batches the Trainer sees; ``mix(name, param, old)`` may rewrite a step."""

@@ -266,6 +266,13 @@ class TrainerControls:
         del t.events[undo["events"][0] :]
         del t._pending_events[undo["events"][1] :]
 
+    def revert(self, ckpt: dict, reason: str, *, good: bool = False) -> dict:
+        """Put the paused trainer back to ``ckpt`` (weights, optimizer, schedule, knobs; epoch count, history and
+        RNG go on) and make that this boundary's pre-decision state (``good``: its last good one too). Every
+        revert outside a decision (reflection's, the runner's guard) comes here; returns the new checkpoint."""
+        self.trainer.restore_weights(ckpt, reason=reason)
+        return self.trainer.mark_boundary(good)
+
     def new_decision(self) -> None:
         """Forget the previous decision's call log (pending changes are discarded too)."""
         self.discard()

@@ -22,7 +22,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .trainer import EpochReport, Trainer, metric_value
+from .reports import EpochReport, metric_value
+from .steerable import Steerable
 
 
 @dataclass
@@ -38,11 +39,11 @@ class BranchResult:
 
 
 def run_branch(
-    trainer: Trainer,
+    trainer: Steerable,
     start: dict,
     epochs: int,
     train_epoch: Callable[[], EpochReport],
-    setup: Callable[[Trainer], None] | None = None,
+    setup: Callable[[Steerable], None] | None = None,
 ) -> BranchResult:
     """Train ``epochs`` epochs from checkpoint ``start`` (after ``setup(trainer)``, if given) and return what
     happened; the trainer is left exactly as it was before the call."""

@@ -20,6 +20,9 @@ What it does to the user's objects:
     * checkpoints hold model, optimizer, scheduler, knobs and history (no data-loader or RNG state: the
       user's loop owns those), so rollbacks restore weights and optimizer state exactly.
 
+Knobs, staged deltas, events, checkpoints and retention are ``BaseTrainer``'s, shared with our ``Trainer``;
+the modulated update is ``training.modulated.ModulatedStep``, the same one ``Trainer`` uses.
+
 Metrics are the user's: any names. ``train_loss``/``train_acc``/``val_loss``/``val_acc`` fill the report's
 standard fields; every other name goes to ``report.metrics``. ``monitor``/``mode`` name the number decisions
 are judged by. Knows nothing of LLMs (``mimic_learn.integrations`` puts a controller on top).
@@ -36,10 +39,12 @@ from torch import nn
 
 from .config import TrainConfig
 from .knobs import current_knobs
-from .trainer import STANDARD_METRICS, EpochReport, Trainer
+from .modulated import ModulatedStep
+from .reports import STANDARD_METRICS, EpochReport
+from .trainer import BaseTrainer
 
 
-class LoopTrainer(Trainer):
+class LoopTrainer(BaseTrainer):
     def __init__(
         self,
         model: nn.Module,
@@ -60,35 +65,27 @@ class LoopTrainer(Trainer):
                 f"optimizer must be a torch.optim.Optimizer (got {type(optimizer).__name__}); pass the "
                 "optimizer your loop steps (for a wrapped one, its inner torch optimizer)"
             )
-        self.config = TrainConfig(
+        config = TrainConfig(
             task="external",
             checkpoint_dir=str(checkpoint_dir) if checkpoint_dir is not None else None,
             keep_checkpoints=keep_checkpoints,
             seed=seed,
         )
-        self.model = model
-        self.optimizer = optimizer
-        self.scheduler = scheduler
-        self.device = next(model.parameters()).device
-        self.data = None
+        super().__init__(
+            model,
+            optimizer,
+            scheduler,
+            config,
+            device=next(model.parameters()).device,
+            steps_per_epoch=steps_per_epoch or 0,  # 0: learn it from the first epoch
+            monitor=monitor,
+            mode=mode,
+        )
+        self.data = None  # the user's loop owns its data
         self.num_classes = None
-        self.monitor, self.mode = monitor, mode
-        self.alpha = 0.0
-        self.epoch = 0
-        self.history: list[EpochReport] = []
-        self.events: list[dict] = []
-        self._deltas: dict = {}
-        self._named_params = dict(model.named_parameters())
-        self._param_names = {id(p): name for name, p in self._named_params.items()}
-        self.init_params = {k: v.detach().clone() for k, v in self._named_params.items()}
-        self.pre_decision: dict[int, dict] = {}
-        self.pre_decision_keep = 2
-        self.last_good: dict | None = None
-        self._pending_events: list[str] = []
-        self.steps_per_epoch = steps_per_epoch or 0  # 0: learn it from the first epoch
         self._fixed_steps = steps_per_epoch is not None
         self._reset_epoch_counters()
-        self._saved: list[tuple] = []  # (param, its value before the step, its delta) while a step runs
+        self._step: ModulatedStep | None = None  # the modulated update of the optimizer step under way
         self._hooks = [
             optimizer.register_step_pre_hook(self._before_step),
             optimizer.register_step_post_hook(self._after_step),
@@ -104,20 +101,15 @@ class LoopTrainer(Trainer):
     # ------------------------------------------------------------------ optimizer hooks
     def _reset_epoch_counters(self) -> None:
         self._steps = 0
-        self._norm_sum: dict[str, float] = {}
         self._norm_sum_t: torch.Tensor | None = None
         self._epoch_start = time.perf_counter()
-
-    def _blend_targets(self) -> list[tuple[torch.Tensor, object]]:
-        if not self._deltas or self.alpha == 0.0:
-            return []
-        return [(self._named_params[name], d) for name, d in self._deltas.items()]
 
     def _before_step(self, optimizer, args, kwargs) -> None:
         # max_grad_norm; a loop whose gradients are computed inside optimizer.step(closure) (Lightning) has
         # none yet here, so it is not clipped: use the framework's own clipping there
         self._clip_gradients()
-        self._saved = [(p, p.detach().clone(), d) for p, d in self._blend_targets()]
+        targets = self._delta_targets()
+        self._step = ModulatedStep.begin(targets, self.alpha, self.steps_per_epoch) if targets else None
 
     @torch.no_grad()
     def _after_step(self, optimizer, args, kwargs) -> None:
@@ -126,18 +118,9 @@ class LoopTrainer(Trainer):
         norms = torch.stack(torch._foreach_norm(grads))
         self._norm_sum_t = norms if self._norm_sum_t is None else self._norm_sum_t + norms
         self._steps += 1
-        if not self._saved:
-            return
-        n = self.steps_per_epoch or 1
-        a = self.alpha
-        for p, old, d in self._saved:
-            g = p.grad.detach() if p.grad is not None else torch.zeros_like(p)
-            delta = d(g, old) if callable(d) else d
-            p.copy_(old + (1.0 - a) * (p - old) + a * delta / n)
-        self._saved = []
-
-    def _optimizer_step(self) -> None:  # the user's loop calls optimizer.step(); the hooks do the rest
-        self.optimizer.step()
+        if self._step is not None:
+            self._step.finish()
+            self._step = None
 
     # ------------------------------------------------------------------ the epoch boundary
     def run_epoch(self) -> EpochReport:
@@ -227,10 +210,3 @@ class LoopTrainer(Trainer):
         for group in decaying or groups:
             group["weight_decay"] = wd
         self._event(f"weight_decay -> {wd:.3g}")
-
-    # ------------------------------------------------------------------ checkpoints
-    def _rng_checkpoint(self) -> dict:
-        return {}  # the user's loop owns its RNG and data order
-
-    def _restore_rng(self, rng: dict) -> None:
-        pass

@@ -31,16 +31,14 @@ class RevertOnHarm(ReflectionPolicy):
         harmful = _harmful(n, self.acc_threshold, self.loss_threshold)
         if not harmful:
             return ReflectionOutcome(critique=critique)
-        trainer = ctx.controls.trainer
-        ckpt = trainer.pre_decision.get(prev["epoch"])
+        ckpt = ctx.controls.trainer.pre_decision.get(prev["epoch"])
         if ckpt is None:
             return ReflectionOutcome(
                 critique=critique
                 + f" Harmful, but the pre-decision checkpoint of epoch {prev['epoch']} is gone."
             )
-        trainer.restore_weights(ckpt, reason="revert_on_harm")
         # The next decision starts from the restored state: that is what a later revert must return to.
-        trainer.pre_decision[trainer.epoch] = trainer.checkpoint()
+        ctx.controls.revert(ckpt, reason="revert_on_harm")
         label = metric_label(n["metric"])
         loss = ""
         if n["metric"] != "val_loss" and n["val_loss_before"] is not None and n["val_loss_after"] is not None:

@@ -65,7 +65,8 @@ def resume(
     import mlflow
 
     from .. import tracking
-    from ..graphs.runner import AgentRunner, spec_from_params
+    from ..graphs.runner import AgentRunner
+    from ..graphs.spec import spec_from_params
     from ..tracking.runs import RunRefused, find_child_run, resumable
 
     load_tools_modules(tools_module)

@@ -51,7 +51,7 @@ from ..training.trainer import Trainer
 from . import resume
 from .counterfactual import Counterfactual, oracle_horizon, oracle_records, plan_oracle
 from .graph import build_graph
-from .spec import PARAM_LIMIT, RunSpec, spec_from_params  # noqa: F401 (PARAM_LIMIT, spec_from_params: re-exported)
+from .spec import RunSpec
 
 HISTORY_IN_PROMPT = 10
 log = logging.getLogger(__name__)

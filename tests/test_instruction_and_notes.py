@@ -21,7 +21,8 @@ from mimic_learn.agents.approval import ScriptedApprover, TerminalApprover
 from mimic_learn.agents.scripted import ScriptedChatModel
 from mimic_learn.cli import app
 from mimic_learn.graphs.graph import AgentConfig
-from mimic_learn.graphs.runner import PARAM_LIMIT, AgentRunner, RunSpec, spec_from_params
+from mimic_learn.graphs.runner import AgentRunner, RunSpec
+from mimic_learn.graphs.spec import PARAM_LIMIT, spec_from_params
 from mimic_learn.integrations import Steering
 from mimic_learn.prompts.templates import INSTRUCTION_HEADING, NOTES_HEADING
 from mimic_learn.tracking import MlflowTracker, load_decisions

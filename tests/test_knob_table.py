@@ -13,7 +13,8 @@ import torch
 from langchain_core.messages import HumanMessage
 
 from mimic_learn.agents.scripted import ScriptedChatModel
-from mimic_learn.graphs.runner import AgentConfig, AgentRunner, RunSpec
+from mimic_learn.graphs.graph import AgentConfig
+from mimic_learn.graphs.runner import AgentRunner, RunSpec
 from mimic_learn.tools import (
     Bounds,
     ToolArgumentError,

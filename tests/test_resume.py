@@ -24,7 +24,8 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 
 from mimic_learn.agents.providers import ProviderOptions
 from mimic_learn.graphs.graph import AgentConfig
-from mimic_learn.graphs.runner import AgentRunner, RunSpec, spec_from_params
+from mimic_learn.graphs.runner import AgentRunner, RunSpec
+from mimic_learn.graphs.spec import spec_from_params
 from mimic_learn.tools.controls import Bounds
 from mimic_learn.training import TrainConfig
 

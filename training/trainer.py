@@ -167,7 +167,6 @@ class BaseTrainer:
         mods = dropout_modules(self.model)
         return float(mods[0].p) if mods else None
 
-    @property
     def set_knob(self, name: str, value: float) -> None:
         """Set a knob kept in ``knob_values`` (within its table bounds), from the next step on."""
         low, high = KNOBS[name].bounds

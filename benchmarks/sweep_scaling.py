@@ -50,6 +50,7 @@ from mimic_learn.experiments import (
     run_cells_on_ray,
     start_ray,
 )
+from mimic_learn.tracking.tags import CELL
 
 SCRIPT = {
     "decisions": [
@@ -104,9 +105,9 @@ def cell_runs(db: Path) -> dict[str, tuple[float, float]]:
         search_all_experiments=True, filter_string="attributes.status = 'FINISHED'", output_format="list"
     )
     return {
-        r.data.tags["mimic.cell"]: (r.data.metrics["test_acc"], (r.info.end_time - r.info.start_time) / 1000)
+        r.data.tags[CELL]: (r.data.metrics["test_acc"], (r.info.end_time - r.info.start_time) / 1000)
         for r in runs
-        if "mimic.cell" in r.data.tags
+        if CELL in r.data.tags
     }
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import mlflow
 
 from ..graphs.runner import AgentRunner, RunSpec
+from ..tracking.tags import ARM_NAME, CELL, DEVICE, ERROR, EXPERIMENT, HOST, PARENT_RUN_ID, REGIME, SEED
 from .arms import Arm
 
 
@@ -42,12 +43,12 @@ class Cell:
 def cell_tags(experiment: str, regime: str, arm: str, seed: int) -> dict[str, str]:
     """The tags that make an MLflow run a cell (what ``finished_cells`` and ``collect`` read)."""
     return {
-        "mimic.experiment": experiment,
-        "mimic.cell": cell_tag(experiment, regime, arm, seed),
-        "mimic.regime": regime,
-        "mimic.arm_name": arm,
-        "mimic.seed": str(seed),
-        "mimic.host": platform.node(),
+        EXPERIMENT: experiment,
+        CELL: cell_tag(experiment, regime, arm, seed),
+        REGIME: regime,
+        ARM_NAME: arm,
+        SEED: str(seed),
+        HOST: platform.node(),
     }
 
 
@@ -66,7 +67,7 @@ def run_cell(
 
     tags = cell_tags(experiment, regime, arm.name, seed)
     if parent_run_id is not None:
-        tags["mlflow.parentRunId"] = parent_run_id
+        tags[PARENT_RUN_ID] = parent_run_id
     tracker = MlflowTracker(arm=f"{arm.name}-{regime}-s{seed}", log_model=False, tags=tags)
     runner = AgentRunner(spec, observers=[*observers, tracker])
     try:
@@ -74,7 +75,7 @@ def run_cell(
     except BaseException as exc:
         active = mlflow.active_run()
         if active is not None and active.info.run_id == tracker.run_id:
-            mlflow.set_tag("mimic.error", f"{type(exc).__name__}: {exc}"[:5000])
+            mlflow.set_tag(ERROR, f"{type(exc).__name__}: {exc}"[:5000])
             mlflow.end_run(status="FAILED")
         raise
     finally:
@@ -92,7 +93,7 @@ def _newest_cells(experiment: str, status: str) -> dict[str, mlflow.entities.Run
     )
     cells: dict[str, mlflow.entities.Run] = {}
     for run in runs:
-        tag = run.data.tags.get("mimic.cell")
+        tag = run.data.tags.get(CELL)
         if tag and tag not in cells:
             cells[tag] = run
     return cells
@@ -106,7 +107,7 @@ def finished_cells(experiment: str) -> dict[str, mlflow.entities.Run]:
 def failed_cell_errors(experiment: str) -> dict[str, str]:
     """The newest recorded error of every FAILED cell of ``experiment`` in the active MLflow experiment."""
     return {
-        tag: run.data.tags.get("mimic.error", "failed (no error recorded)")
+        tag: run.data.tags.get(ERROR, "failed (no error recorded)")
         for tag, run in _newest_cells(experiment, "FAILED").items()
     }
 
@@ -154,9 +155,7 @@ def cell_results(client: mlflow.MlflowClient, run: mlflow.entities.Run) -> dict:
         "decisions": m.get("decisions", 0.0),
         "tokens_in": m.get("total_tokens_in", 0.0),
         "tokens_out": m.get("total_tokens_out", 0.0),
-        "ran_on": " on ".join(
-            x for x in (run.data.tags.get("device", ""), run.data.tags.get("mimic.host", "")) if x
-        ),
+        "ran_on": " on ".join(x for x in (run.data.tags.get(DEVICE, ""), run.data.tags.get(HOST, "")) if x),
     }
 
 

@@ -151,20 +151,21 @@ def log_pbt_cell(
     population, and the cell's wall time (the run is dated from when the population started)."""
     import mlflow
 
-    from .. import tracking
+    from .. import tracking  # here, not at the top: a PBT member's process imports this module without MLflow
+    from ..tracking.tags import ARM, COMPUTE_TRIALS, PARENT_RUN_ID, PBT_POPULATION, ROLE, ROLE_CHILD
     from ..training.trainer import EpochReport
     from .cells import cell_tags
 
     parent = mlflow.active_run()
     tags = cell_tags(cell.experiment, cell.regime, cell.arm.name, cell.seed) | {
-        "mimic.role": "child",
-        "mimic.arm": f"{cell.arm.name}-{cell.regime}-s{cell.seed}",
-        "mimic.pbt.population": str(settings.population),
-        "mimic.compute_trials": str(settings.population),
+        ROLE: ROLE_CHILD,
+        ARM: f"{cell.arm.name}-{cell.regime}-s{cell.seed}",
+        PBT_POPULATION: str(settings.population),
+        COMPUTE_TRIALS: str(settings.population),
     }
-    tags["mlflow.parentRunId"] = parent.info.run_id
+    tags[PARENT_RUN_ID] = parent.info.run_id
     created = mlflow.MlflowClient().create_run(
-        parent.info.experiment_id, start_time=int(t0 * 1000), tags=tags, run_name=tags["mimic.arm"]
+        parent.info.experiment_id, start_time=int(t0 * 1000), tags=tags, run_name=tags[ARM]
     )
     with mlflow.start_run(run_id=created.info.run_id, nested=True) as run:
         mlflow.set_tags(tracking.version_tags() | tags)
@@ -189,7 +190,7 @@ def log_pbt_cell(
         )
         mlflow.log_dict({"lineage": state["lineage"]}, "pbt_lineage.json")
         mlflow.log_dict({"members": population}, "pbt_population.json")
-        tracking.log_plots({tags["mimic.arm"]: reports})
+        tracking.log_plots({tags[ARM]: reports})
     return run.info.run_id
 
 

@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..tracking.tags import ARM, CELL, ERROR, PARENT_RUN_ID, ROLE, ROLE_CHILD
 from .ray_cluster import TrialResources, start_ray, trial_error, tune_storage
 from .server import absolute_tracking_uri, tracking_server
 
@@ -170,25 +171,25 @@ def record_failures(
         [experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=50000
     )
     for run in children:
-        tag = run.data.tags.get("mimic.cell")
+        tag = run.data.tags.get(CELL)
         if run.info.status == "RUNNING" and tag in by_tag:
             why = failures.get(
                 tag, "the trial's worker stopped before the run ended (killed or out of memory)"
             )
-            client.set_tag(run.info.run_id, "mimic.error", why)
+            client.set_tag(run.info.run_id, ERROR, why)
             client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
-    recorded = {r.data.tags.get("mimic.cell") for r in children if r.info.status in ("FAILED", "RUNNING")}
+    recorded = {r.data.tags.get(CELL) for r in children if r.info.status in ("FAILED", "RUNNING")}
     for tag, error in failures.items():
         if tag in recorded:
             continue
         cell = by_tag[tag]
         tags = cell_tags(cell.experiment, cell.regime, cell.arm.name, cell.seed) | {
-            "mlflow.parentRunId": parent_run_id,
-            "mimic.role": "child",
-            "mimic.arm": f"{cell.arm.name}-{cell.regime}-s{cell.seed}",
-            "mimic.error": error,
+            PARENT_RUN_ID: parent_run_id,
+            ROLE: ROLE_CHILD,
+            ARM: f"{cell.arm.name}-{cell.regime}-s{cell.seed}",
+            ERROR: error,
         }
-        run = client.create_run(experiment_id, run_name=tags["mimic.arm"], tags=tags)
+        run = client.create_run(experiment_id, run_name=tags[ARM], tags=tags)
         client.log_batch(
             run.info.run_id,
             params=[mlflow.entities.Param(k, v[:6000]) for k, v in cell.spec.as_params().items()],

@@ -23,6 +23,7 @@ from pathlib import Path
 import mlflow
 
 from ..agents.providers import ProviderOptions
+from ..tracking.tags import EXPERIMENT_PARENT, REPORT
 from ..training.config import TrainConfig
 from .arms import (
     PBT_ARM,
@@ -198,7 +199,7 @@ def publish_report(
     mlflow.log_artifact(str(path), artifact_path="report")
     for png in sorted(path.parent.glob(f"{path.stem}/plots_*/*.png")):
         mlflow.log_artifact(str(png), artifact_path=f"report/{png.parent.name}")
-    mlflow.set_tag("mimic.report", str(path))
+    mlflow.set_tag(REPORT, str(path))
     return path
 
 
@@ -221,7 +222,7 @@ def reproduce(
         report_arms.append(PBT_ARM)  # a report shows the classical rival whenever the store has its cells
     start = time.perf_counter()
     with parent_run(f"reproduce {options.kind}") as parent:
-        mlflow.set_tags({"mimic.experiment_parent": options.kind})
+        mlflow.set_tags({EXPERIMENT_PARENT: options.kind})
         mlflow.log_params(
             {
                 "kind": options.kind,

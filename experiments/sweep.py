@@ -51,6 +51,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..tracking.tags import MISSING_CELLS, ROLE, ROLE_PARENT, SWEEP
 from .arms import Arm
 from .cells import collect, finished_cells, missing_cells
 from .ray_cluster import TrialResources, start_ray
@@ -127,7 +128,7 @@ def _log_sweep(spec: SweepSpec, resources: TrialResources, address: str | None) 
 
     from .. import tracking
 
-    mlflow.set_tags(tracking.version_tags() | {"mimic.role": "parent", "mimic.sweep": spec.name})
+    mlflow.set_tags(tracking.version_tags() | {ROLE: ROLE_PARENT, SWEEP: spec.name})
     mlflow.log_params(
         {
             "task": spec.task,
@@ -204,7 +205,7 @@ def run_sweep(
                 spec, data, spec.arms, missing, header, out or Path(f"docs/results/{spec.name}.md")
             )
             mlflow.log_artifact(str(report), artifact_path="report")
-            mlflow.set_tag("mimic.missing_cells", str(len(missing)))
+            mlflow.set_tag(MISSING_CELLS, str(len(missing)))
     finally:
         if started:
             import ray

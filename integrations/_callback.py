@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ..tracking.tags import INTEGRATION
 from .loop import Steering
 
 
@@ -95,7 +96,7 @@ class SteeringCallback:
             import mlflow
 
             self.run_id = self.steering.run_id
-            mlflow.MlflowClient().set_tag(self.run_id, "mimic.integration", self.framework)
+            mlflow.MlflowClient().set_tag(self.run_id, INTEGRATION, self.framework)
 
     def _finish(self) -> None:
         steering, self.steering = self.steering, None

@@ -59,6 +59,7 @@ from ..agents.providers import ProviderOptions
 from ..graphs.graph import AgentConfig, build_graph
 from ..graphs.runner import AgentRunner, EpochOutcome, RunResult, RunSpec
 from ..tools.controls import Bounds
+from ..tracking.tags import ERROR
 from ..training.config import TrainConfig
 from ..training.loop import LoopTrainer
 from .knobs import KnobControls, UserKnob, knob_tools
@@ -248,7 +249,7 @@ class Steering:
             if self._started and self.tracker is not None and self.tracker.run_id is not None:
                 import mlflow
 
-                mlflow.set_tag("mimic.error", f"{exc_type.__name__}: {exc}"[:500])
+                mlflow.set_tag(ERROR, f"{exc_type.__name__}: {exc}"[:500])
                 mlflow.end_run(status="FAILED")
         finally:
             self.trainer.detach()

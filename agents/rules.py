@@ -23,7 +23,7 @@ import math
 
 from langchain_core.messages import AIMessage, ToolMessage
 
-from ..training.trainer import metric_value
+from ..training.reports import metric_value
 from .protocol import ProtocolChatModel, tool_call
 
 UNDERFIT_TRAIN_ACC = 0.9  # below this training accuracy, with no gap, the model underfits

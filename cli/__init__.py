@@ -17,7 +17,6 @@ import typer
 
 from . import controllers, models, reproduce, runs, store, train
 from .output import CellProgress
-from .output import format_size as _size  # noqa: F401  (shim: tests/test_checkpoint_cleanup.py imports it)
 
 app = typer.Typer(
     help="MIMIC-Learn: an LLM agent steers a PyTorch training run at every epoch boundary, through typed "

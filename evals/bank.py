@@ -37,7 +37,8 @@ from ..tools.controls import TrainerControls
 from ..training.config import TrainConfig
 from ..training.fork import branch_numbers, effect, run_branch
 from ..training.outcomes import BranchOutcome, OutcomeRecord
-from ..training.trainer import Trainer, metric_value
+from ..training.reports import metric_value
+from ..training.trainer import Trainer
 
 BANK_VERSION = 1
 DEFAULT_BANK = Path(__file__).parent / "data" / "bank_v1.jsonl.gz"  # gzip: 0.3 MB instead of 4

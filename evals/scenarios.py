@@ -28,7 +28,8 @@ from ..tools.controls import TrainerControls
 from ..training.config import TrainConfig
 from ..training.data import TaskData, load_task
 from ..training.models import DigitsNet
-from ..training.trainer import EpochReport, Trainer
+from ..training.reports import EpochReport
+from ..training.trainer import Trainer
 
 Move = tuple[str, str]
 KEEP: frozenset[Move] = frozenset()

@@ -153,7 +153,7 @@ def log_pbt_cell(
 
     from .. import tracking  # here, not at the top: a PBT member's process imports this module without MLflow
     from ..tracking.tags import ARM, COMPUTE_TRIALS, PARENT_RUN_ID, PBT_POPULATION, ROLE, ROLE_CHILD
-    from ..training.trainer import EpochReport
+    from ..training.reports import EpochReport
     from .cells import cell_tags
 
     parent = mlflow.active_run()

@@ -28,7 +28,8 @@ from ..tools.controls import TrainerControls
 from ..tools.records import Decision, describe_changes
 from ..training.fork import BranchResult, branch_numbers, effect, run_branch
 from ..training.outcomes import BranchOutcome, OutcomeRecord
-from ..training.trainer import EpochReport, Trainer, metric_value
+from ..training.reports import EpochReport, metric_value
+from ..training.trainer import Trainer
 
 
 @dataclass
@@ -49,7 +50,7 @@ class OpenFork:
 class Counterfactual:
     """The forks of one run. ``train_epoch`` trains one epoch on the runner's trainer and returns its report."""
 
-    trainer: Trainer
+    controls: TrainerControls  # keep_better switches branches through it, like every revert
     train_epoch: Callable[[], EpochReport]
     horizon: int = 1
     keep_better: bool = False
@@ -67,7 +68,7 @@ class Counterfactual:
         horizon = min(self.horizon, self.total_epochs - epoch)
         if horizon < 1:
             return None
-        shadow = run_branch(self.trainer, start, horizon, self.train_epoch)
+        shadow = run_branch(self.controls.trainer, start, horizon, self.train_epoch)
         self.shadow_epochs += horizon
         fork = OpenFork(epoch, horizon, decision, report, rendered, shadow)
         self.open_forks.append(fork)
@@ -85,13 +86,11 @@ class Counterfactual:
             loss_eff = effect(real["val_loss"], shadow["val_loss"], "min")
             kept = "with"
             if self.keep_better and _worse(real["monitor"], shadow["monitor"], report.mode):
-                self.trainer.restore_weights(
-                    fork.shadow.final_state, reason="keep_better (branch without the decision)"
+                self.controls.revert(
+                    fork.shadow.final_state,
+                    reason="keep_better (branch without the decision)",
+                    good=fork.shadow.last.finite,
                 )
-                fresh = self.trainer.checkpoint()
-                self.trainer.pre_decision[self.trainer.epoch] = fresh
-                if fork.shadow.last.finite:
-                    self.trainer.last_good = fresh
                 kept = "without"
             verdict = {
                 "decision_epoch": fork.epoch,

@@ -150,7 +150,7 @@ class AgentRunner:
             )
         if spec.agent.reflection == "counterfactual" and spec.controller != "none":
             self.counterfactual = Counterfactual(
-                self.trainer,
+                self.controls,
                 self.train_epoch,
                 horizon=spec.counterfactual_horizon,
                 keep_better=spec.keep_better,

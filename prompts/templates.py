@@ -42,7 +42,7 @@ import math
 import re
 
 from ..training.knobs import KNOBS, report_knobs
-from ..training.trainer import metric_value
+from ..training.reports import metric_value
 
 DATA_TAG = "run-data"
 FENCE = "```"

@@ -14,7 +14,8 @@ import mlflow
 import pytest
 from typer.testing import CliRunner
 
-from mimic_learn.cli import _size, app
+from mimic_learn.cli import app
+from mimic_learn.cli.output import format_size as _size
 from mimic_learn.graphs.runner import AgentRunner, RunSpec
 from mimic_learn.training import TrainConfig
 from mimic_learn.training.trainer import Trainer

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .controls import CommitResult, TrainerControls, _same
+from .controls import CommitResult, TrainerControls, same_value
 from .errors import ToolArgumentError
 from .registry import call_tool, discover
 
@@ -61,7 +61,7 @@ def _proposals(controls: TrainerControls, bound: set[str]) -> list[Candidate]:
     if {"set_alpha", "propose_weight_delta"} <= bound:
         layer = _delta_layer(t)
         if layer is not None:
-            calls = [] if _same(alpha, 0.2) else [_call("set_alpha", {"alpha": 0.2})]
+            calls = [] if same_value(alpha, 0.2) else [_call("set_alpha", {"alpha": 0.2})]
             calls.append(
                 _call(
                     "propose_weight_delta",
@@ -105,7 +105,7 @@ def candidate_actions(controls: TrainerControls, tools: list[str] | None = None)
             continue  # out of bounds / nothing to roll back: not a candidate here
         changes = list(scratch.pending.values())
         if any(c.key == "rollback" or c.key.startswith("delta:") for c in changes) or any(
-            not _same(scratch.current(c.key), c.value) for c in changes
+            not same_value(scratch.current(c.key), c.value) for c in changes
         ):
             out.append(cand)
     return out

@@ -149,7 +149,7 @@ class TrainerControls:
         cur = self.current(knob)
         if entry is None or cur is None:
             raise ToolArgumentError(f"{knob} cannot be set: this model has no {knob} modules", knob)
-        if entry.off is not None and not isinstance(value, bool) and _same(entry.off, value):
+        if entry.off is not None and not isinstance(value, bool) and same_value(entry.off, value):
             return float(entry.off), ""  # turning a knob off is always allowed
         low, high = self.allowed_range(knob)
         (abs_low, abs_high), _ = self.limits(knob)
@@ -204,7 +204,7 @@ class TrainerControls:
             # A knob set to the value it already has changes nothing: it is recorded as kept, not as a change,
             # so that reflection never judges (or reverts) a decision that did nothing.
             # (``current`` is None for rollback and delta keys, so only scalar knobs can be no-ops.)
-            noop = [c for c in changes if _same(self.current(c.key), c.value)]
+            noop = [c for c in changes if same_value(self.current(c.key), c.value)]
             kept += [f"{c.key} already {show_value(c.value)} (no change)" for c in noop]
             changes = [c for c in changes if c not in noop]
         t = self.trainer
@@ -335,7 +335,8 @@ def check_finite(arg: str, value: float, low: float, high: float, current: objec
         )
 
 
-def _same(current: float | None, value: object) -> bool:
+def same_value(current: float | None, value: object) -> bool:
+    """Whether staging ``value`` would leave a knob at ``current`` unchanged (a no-op)."""
     return (
         current is not None
         and isinstance(value, int | float)

@@ -5,7 +5,7 @@ rejected, the reflection). The full graph state stays in the spans."""
 from __future__ import annotations
 
 from ..tools.controls import KNOBS
-from ..training.trainer import metric_value
+from ..training.reports import metric_value
 
 PREVIEW_REFLECTION_CHARS = 160
 

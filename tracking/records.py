@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from ..training.knobs import report_knobs
-from ..training.trainer import metric_value
+from ..training.reports import metric_value
 from .tags import NOTE_PREFIX
 
 

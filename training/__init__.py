@@ -2,12 +2,23 @@
 
 from .config import TrainConfig, parse_regime
 from .data import DataUnavailableError, TaskData, TensorData, load_task
+from .knobs import KNOBS, Knob, register_knob
+from .loop import LoopTrainer
 from .models import PaperCNN, build_model, resnet18
-from .trainer import EpochReport, KnobError, ShapeMismatchError, Trainer, metric_value
+from .reports import EpochReport, EvalResult, metric_value
+from .steerable import Steerable
+from .trainer import BaseTrainer, KnobError, ShapeMismatchError, Trainer
 
 __all__ = [
+    "KNOBS",
+    "BaseTrainer",
     "DataUnavailableError",
     "EpochReport",
+    "EvalResult",
+    "Knob",
+    "LoopTrainer",
+    "Steerable",
+    "register_knob",
     "KnobError",
     "PaperCNN",
     "ShapeMismatchError",

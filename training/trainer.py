@@ -46,7 +46,7 @@ from .data import TaskData, augment_crop_flip, iterate_batches, load_task
 from .knobs import KNOBS, current_knobs, held_defaults
 from .models import DEFAULT_MODEL, build_model, dropout_modules
 from .modulated import DeltaFn, modulated_step
-from .reports import STANDARD_METRICS, EpochReport, EvalResult, metric_value  # noqa: F401 (re-exported)
+from .reports import EpochReport, EvalResult
 
 
 class KnobError(ValueError):

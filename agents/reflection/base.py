@@ -24,7 +24,7 @@ from langchain_core.runnables import Runnable
 
 from ...tools.controls import TrainerControls
 from ...tools.records import PreviousDecision, describe_changes
-from ...training.trainer import metric_value
+from ...training.reports import metric_value
 
 POLICIES: dict[str, type[ReflectionPolicy]] = {}
 

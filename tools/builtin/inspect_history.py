@@ -1,6 +1,6 @@
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...training.trainer import metric_value
+from ...training.reports import metric_value
 from ..controls import TrainerControls
 from ..registry import register_tool
 

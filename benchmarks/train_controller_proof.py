@@ -31,7 +31,7 @@ def same_call(call: dict, target: dict) -> bool:
     )
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="/tmp/controller-proof")
     parser.add_argument("--epochs", type=int, default=2)
@@ -41,13 +41,13 @@ def main() -> None:
     parser.add_argument(
         "--compare", type=int, default=4, help="held-out prompts for the peft vs llama.cpp check"
     )
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    from mimic_learn.agents.local import LocalChatModel, _load, find_smollm2_gguf
-    from mimic_learn.agents.train_controller import TrainControllerConfig, greedy_text, train_controller
+
+def write_data(out: Path) -> tuple[Path, list]:
+    """Train on variants 0-1 (written to train.jsonl), hold out variant 2 (heldout.jsonl)."""
     from mimic_learn.evals.training_data import rules_situations
 
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     situations = list(rules_situations(variants=3, seed=0))
     train = [ex for ex, _, _ in situations if ex["source"]["variant"] != 2]
@@ -56,24 +56,35 @@ def main() -> None:
     data.write_text("".join(json.dumps(ex) + "\n" for ex in train))
     (out / "heldout.jsonl").write_text("".join(json.dumps(ex) + "\n" for ex, _, _ in held))
     print(f"{len(train)} train examples, {len(held)} held-out situations")
+    return data, held
+
+
+def train(data: Path, out: Path, args: argparse.Namespace) -> dict:
+    """Train the adapter; the summary keeps the peft model and tokenizer for the greedy check."""
+    from mimic_learn.agents.train_controller import TrainControllerConfig, train_controller
 
     cfg = TrainControllerConfig(epochs=args.epochs, lr=args.lr, rank=args.rank, threads=args.threads)
     summary = train_controller(
         data, out / "adapter", cfg, command=f"benchmarks/train_controller_proof.py --epochs {args.epochs}",
         keep_model=True,
     )  # fmt: skip
-    peft_model, tokenizer = summary.pop("model"), summary.pop("tokenizer")
     print(
         f"TRAIN {summary['examples']} examples x {args.epochs} epochs = {summary['steps']} steps in "
         f"{summary['train_seconds']:.0f} s ({summary['train_seconds'] / summary['steps']:.1f} s/step, "
         f"{args.threads} torch threads; base load {summary['load_seconds']:.0f} s); adapter "
         f"{summary['adapter_bytes'] / 1e6:.1f} MB"
     )
+    return summary
+
+
+def heldout_calls(held: list, out: Path, threads: int) -> dict:
+    """Base and adapter through LocalChatModel on the held-out situations: (hits, valid, median s, calls)."""
+    from mimic_learn.agents.local import LocalChatModel
 
     rows = {}
     for label, model in (
-        ("base", LocalChatModel(n_threads=args.threads)),
-        ("adapter", LocalChatModel(n_threads=args.threads, adapter_path=out / "adapter")),
+        ("base", LocalChatModel(n_threads=threads)),
+        ("adapter", LocalChatModel(n_threads=threads, adapter_path=out / "adapter")),
     ):
         hits, tool_hits, valid, seconds, calls = 0, 0, 0, [], []
         for ex, msgs, tools in held:
@@ -90,6 +101,10 @@ def main() -> None:
             f"HELDOUT {label}: target call {hits}/{len(held)}, right tool {tool_hits}/{len(held)}, "
             f"valid {valid}/{len(held)}, median {rows[label][2]:.2f} s"
         )
+    return rows
+
+
+def print_calls(rows: dict) -> None:
     for (scenario, target, base_call, _), (_, _, ad_call, hit) in zip(
         rows["base"][3], rows["adapter"][3], strict=True
     ):
@@ -103,11 +118,18 @@ def main() -> None:
             f"  {scenario:28s} target {t:38s} base {fmt(base_call):38s} adapter {fmt(ad_call)} {'ok' if hit else 'MISS'}"
         )
 
+
+def greedy_agreement(held: list, out: Path, summary: dict, args: argparse.Namespace) -> dict:
+    """Greedy free decoding, PyTorch+peft vs llama.cpp+GGUF adapter (and both bases), on a few held-out prompts."""
+    from mimic_learn.agents.local_runtime import find_smollm2_gguf, load_model
+    from mimic_learn.agents.train_controller import greedy_text
+
+    peft_model, tokenizer = summary["model"], summary["tokenizer"]
     agree = {"base": 0, "adapter": 0}
     for ex, _, _ in held[: args.compare]:
         messages = ex["messages"]
         for label, adapter in (("base", None), ("adapter", out / "adapter" / "adapter.gguf")):
-            loaded = _load(find_smollm2_gguf(), args.threads, 4096, adapter)
+            loaded = load_model(find_smollm2_gguf(), args.threads, 4096, adapter)
             served = loaded.server.handle_chat_completions(
                 {"messages": messages, "max_tokens": 48, "temperature": 0.0, "cache_prompt": False}
             )["choices"][0]["message"]["content"]
@@ -121,6 +143,17 @@ def main() -> None:
             print(
                 f"  GREEDY {label:7s} {'SAME' if same else 'DIFF'}\n    llama.cpp: {served!r}\n    torch:     {torch_text!r}"
             )
+    return agree
+
+
+def main() -> None:
+    args = parse_args()
+    out = Path(args.out)
+    data, held = write_data(out)
+    summary = train(data, out, args)
+    rows = heldout_calls(held, out, args.threads)
+    print_calls(rows)
+    agree = greedy_agreement(held, out, summary, args)
     n = min(args.compare, len(held))
     print(f"GREEDY agreement torch vs llama.cpp: base {agree['base']}/{n}, adapter {agree['adapter']}/{n}")
     print(

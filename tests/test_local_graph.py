@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from mimic_learn.agents.local import _with_live_bounds, candidate_values
+from mimic_learn.agents.local_grammar import candidate_values, with_live_bounds
 from mimic_learn.evals.scenarios import bank, evaluate_controller, scenario_trainer
 from mimic_learn.tools import TrainerControls, as_langchain_tools, call_tool
 
@@ -32,7 +32,7 @@ def test_live_bounds_turn_knob_arguments_into_valid_enums():
     live = {name: t.live_bounds for name, t in tools.items()}
     patched = {
         t["function"]["name"]: t
-        for t in _with_live_bounds([convert_to_openai_tool(t) for t in tools.values()], live)
+        for t in with_live_bounds([convert_to_openai_tool(t) for t in tools.values()], live)
     }
     lr_enum = patched["set_lr"]["function"]["parameters"]["properties"]["lr"]["enum"]
     low, high = ctl.allowed_range("lr")

@@ -6,6 +6,7 @@ except under CI=true, where they fail. Run: pytest tests/test_local_provider.py 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import threading
@@ -231,7 +232,7 @@ def test_missing_model_path_names_the_fix(tmp_path: Path):
 
 
 def test_missing_package_names_the_fix(monkeypatch):
-    monkeypatch.setattr(local.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(LocalModelMissingError) as info:
         find_smollm2_gguf()
     assert FIX in str(info.value) and "--model-path" in str(info.value)

@@ -22,7 +22,9 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -328,13 +330,8 @@ def _dismiss_overlays(page) -> None:
                 pass
 
 
-def test_ui_shows_run_decisions_and_trace(
-    sync_api, ui_server: str, screenshot_dir: Path, deadline: float
-) -> None:
-    base = ui_server
-    port = int(base.rsplit(":", 1)[1])
-
-    # 1. listening on the loopback interface only
+def _assert_loopback_only(port: int) -> None:
+    """The UI listens on the loopback interface only."""
     addrs = _listen_addresses(port)
     assert addrs == {"127.0.0.1"}, f"mimic-learn ui listens on {addrs}, expected 127.0.0.1 only"
     for addr in _non_loopback_ipv4():
@@ -342,45 +339,115 @@ def test_ui_shows_run_decisions_and_trace(
             s.settimeout(2)
             assert s.connect_ex((addr, port)) != 0, f"the UI answers on {addr}:{port}"
 
-    ids = _ids(base)
+
+def _urls(base: str, ids: dict[str, str]) -> dict[str, str]:
     run_url = f"{base}/#/experiments/{ids['exp']}/runs/{ids['run']}"
-    urls = {
+    return {
         "run": run_url,
         "decisions": f"{run_url}/artifacts/decisions.json",
         "run_traces": f"{run_url}/traces",
         "trace": f"{base}/#/experiments/{ids['exp']}/traces?selectedEvaluationId={ids['trace']}",
     }
-    expect = sync_api.expect
 
-    def shown(page, text: str, exact: bool = False):
+
+@dataclass
+class _Screen:
+    """A browser page and the checks a user does by looking at it."""
+
+    page: Any
+    expect: Any
+    deadline: float
+
+    def shown(self, text: str, exact: bool = False):
         """Wait until ``text`` is rendered, scroll it into view and check it is on screen."""
-        timeout_ms = 1000 * _left(deadline, UI_TIMEOUT_S, f"looking for {text!r}")
-        loc = page.get_by_text(text, exact=exact).locator("visible=true").first
-        expect(loc).to_be_visible(timeout=timeout_ms)
+        timeout_ms = 1000 * _left(self.deadline, UI_TIMEOUT_S, f"looking for {text!r}")
+        loc = self.page.get_by_text(text, exact=exact).locator("visible=true").first
+        self.expect(loc).to_be_visible(timeout=timeout_ms)
         loc.scroll_into_view_if_needed(timeout=timeout_ms)
-        expect(loc).to_be_in_viewport(timeout=timeout_ms)
+        self.expect(loc).to_be_in_viewport(timeout=timeout_ms)
         return loc
 
-    def listed(page, text: str) -> None:
+    def listed(self, text: str) -> None:
         """``text`` is in the Traces list. MLflow's table sometimes draws a row blank (no cells) until the page
         is drawn again, so a missing row gets up to two reloads (as a user would) before the test fails. (The
         search box is no way round it: it searches the traces' full requests, not their previews.)"""
         for attempt in range(3):
             try:
-                expect(page.get_by_text(text).locator("visible=true").first).to_be_visible(timeout=10_000)
+                self.expect(self.page.get_by_text(text).locator("visible=true").first).to_be_visible(
+                    timeout=10_000
+                )
                 return
             except AssertionError:
                 if attempt == 2:
                     raise
-            page.reload(wait_until="domcontentloaded")
-            shown(page, EXPERIMENT, exact=True)
-            ungroup = page.get_by_text("Group by session", exact=True)
+            self.page.reload(wait_until="domcontentloaded")
+            self.shown(EXPERIMENT, exact=True)
+            ungroup = self.page.get_by_text("Group by session", exact=True)
             ungroup.click()  # a reload brings the default (grouped by session) back
-            page.wait_for_timeout(1_000)
+            self.page.wait_for_timeout(1_000)
 
-    def open_page(page, url: str) -> None:
-        page.goto(url, wait_until="domcontentloaded")
-        shown(page, EXPERIMENT, exact=True)  # the SPA has rendered its shell
+    def open(self, url: str) -> None:
+        self.page.goto(url, wait_until="domcontentloaded")
+        self.shown(EXPERIMENT, exact=True)  # the SPA has rendered its shell
+
+    def screenshot(self, path: Path) -> None:
+        _dismiss_overlays(self.page)
+        self.page.screenshot(path=str(path))
+
+
+def _check_run_overview(screen: _Screen, urls: dict[str, str], ids: dict[str, str], folder: Path) -> None:
+    """The child run's overview: its name, id, status and a logged metric."""
+    screen.open(urls["run"])
+    screen.shown(ids["run_name"], exact=True)
+    screen.shown("test_acc", exact=True)
+    screen.shown(ids["run"], exact=True)
+    screen.screenshot(folder / "01_run.png")
+
+
+def _check_decisions(screen: _Screen, urls: dict[str, str], folder: Path) -> None:
+    """The decisions table artifact: the reflection text, then the tool names and a reason."""
+    screen.open(urls["decisions"])
+    screen.shown(REFLECTION_TEXT)
+    screen.shown("set_dropout", exact=True)
+    screen.shown("train/val gap widening; regularise", exact=True)
+    screen.shown("set_lr", exact=True)
+    screen.screenshot(folder / "02_decisions.png")
+
+
+def _check_run_traces(screen: _Screen, urls: dict[str, str], ids: dict[str, str], folder: Path) -> None:
+    """The run's traces tab lists the decisions like a log: name, input and output previews."""
+    screen.open(urls["run_traces"])
+    screen.shown(ids["session"], exact=True)  # grouped by session (the default): one session
+    screen.page.get_by_text("Group by session", exact=True).click()  # one row per decision
+    for text in [f"epoch {e} · val acc " for e in range(1, EPOCHS)] + [
+        "set_lr 0.001→0.002 ✓",
+        "set_dropout 0.2→0.3 ✓ · reflection: Decision after epoch 1 (lr=0.002)",
+        "no change · reflection: ",  # epoch 3: the script made no call
+    ]:
+        screen.listed(text)
+    assert screen.page.get_by_text('{"epoch": ').count() == 0, "a raw graph state is shown as a preview"
+    screen.screenshot(folder / "03_run_traces.png")
+
+
+def _check_trace(screen: _Screen, urls: dict[str, str], folder: Path) -> None:
+    """One trace (epoch 2): the graph's spans with the tool span, then the reflect span's output."""
+    screen.page.goto(urls["trace"], wait_until="domcontentloaded")
+    for span in ("observe", "decide", "tools", "set_dropout", "apply"):
+        screen.shown(span, exact=True)
+    _dismiss_overlays(screen.page)
+    screen.shown("reflect", exact=True).click()
+    screen.shown(REFLECTION_TEXT)
+    screen.shown(VERDICT_TEXT)
+    screen.page.screenshot(path=str(folder / "04_trace_reflect.png"))
+
+
+def test_ui_shows_run_decisions_and_trace(
+    sync_api, ui_server: str, screenshot_dir: Path, deadline: float
+) -> None:
+    base = ui_server
+    _assert_loopback_only(int(base.rsplit(":", 1)[1]))
+    ids = _ids(base)
+    urls = _urls(base, ids)
 
     with sync_api.sync_playwright() as pw:
         page = None
@@ -388,47 +455,11 @@ def test_ui_shows_run_decisions_and_trace(
         try:
             page = browser.new_page(viewport={"width": 1920, "height": 1080})
             page.set_default_timeout(1000 * UI_TIMEOUT_S)
-
-            # the child run's overview: its name, id, status and a logged metric
-            open_page(page, urls["run"])
-            shown(page, ids["run_name"], exact=True)
-            shown(page, "test_acc", exact=True)
-            shown(page, ids["run"], exact=True)
-            _dismiss_overlays(page)
-            page.screenshot(path=str(screenshot_dir / "01_run.png"))
-
-            # the decisions table artifact: the reflection text, then the tool names and a reason
-            open_page(page, urls["decisions"])
-            shown(page, REFLECTION_TEXT)
-            shown(page, "set_dropout", exact=True)
-            shown(page, "train/val gap widening; regularise", exact=True)
-            shown(page, "set_lr", exact=True)
-            _dismiss_overlays(page)
-            page.screenshot(path=str(screenshot_dir / "02_decisions.png"))
-
-            # the run's traces tab lists the decisions like a log: name, input and output previews
-            open_page(page, urls["run_traces"])
-            shown(page, ids["session"], exact=True)  # grouped by session (the default): one session
-            page.get_by_text("Group by session", exact=True).click()  # one row per decision
-            for text in [f"epoch {e} · val acc " for e in range(1, EPOCHS)] + [
-                "set_lr 0.001→0.002 ✓",
-                "set_dropout 0.2→0.3 ✓ · reflection: Decision after epoch 1 (lr=0.002)",
-                "no change · reflection: ",  # epoch 3: the script made no call
-            ]:
-                listed(page, text)
-            assert page.get_by_text('{"epoch": ').count() == 0, "a raw graph state is shown as a preview"
-            _dismiss_overlays(page)
-            page.screenshot(path=str(screenshot_dir / "03_run_traces.png"))
-
-            # one trace (epoch 2): the graph's spans with the tool span, then the reflect span's output
-            page.goto(urls["trace"], wait_until="domcontentloaded")
-            for span in ("observe", "decide", "tools", "set_dropout", "apply"):
-                shown(page, span, exact=True)
-            _dismiss_overlays(page)
-            shown(page, "reflect", exact=True).click()
-            shown(page, REFLECTION_TEXT)
-            shown(page, VERDICT_TEXT)
-            page.screenshot(path=str(screenshot_dir / "04_trace_reflect.png"))
+            screen = _Screen(page, sync_api.expect, deadline)
+            _check_run_overview(screen, urls, ids, screenshot_dir)
+            _check_decisions(screen, urls, screenshot_dir)
+            _check_run_traces(screen, urls, ids, screenshot_dir)
+            _check_trace(screen, urls, screenshot_dir)
             _save_plots(base, ids["run"], screenshot_dir)
         except Exception:
             if page is not None:

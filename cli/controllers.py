@@ -123,8 +123,13 @@ def _eval_outcomes(
         raw = " ".join(f"{t} {v:.4f}" for t, v in s.raw_by_task().items())
         print(
             f"{s.controller:20s} {cell(s, 'regret')}  {cell(s, 'win')}  {cell(s, 'harm')}  {cell(s, 'valid')}  "
-            f"raw {raw}  median_s {s.median_seconds:.3f}  tokens {s.mean_tokens:.0f}"
+            f"raw {raw}  median_s {s.median_seconds:.3f}  tokens {s.mean_tokens:.0f}  "
+            f"beyond_best {sum(r.beyond_best for r in s.results)}"
         )
+    console.print(
+        "beyond_best: situations where the decision beat every candidate (its regret is floored at -1 there; "
+        "raw is not)"
+    )
     best = best_constant(scores)
     rules = next(s for s in scores if s.controller == "rules")
     gap, (lo, hi) = paired_regret_gap(rules, best)

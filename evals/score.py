@@ -12,7 +12,9 @@ and counts as invalid.
 Per situation, at the longest stored horizon, with v(a) the monitor averaged over data orders:
 
     regret    = (v(best) - v(chosen)) / (v(best) - v(worst))  over the candidates (0 when they all tie;
-                below 0 when the controller found a value better than every candidate)
+                below 0 when the controller found a value better than every candidate, floored at -1: the
+                candidate set can miss the best action — lr x10 in a stall — and one such situation
+                would otherwise swing the mean; ``beyond_best`` counts them, ``raw`` is unclipped)
     raw       = v(best) - v(chosen)  in the monitor's units
     win/harm  = the paired difference chosen - keep across data orders is above / below 0 by more than
                 2 standard errors
@@ -46,6 +48,7 @@ ANCHORS = (
     "constant:rollback",
     "rules",
 )
+REGRET_FLOOR = -1.0  # see score_numbers
 CONSTANTS = tuple(a for a in ANCHORS if a.startswith("constant:"))
 
 
@@ -114,6 +117,7 @@ class SituationScore:
     seconds: float
     tokens: int
     calls: list[dict] = field(default_factory=list)
+    beyond_best: bool = False  # the decision's outcome beat every candidate's (regret < 0 before the floor)
 
 
 def paired_verdict(mine: list[float], keep: list[float], mode: str) -> tuple[bool, bool]:
@@ -134,6 +138,13 @@ def score_numbers(
     sign = 1.0 if entry.mode == "max" else -1.0
     mine = sign * statistics.fmean(numbers)
     regret = (best - mine) / (best - worst) if best > worst else 0.0
+    # A decision off the candidate set can beat every candidate by many times their spread (the bank's stall
+    # situations: lr x10 is not a candidate, and beats lr x3 by 0.4 where the candidates span 0.04, regret
+    # -11): one such situation would swing a mean over 24. Normalised regret is floored at -1 ("better than the
+    # best by at least the candidates' whole spread"); ``raw`` keeps the unclipped difference and
+    # ``beyond_best`` says the decision beat every candidate.
+    beyond_best = mine > best
+    regret = max(regret, REGRET_FLOOR)
     win, harm = paired_verdict(numbers, entry.numbers("keep"), entry.mode)
     return SituationScore(
         situation=entry.situation.id,
@@ -142,6 +153,7 @@ def score_numbers(
         valid=decision.valid if decision else True,
         regret=regret,
         raw=best - mine,
+        beyond_best=beyond_best,
         win=win,
         harm=harm,
         seconds=decision.seconds if decision else 0.0,
@@ -274,6 +286,7 @@ class ControllerScore:
             lo, hi = self.interval(name)
             out[name] = self.mean(name)
             out[f"{name}_ci"] = [lo, hi]
+        out["beyond_best"] = sum(r.beyond_best for r in self.results)
         out["raw_by_task"] = self.raw_by_task()
         out["median_s"] = self.median_seconds
         out["mean_tokens"] = self.mean_tokens

@@ -18,6 +18,7 @@ from mimic_learn.evals.score import (
     bootstrap,
     paired_regret_gap,
     paired_verdict,
+    score_numbers,
 )
 from mimic_learn.training.outcomes import OutcomeRecord
 
@@ -220,3 +221,19 @@ def test_rules_raise_the_lr_only_when_underfitting():
     assert not raised(report(0.5, falling, lr=5e-3))  # x3 would pass the 0.01 cap
     assert not raised(report(0.5, falling, epoch=11))  # one epoch left
     assert not raised(report(0.5, [1.75, 1.85, 1.95]))  # validation loss rising
+
+
+def test_regret_is_floored_when_a_decision_beats_every_candidate_by_far():
+    """The shipped dev split's stall situations: lr x10 is not a candidate and beats every candidate by ten
+    times their spread. Normalised regret stops at -1; raw keeps the difference; beyond_best flags it."""
+    entry = next(e for e in load_bank(split="dev") if e.situation.id == "digits/s3/lr_div100/e3")
+    values = [entry.value(n) for n in entry.candidate_names()]
+    best, worst = max(values), min(values)
+    far = [best + 10 * (best - worst)] * entry.orders  # what the rolled-out lr x10 scored there
+    s = score_numbers(entry, far, "other", None)
+    assert s.regret == -1.0 and s.beyond_best
+    assert s.raw == pytest.approx(-10 * (best - worst))
+    near = [best + 0.5 * (best - worst)] * entry.orders
+    assert score_numbers(entry, near, "other", None).regret == pytest.approx(-0.5)  # above the floor: as is
+    keep = score_numbers(entry, entry.numbers("keep"), "keep", None)
+    assert not keep.beyond_best and 0 <= keep.regret <= 1

@@ -6,7 +6,7 @@
 * ``docs/reference/tools.md``: every registered tool's description and JSON schema, from the tool registry.
 
     python scripts/gen_docs.py            # rewrite them
-    python scripts/gen_docs.py --check    # exit 1 if a committed page differs (tests/test_docs.py does this)
+    python scripts/gen_docs.py --check    # exit 1 if a committed page differs (tests/integration/test_docs.py does this)
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install what tests/test_ui_browser.py needs: Debian's chromium and the playwright Python package.
+# Install what tests/integration/test_ui_browser.py needs: Debian's chromium and the playwright Python package.
 # Idempotent: does nothing when /usr/bin/chromium exists and playwright is importable.
 # Playwright's own browser download (`playwright install`) is blocked here, so the test drives the
 # system chromium through executable_path; we never run `playwright install`.

@@ -2,7 +2,7 @@
 UI (one line per decision), one decision's trace (its node and tool spans), and the run's validation and knob
 plots.
 
-    python scripts/screenshot.py                 # runs tests/test_ui_browser.py (a scripted 6-epoch digits run,
+    python scripts/screenshot.py                 # runs tests/integration/test_ui_browser.py (a scripted 6-epoch digits run,
                                                  # `mimic-learn ui`, headless Chromium), then composes
     python scripts/screenshot.py --from DIR      # composes from a folder the browser test already filled
                                                  # (MIMIC_SCREENSHOT_DIR=DIR; what .ci/run does)
@@ -24,7 +24,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "docs/assets/overview.png"
-LIST = "03_run_traces.png"  # the run's Traces list, one row per decision (tests/test_ui_browser.py)
+LIST = "03_run_traces.png"  # the run's Traces list, one row per decision (tests/integration/test_ui_browser.py)
 TRACE = "04_trace_reflect.png"  # the epoch-2 trace, reflect span selected
 # Parts of the 1920x1080 screenshots kept (left, top, right, bottom): the list's rows, the trace's spans.
 LIST_BOX = (200, 150, 1920, 530)
@@ -44,7 +44,7 @@ def run_browser_test(folder: Path) -> None:
         "browser",
         "-p",
         "no:cacheprovider",
-        "tests/test_ui_browser.py",
+        "tests/integration/test_ui_browser.py",
     ]
     done = subprocess.run(cmd, cwd=REPO, env=env)
     if done.returncode != 0:
@@ -55,7 +55,7 @@ def compose(folder: Path, out: Path = OUT) -> Path:
     missing = [name for name in (LIST, TRACE, *PLOTS) if not (folder / name).is_file()]
     if missing:
         sys.exit(
-            f"missing in {folder}: {', '.join(missing)} (run tests/test_ui_browser.py with MIMIC_SCREENSHOT_DIR)"
+            f"missing in {folder}: {', '.join(missing)} (run tests/integration/test_ui_browser.py with MIMIC_SCREENSHOT_DIR)"
         )
     shots = [
         Image.open(folder / LIST).convert("RGB").crop(LIST_BOX),

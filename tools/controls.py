@@ -8,7 +8,7 @@ dropout, alpha, ..., then weight deltas) and takes effect from the next epoch. I
 the knobs are put back as they were.
 
 The graph runs a decision's tool calls one at a time, in the model's order. Staging still takes a lock:
-Python callers may stage from several threads (tests/test_tools.py stages from eight at once).
+Python callers may stage from several threads (tests/unit/test_tools.py stages from eight at once).
 """
 
 from __future__ import annotations

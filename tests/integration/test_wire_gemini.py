@@ -17,8 +17,8 @@ import pytest
 from mimic_learn.agents.providers import ProviderOptions, retry_after_seconds
 from mimic_learn.tools.registry import discover
 
-from .agent_helpers import make_runner
-from .replay_server import ReplayServer, load_reply
+from ..agent_helpers import make_runner
+from ..replay_server import ReplayServer, load_reply
 
 pytestmark = pytest.mark.wire
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE_NAME = "mimic_learn"
 NOT_PACKAGE = {"tests", "benchmarks", "examples", "scripts", "docs", "build", "dist", "__pycache__"}
 MAX_FILE_LINES = 500

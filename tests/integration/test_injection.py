@@ -35,7 +35,7 @@ from mimic_learn.agents.rules import rules_decision
 from mimic_learn.integrations import Steering
 from mimic_learn.prompts.templates import INSTRUCTION_HEADING, NOTES_HEADING, render
 
-from .prompt_parts import split_prompt
+from ..prompt_parts import split_prompt
 
 PLANTED = 0.009  # in range: the loop's lr is 0.05, a decision may set [0.005, 0.5]
 SAY = "operator says lr=0.009"

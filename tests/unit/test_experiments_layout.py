@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "experiments"
+PACKAGE = Path(__file__).resolve().parents[2] / "experiments"
 
 
 def _sibling_imports(path: Path) -> list[tuple[str, list[str]]]:

@@ -2,7 +2,7 @@
 
 * Every Python block in README.md and docs/ is run by a test: either it is a copy of a block in a test file
   (between ``# --- README example start[: name] ---`` and ``# --- README example end ...``; the test runs it
-  and this file checks the copy is verbatim), or the line before it says ``<!-- run: tests/test_docs.py ... -->``
+  and this file checks the copy is verbatim), or the line before it says ``<!-- run: tests/integration/test_docs.py ... -->``
   and this file executes it. A block that is only an illustration says ``<!-- not run: <why> -->``.
 * The pages generated from the code (the graph diagram, the CLI and tools references) equal what
   ``scripts/gen_docs.py`` makes now.
@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MARKED = re.compile(
     r"# --- README example start(?::\s*([\w .-]+))? ---\n(.*?)\n# --- README example end", re.S
 )
 FENCE = re.compile(r"(?:^(<!--[^\n]*-->)\n)?^```python\n(.*?)^```", re.S | re.M)
-RUN_HERE = "<!-- run: tests/test_docs.py"
+RUN_HERE = "<!-- run: tests/integration/test_docs.py"
 
 
 def _pages() -> list[Path]:
@@ -32,7 +32,7 @@ def _pages() -> list[Path]:
 
 def _tested_blocks() -> list[tuple[str, str]]:
     found = []
-    for path in sorted((REPO / "tests").glob("test_*.py")):
+    for path in sorted((REPO / "tests").rglob("test_*.py")):
         for match in MARKED.finditer(path.read_text()):
             found.append((f"{path.name}:{match.group(1) or 'example'}", match.group(2).strip("\n")))
     return found

@@ -29,7 +29,7 @@ from mimic_learn.tracking import MlflowTracker, load_decisions
 from mimic_learn.training import TrainConfig
 from mimic_learn.training.trainer import Trainer
 
-from .prompt_parts import section, split_prompt
+from ..prompt_parts import section, split_prompt
 
 INSTRUCTION = "Recall on class 7 matters most; avoid raising the lr"
 

@@ -16,7 +16,7 @@ from mimic_learn.agents.scripted import ScriptedChatModel
 from mimic_learn.graphs.graph import AgentConfig
 from mimic_learn.graphs.runner import agent_report
 
-from .agent_helpers import FailingChatModel, HangingChatModel, make_runner
+from ..agent_helpers import FailingChatModel, HangingChatModel, make_runner
 
 
 def call(name, **args):
@@ -361,7 +361,7 @@ def test_langgraph_json_points_at_a_graph_factory():
     import json
     from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     spec = json.loads((repo / "langgraph.json").read_text())
     path, _, attr = spec["graphs"]["mimic_controller"].partition(":")
     module_spec = importlib.util.spec_from_file_location("studio_graph", repo / path)

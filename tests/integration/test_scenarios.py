@@ -93,7 +93,7 @@ def test_the_bank_is_a_data_file_shipped_with_the_package(tmp_path):
 
     from mimic_learn.evals.scenarios import SCENARIOS_FILE, load_scenarios
 
-    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
     shipped = pyproject["tool"]["setuptools"]["package-data"]["mimic_learn.evals"]
     assert SCENARIOS_FILE.relative_to(SCENARIOS_FILE.parents[1]).as_posix() in shipped
     assert [s.name for s in load_scenarios(SCENARIOS_FILE)] == [s.name for s in bank()]

@@ -16,7 +16,7 @@ from mimic_learn.cli import app
 from mimic_learn.experiments import TOKENS_PER_DECISION, plan_reproduce
 from mimic_learn.tracking import decision_rows, describe_usage, run_usage
 
-from .agent_helpers import make_runner
+from ..agent_helpers import make_runner
 
 runner = CliRunner()
 

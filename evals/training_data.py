@@ -63,10 +63,8 @@ def _snap(call: dict, live: dict) -> dict | None:
 
     args = dict(call["args"])
     for arg, (low, high, current) in live.get(call["name"], {}).items():
-        if arg not in args:
-            continue
         grid = candidate_values(low, high, current, multiplicative=multiplicative(arg))
-        near = [v for v in grid if math.isclose(v, float(args[arg]), rel_tol=1e-6)]
+        near = [v for v in grid if math.isclose(v, float(args.get(arg, math.nan)), rel_tol=1e-6)]
         if not near:
             return None
         args[arg] = near[0]
@@ -148,12 +146,11 @@ def rules_situations(
 
     Yields (example dict, the graph's LangChain messages, the bound tools): the last two let an evaluation run
     the real controller on the same situation."""
-    import dataclasses
     import random
 
     from langchain_core.messages import SystemMessage
 
-    from ..agents.local import LocalChatModel, candidate_values
+    from ..agents.local import LocalChatModel
     from ..agents.protocol import human_with_report
     from ..agents.rules import rules_decision
     from ..graphs.runner import agent_report
@@ -164,22 +161,7 @@ def rules_situations(
     model = LocalChatModel()
     for scenario in bank():
         for variant in range(variants):
-            s = scenario
-            if variant:
-                loss_scale = rng.uniform(0.75, 1.3)
-                shift = rng.uniform(-0.03, 0.03)
-                history = [
-                    (
-                        tl * loss_scale,
-                        vl * loss_scale,
-                        min(1.0, max(0.0, ta + shift)),
-                        min(1.0, max(0.0, va + shift)),
-                    )
-                    for tl, vl, ta, va in scenario.history
-                ]
-                s = dataclasses.replace(
-                    scenario, history=history, lr=scenario.lr * rng.choice([0.5, 1.0, 2.0])
-                )
+            s = _perturbed(scenario, rng) if variant else scenario
             trainer = scenario_trainer(s)
             tools = as_langchain_tools(TrainerControls(trainer))
             report = agent_report(trainer, trainer.history[-1], s.total_epochs)
@@ -188,27 +170,16 @@ def rules_situations(
                 SystemMessage(system_prompt(budget)),
                 human_with_report(render(prompt, report), report),
             ]
-            chat = model.prompt_messages(messages, tools)
             grammar_tools = {t["function"]["name"] for t in model.bind_tools(tools).kwargs["tools"]}
             live = {t.name: t.live_bounds() for t in tools}
-            calls = []
-            for call in rules_decision(report):
-                if call["name"] not in grammar_tools:
-                    continue
-                args = dict(call["args"])
-                for arg, (low, high, current) in live.get(call["name"], {}).items():
-                    grid = candidate_values(low, high, current, multiplicative=multiplicative(arg))
-                    near = [v for v in grid if math.isclose(v, args.get(arg, math.nan), rel_tol=1e-6)]
-                    if not near:
-                        break
-                    args[arg] = near[0]
-                else:
-                    calls.append({"tool": call["name"], "args": args})
+            # calls the grammar cannot express (a withheld tool, a value off the grid) are dropped
+            snapped = [_snap(c, live) for c in rules_decision(report) if c["name"] in grammar_tools]
+            calls = [c for c in snapped if c is not None]
             if not calls:
                 continue
             example = {
                 "schema_version": SCHEMA_VERSION,
-                "messages": chat,
+                "messages": model.prompt_messages(messages, tools),
                 "target": calls[: model.max_calls_per_turn],
                 "source": {
                     "scenario": scenario.name,
@@ -218,6 +189,19 @@ def rules_situations(
                 },
             }
             yield example, messages, tools
+
+
+def _perturbed(scenario, rng):
+    """A copy of ``scenario`` with losses x0.75-1.3, accuracies +-0.03 and lr x0.5 / x1 / x2."""
+    import dataclasses
+
+    loss_scale = rng.uniform(0.75, 1.3)
+    shift = rng.uniform(-0.03, 0.03)
+    history = [
+        (tl * loss_scale, vl * loss_scale, min(1.0, max(0.0, ta + shift)), min(1.0, max(0.0, va + shift)))
+        for tl, vl, ta, va in scenario.history
+    ]
+    return dataclasses.replace(scenario, history=history, lr=scenario.lr * rng.choice([0.5, 1.0, 2.0]))
 
 
 def rules_examples(variants: int = 3, seed: int = 0, prompt: str = "compact", budget: int = 8) -> list[dict]:

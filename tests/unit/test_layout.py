@@ -112,10 +112,7 @@ def long_functions(path: Path, root: Path = ROOT) -> list[str]:
 
 
 # Known violations outside this test's author's files, each a strict xfail so that fixing it is noticed.
-KNOWN: dict[str, str] = {
-    "function:evals/training_data.py": "rules_situations' body is 81 lines (the perturbation and the call "
-    "filtering want named helpers)",
-}
+KNOWN: dict[str, str] = {}
 
 
 def _cases(check) -> list:

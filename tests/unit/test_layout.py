@@ -1,5 +1,5 @@
-"""The package's shape, from the redesign's done-when list: no source file over 500 lines, no function whose body
-is over 80 lines, and no upward import between the layers
+"""The package's shape, from the redesign's done-when list: no import cycle (load-time imports), no source file
+over 500 lines, no function whose body is over 80 lines, and no upward import between the layers
 
     training  <-  tools  <-  agents  <-  graphs  <-  evals / experiments  <-  cli
 
@@ -173,3 +173,66 @@ def test_the_checks_can_fail(tmp_path: Path):
         "training/bad.py:4 imports mimic_learn.tools.t",
     ]
     assert long_functions(module, tmp_path) == ["training/bad.py:1 f body 93 lines"]
+
+
+def top_level_imports(path: Path, root: Path = ROOT, modules: set[str] | None = None) -> set[str]:
+    """The package modules ``path`` imports when it is loaded (module level; a function's imports run later):
+    ``from X import a`` counts as ``X.a`` when that is a module, else as ``X``."""
+    own = module_name(path, root)
+    package = own if path.name == "__init__.py" else own.rpartition(".")[0]
+    modules = modules if modules is not None else {module_name(p, root) for p in package_files(root)}
+    out = set()
+    for node in ast.parse(path.read_text(), filename=str(path)).body:
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name in modules}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            subs = {f"{target}.{a.name}" for a in node.names} & modules
+            names_left = [a for a in node.names if f"{target}.{a.name}" not in modules]
+            out |= subs | ({target} if names_left and target in modules else set())
+    return out - {own}
+
+
+def import_cycles(root: Path = ROOT) -> list[list[str]]:
+    """Cycles among the modules' load-time imports, a package's ``__init__`` re-exporting its own submodules
+    excepted (a submodule importing a sibling through ``from . import x`` loads x, not the package's names)."""
+    files = package_files(root)
+    modules = {module_name(p, root) for p in files}
+    graph = {module_name(p, root): top_level_imports(p, root, modules) for p in files}
+    for mod, deps in graph.items():  # a submodule does not depend on its own package's __init__
+        graph[mod] = {d for d in deps if not mod.startswith(d + ".")}
+    cycles, state = [], {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = "open"
+        stack.append(node)
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == "open":
+                cycles.append(stack[stack.index(dep) :] + [dep])
+            elif dep not in state:
+                visit(dep, stack)
+        stack.pop()
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])
+    return cycles
+
+
+def test_no_import_cycle():
+    assert import_cycles() == []
+
+
+def test_the_cycle_check_can_fail(tmp_path: Path):
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "tools" / "__init__.py").write_text("from .a import x\n")
+    (tmp_path / "tools" / "a.py").write_text("from . import b\nx = 1\n")
+    (tmp_path / "tools" / "b.py").write_text("def f():\n    from .a import x\n")  # function level: no cycle
+    assert import_cycles(tmp_path) == []
+    (tmp_path / "tools" / "b.py").write_text("from .a import x\n")
+    assert import_cycles(tmp_path) == [["mimic_learn.tools.a", "mimic_learn.tools.b", "mimic_learn.tools.a"]]

@@ -124,6 +124,10 @@ class _TurnPlan:
     offer_finish: bool = False
 
 
+# Adapters that ship with the package (agents/adapters/<name>/adapter.gguf, training.json, train.jsonl).
+SHIPPED_ADAPTERS = Path(__file__).parent / "adapters"
+
+
 class LocalChatModel(BaseChatModel):
     """A GGUF chat model run in-process by llama.cpp; ``bind_tools`` answers with constrained-decoded tool calls.
 
@@ -198,12 +202,15 @@ class LocalChatModel(BaseChatModel):
         if self.adapter_path is None:
             return None
         path = Path(self.adapter_path).expanduser()
+        if not path.exists() and (SHIPPED_ADAPTERS / str(self.adapter_path)).is_dir():
+            path = SHIPPED_ADAPTERS / str(self.adapter_path)  # a shipped adapter, by name (models list)
         if path.is_dir():  # a train-controller output folder
             path = path / "adapter.gguf"
         if not path.is_file():
+            shipped = ", ".join(sorted(p.name for p in SHIPPED_ADAPTERS.iterdir() if p.is_dir()))
             raise LocalModelMissingError(
                 f"adapter_path={path} does not exist. Fix: pass the adapter.gguf (or the folder) written by "
-                "`mimic-learn train-controller`."
+                f"`mimic-learn train-controller`, or a shipped adapter's name ({shipped})."
             )
         return path
 

@@ -94,6 +94,34 @@ KNOWN: dict[str, ModelSpec] = {
 EXTRA_ENTRIES: list[Callable[[], list[dict]]] = []
 
 
+def shipped_adapters() -> list[dict]:
+    """The LoRA adapters that ship with the package (agents/adapters/<name>/): ``--controller local:adapter=<name>``."""
+    import json
+
+    from .local import SHIPPED_ADAPTERS
+
+    entries = []
+    for folder in sorted(p for p in SHIPPED_ADAPTERS.iterdir() if (p / "training.json").is_file()):
+        meta = json.loads((folder / "training.json").read_text())
+        adapter = folder / meta.get("adapter", "adapter.gguf")
+        entries.append(
+            {
+                "name": folder.name,
+                "kind": "adapter",
+                "path": str(adapter),
+                "bytes": adapter.stat().st_size if adapter.is_file() else None,
+                "sha256": meta.get("adapter_sha256"),
+                "installed": adapter.is_file(),
+                "description": f"LoRA adapter for {meta.get('base_model')}; use --controller local:adapter={folder.name}",
+                "training": {k: meta.get(k) for k in ("command", "data_sha256", "seed", "base_model")},
+            }
+        )
+    return entries
+
+
+EXTRA_ENTRIES.append(shipped_adapters)
+
+
 class ModelInstallError(RuntimeError):
     """A model could not be installed; the message says why and what to do."""
 

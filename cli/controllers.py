@@ -211,9 +211,36 @@ def _eval_situations(
     console.print(table)
 
 
+def _bank_examples_file(split: str, out: Path) -> Path:
+    """Training examples from the shipped outcome bank's ``split`` (train only: dev chooses, test reports)."""
+    from ..evals.bank import load_bank
+    from ..evals.training_data import bank_examples
+
+    if split != "train":
+        raise ValueError(
+            f"data=bank:{split}: only bank:train may be trained on (dev chooses between controllers, test is "
+            "reported once)"
+        )
+    entries = load_bank(split=split)
+    console.print(f"building examples from {len(entries)} train situations (each is replayed; a few minutes)")
+    built = bank_examples(entries)
+    for sid, why in built.skipped.items():
+        console.print(f"  skipped {sid}: {why}")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "train.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in built.examples))
+    console.print(f"wrote {len(built.examples)} examples to {path}")
+    return path
+
+
 def train_controller_command(
     data: Annotated[
-        Path, typer.Argument(help="JSONL of training examples (docs/reference/controller-training.md).")
+        str,
+        typer.Argument(
+            help="JSONL of training examples (docs/reference/controller-training.md), or bank:train: build them "
+            "from the outcome bank's train split (target: the measured best action, keep unless beyond noise; "
+            "written to OUT/train.jsonl)."
+        ),
     ],
     out: Annotated[Path, typer.Option(help="Folder for adapter.gguf and training.json.")],
     base: Annotated[str, typer.Option(help="Base model to adapt.")] = "smollm2-135m",
@@ -236,8 +263,11 @@ def train_controller_command(
     )  # fmt: skip
     try:
         cfg.check()
+        examples = (
+            _bank_examples_file(data.removeprefix("bank:"), out) if data.startswith("bank:") else Path(data)
+        )
         summary = train_controller(
-            data, out, cfg, command=shlex.join(["mimic-learn", *sys.argv[1:]]), log=console.print
+            examples, out, cfg, command=shlex.join(["mimic-learn", *sys.argv[1:]]), log=console.print
         )
     except (DatasetFormatError, ValueError, ImportError) as exc:
         fail(str(exc))

@@ -340,3 +340,47 @@ def test_train_export_and_serve_changes_the_local_controller(tmp_path):
         if (before[0]["name"], before[0]["args"]) != (target["tool"], target["args"]):
             changed += (after[0]["name"], after[0]["args"]) != (before[0]["name"], before[0]["args"])
     assert changed >= 1
+
+
+# ------------------------------------------------------------------------------ the shipped adapter
+def test_shipped_adapter_is_listed_with_its_training_and_resolves_by_name():
+    import hashlib
+
+    from mimic_learn.agents.models import list_models
+    from mimic_learn.agents.providers import load_chat_model
+    from mimic_learn.evals.bank import load_bank
+    from mimic_learn.evals.training_data import label_entry
+
+    (entry,) = [e for e in list_models() if e["name"] == "smollm2-bank-v1"]
+    assert entry["kind"] == "adapter" and entry["installed"] and entry["bytes"] <= 20_000_000
+    path = Path(entry["path"])
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]
+    data = path.parent / "train.jsonl"
+    assert hashlib.sha256(data.read_bytes()).hexdigest() == entry["training"]["data_sha256"]
+    assert entry["training"]["base_model"] == "smollm2-135m" and entry["training"]["seed"] == 0
+    # its data: one example per train situation of the shipped bank, targeting the measured best action
+    examples = load_examples(data)
+    labels = {e.situation.id: label_entry(e).action for e in load_bank(split="train")}
+    assert {ex.source["situation"]: ex.source["label"] for ex in examples} == labels
+    assert all(ex.source["split"] == "train" for ex in examples)
+    model = load_chat_model("local:adapter=smollm2-bank-v1")
+    assert model.resolved_adapter_path() == path
+
+
+@pytest.mark.slow
+def test_shipped_adapter_decides_by_the_situation():
+    """Not a constant policy: on dev situations it rolls back after a NaN epoch and raises a stalled lr."""
+    from mimic_learn.agents.providers import load_chat_model
+    from mimic_learn.evals.bank import load_bank, replay
+    from mimic_learn.evals.score import decide
+
+    model = load_chat_model("local:adapter=smollm2-bank-v1")
+    dev = {e.situation.id: e for e in load_bank(split="dev")}
+    chosen = {}
+    for sid in ("digits/s3/nan_spike/e3", "digits/s3/none/e3"):
+        situation = dev[sid].situation
+        decision = decide(replay(situation), situation, model, prompt="compact")
+        assert decision.valid, (sid, decision)
+        chosen[sid] = [c["name"] for c in decision.calls]
+    assert chosen["digits/s3/nan_spike/e3"] == ["rollback"]
+    assert chosen["digits/s3/none/e3"] == ["set_lr"]

@@ -13,7 +13,6 @@ Python callers may stage from several threads (tests/unit/test_tools.py stages f
 
 from __future__ import annotations
 
-import copy
 import math
 import threading
 from collections.abc import Iterable
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field, make_dataclass
 
 import torch
 
+from ..training import checkpoints
 from ..training.knobs import KNOBS as KNOB_TABLE
 from ..training.knobs import Knob
 from ..training.trainer import Trainer
@@ -241,10 +241,7 @@ class TrainerControls:
     def _undo_point(self, changes: list[StagedChange]) -> dict:
         t = self.trainer
         return {
-            "groups": [dict(g) for g in t.optimizer.param_groups],
-            "deltas": dict(t._deltas),
-            "scheduler": copy.deepcopy(t.scheduler.state_dict()) if t.scheduler is not None else None,
-            "events": (len(t.events), len(t._pending_events)),
+            "trainer": checkpoints.commit_point(t),
             # A rollback replaces weights and optimizer state: keep them so that a later failure can undo it.
             "state": t.checkpoint() if any(c.key == "rollback" for c in changes) else None,
         }
@@ -257,14 +254,7 @@ class TrainerControls:
         for entry, before in reversed(done):
             if before is not None:
                 entry.restore(t, before) if entry.restore is not None else entry.apply(t, before)
-        # the optimizer's groups exactly as they were (lr, weight decay, a one-cycle schedule's lr fields)
-        for group, old in zip(t.optimizer.param_groups, undo["groups"], strict=True):
-            group.update({k: v for k, v in old.items() if k != "params"})
-        t._deltas = undo["deltas"]
-        if undo["scheduler"] is not None:
-            t.scheduler.load_state_dict(undo["scheduler"])
-        del t.events[undo["events"][0] :]
-        del t._pending_events[undo["events"][1] :]
+        checkpoints.rewind(t, undo["trainer"])
 
     def revert(self, ckpt: dict, reason: str, *, good: bool = False) -> dict:
         """Put the paused trainer back to ``ckpt`` (weights, optimizer, schedule, knobs; epoch count, history and

@@ -250,3 +250,25 @@ class Retention:
 
     def latest_file(self) -> Path | None:
         return latest_file(self.folder)
+
+
+def commit_point(trainer) -> dict:
+    """What a decision's commit changes besides the weights and knobs: the optimizer's groups (lr, weight decay, a
+    one-cycle schedule's fields), staged deltas, the schedule, and the event logs' lengths (``rewind`` undoes it)."""
+    return {
+        "groups": [dict(g) for g in trainer.optimizer.param_groups],
+        "deltas": dict(trainer._deltas),
+        "scheduler": copy.deepcopy(trainer.scheduler.state_dict()) if trainer.scheduler is not None else None,
+        "events": (len(trainer.events), len(trainer._pending_events)),
+    }
+
+
+def rewind(trainer, point: dict) -> None:
+    """Back to ``commit_point``'s state (a commit that failed half-way)."""
+    for group, old in zip(trainer.optimizer.param_groups, point["groups"], strict=True):
+        group.update({k: v for k, v in old.items() if k != "params"})
+    trainer._deltas = point["deltas"]
+    if point["scheduler"] is not None:
+        trainer.scheduler.load_state_dict(point["scheduler"])
+    del trainer.events[point["events"][0] :]
+    del trainer._pending_events[point["events"][1] :]

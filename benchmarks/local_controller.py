@@ -34,6 +34,11 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--prompt", default=None, help="default: the local model's (compact for SmolLM2)")
     parser.add_argument("--model-path", default=None)
+    parser.add_argument(
+        "--adapter",
+        default=None,
+        help="local: a LoRA adapter (folder, adapter.gguf or a shipped name, e.g. smollm2-bank-v1)",
+    )
     parser.add_argument("--diagnose", action="store_true", help="local: name the situation before the call")
     parser.add_argument(
         "--tool-list",
@@ -64,6 +69,8 @@ def recording_local_model(args: argparse.Namespace, decodes: list[dict]):
     options = {"diagnose": args.diagnose, "short_tools": short, "n_threads": args.threads}
     if args.model_path:
         options["model_path"] = args.model_path
+    if args.adapter:
+        options["adapter_path"] = args.adapter
     if args.max_string_chars:
         options["max_string_chars"] = args.max_string_chars
     return RecordingLocalChatModel(**options)
@@ -116,7 +123,8 @@ def main() -> None:
 
     decodes: list[dict] = []  # response_metadata of every decoded local decision
     local = recording_local_model(args, decodes)
-    prompt = args.prompt or default_prompt("local", args.model_path)
+    spec = f"local:adapter={args.adapter}" if args.adapter else "local"
+    prompt = args.prompt or default_prompt(spec, args.model_path)
 
     entries = load_bank(args.bank, args.split)
     tasks = sorted({e.situation.task for e in entries})
@@ -126,7 +134,8 @@ def main() -> None:
     )
     print(
         f"# on: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; local model "
-        f"{local.resolved_model_path().name}, {args.threads} thread(s)"
+        f"{local.resolved_model_path().name}{f' + adapter {args.adapter}' if args.adapter else ''}, "
+        f"{args.threads} thread(s)"
     )
     anchors = Evaluator(entries).run(list(ANCHORS))
     local_score = Evaluator(entries, prompt=prompt).run(["local"], models={"local": local})[0]

@@ -24,7 +24,9 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "docs/assets/overview.png"
-LIST = "03_run_traces.png"  # the run's Traces list, one row per decision (tests/integration/test_ui_browser.py)
+LIST = (
+    "03_run_traces.png"  # the run's Traces list, one row per decision (tests/integration/test_ui_browser.py)
+)
 TRACE = "04_trace_reflect.png"  # the epoch-2 trace, reflect span selected
 # Parts of the 1920x1080 screenshots kept (left, top, right, bottom): the list's rows, the trace's spans.
 LIST_BOX = (200, 150, 1920, 530)

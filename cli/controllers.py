@@ -124,7 +124,7 @@ def _eval_outcomes(
         print(
             f"{s.controller:20s} {cell(s, 'regret')}  {cell(s, 'win')}  {cell(s, 'harm')}  {cell(s, 'valid')}  "
             f"raw {raw}  median_s {s.median_seconds:.3f}  tokens {s.mean_tokens:.0f}  "
-            f"beyond_best {sum(r.beyond_best for r in s.results)}"
+            f"beyond_best {s.beyond_best}"
         )
     console.print(
         "beyond_best: situations where the decision beat every candidate (its regret is floored at -1 there; "

@@ -267,6 +267,11 @@ class ControllerScore:
         return bootstrap(self._metric(name))
 
     @property
+    def beyond_best(self) -> int:
+        """Situations where the decision beat every candidate (its regret is floored at -1 there)."""
+        return sum(r.beyond_best for r in self.results)
+
+    @property
     def median_seconds(self) -> float:
         return statistics.median(r.seconds for r in self.results)
 
@@ -286,7 +291,7 @@ class ControllerScore:
             lo, hi = self.interval(name)
             out[name] = self.mean(name)
             out[f"{name}_ci"] = [lo, hi]
-        out["beyond_best"] = sum(r.beyond_best for r in self.results)
+        out["beyond_best"] = self.beyond_best
         out["raw_by_task"] = self.raw_by_task()
         out["median_s"] = self.median_seconds
         out["mean_tokens"] = self.mean_tokens

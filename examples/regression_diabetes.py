@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mimic_learn.agents.providers import default_prompt
 from mimic_learn.integrations import Steering
 
 
@@ -103,7 +104,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--instruction", default=None, help="your words for the controller")
     parser.add_argument("--reflection", default="log_only")
-    parser.add_argument("--prompt", default=None, help="prompt template (default: compact for local)")
+    parser.add_argument(
+        "--prompt",
+        default=None,
+        help="prompt template (default: the controller's, compact for the embedded model)",
+    )
     parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
     parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     args = parser.parse_args()
@@ -113,7 +118,7 @@ def main() -> None:
         Hyper(epochs=args.epochs, seed=args.seed),
         instruction=args.instruction,
         reflection=args.reflection,
-        prompt=args.prompt or ("compact" if args.controller == "local" else "full"),
+        prompt=args.prompt or default_prompt(args.controller),
         track=not args.no_track,
         tracking_uri=args.tracking_uri,
     )

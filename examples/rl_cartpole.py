@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mimic_learn.agents.providers import default_prompt
 from mimic_learn.integrations import Steering, UserKnob
 
 
@@ -161,12 +162,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--instruction", default=None, help="your words for the controller")
     parser.add_argument("--reflection", default="log_only")
-    parser.add_argument("--prompt", default=None, help="prompt template (default: compact for local)")
+    parser.add_argument(
+        "--prompt",
+        default=None,
+        help="prompt template (default: the controller's, compact for the embedded model)",
+    )
     parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
     parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    prompt = args.prompt or ("compact" if args.controller == "local" else "full")
+    prompt = args.prompt or default_prompt(args.controller)
     result = train(
         args.controller,
         Hyper(epochs=args.epochs, seed=args.seed),

@@ -53,6 +53,14 @@ def module_name(path: Path, root: Path = ROOT) -> str:
     return ".".join([PACKAGE_NAME, *parts])
 
 
+def import_target(node: ast.ImportFrom, package: str) -> str:
+    """The absolute module a ``from ... import`` reads, its relative dots resolved against ``package``."""
+    if not node.level:
+        return node.module or ""
+    base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
 def imported_modules(path: Path, root: Path = ROOT) -> list[tuple[int, str]]:
     """(line, absolute module name) of every import in ``path``, at any depth; ``from X import a`` yields both
     ``X`` and ``X.a`` (``a`` may be a submodule)."""
@@ -63,11 +71,7 @@ def imported_modules(path: Path, root: Path = ROOT) -> list[tuple[int, str]]:
         if isinstance(node, ast.Import):
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
+            target = import_target(node, package)
             found.append((node.lineno, target))
             found += [(node.lineno, f"{target}.{alias.name}") for alias in node.names if alias.name != "*"]
     return found
@@ -186,11 +190,7 @@ def top_level_imports(path: Path, root: Path = ROOT, modules: set[str] | None = 
         if isinstance(node, ast.Import):
             out |= {a.name for a in node.names if a.name in modules}
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
+            target = import_target(node, package)
             subs = {f"{target}.{a.name}" for a in node.names} & modules
             names_left = [a for a in node.names if f"{target}.{a.name}" not in modules]
             out |= subs | ({target} if names_left and target in modules else set())

@@ -165,11 +165,17 @@ BLOG_ARMS = [
     Arm("onecycle", None, train_overrides={"schedule": "onecycle"}),
 ]
 
-# Defined, not in the default lists (name them with --arms): a cosine schedule, the random floor and the greedy
-# oracle references (agents/oracle.py: candidates x horizon shadow epochs per decision), on the matched tools.
+# The shipped trained controller (agents/adapters/smollm2-bank-v1: SmolLM2-135M + a LoRA adapter trained on the
+# outcome bank's train split), on the prompt it was trained on (compact) and the matched tools.
+ADAPTER_CONTROLLER = "local:adapter=smollm2-bank-v1"
+
+# Defined, not in the default lists (name them with --arms): a cosine schedule, the trained controller, the random
+# floor and the greedy oracle references (agents/oracle.py: candidates x horizon shadow epochs per decision), on
+# the matched tools.
 OPTIONAL_ARMS: dict[str, list[Arm]] = {
     kind: [
         Arm("cosine", None, train_overrides={"schedule": "cosine"}),
+        Arm("llm_adapter", ADAPTER_CONTROLLER, prompt="compact", tools=tools),
         Arm("random", "random", tools=tools),
         Arm("oracle_end", "oracle:end", tools=tools),
         Arm("oracle_1", "oracle:1", tools=tools),

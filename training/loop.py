@@ -38,7 +38,6 @@ import torch
 from torch import nn
 
 from .config import TrainConfig
-from .knobs import current_knobs
 from .modulated import ModulatedStep
 from .reports import STANDARD_METRICS, EpochReport
 from .trainer import BaseTrainer
@@ -149,35 +148,22 @@ class LoopTrainer(BaseTrainer):
         steps = self._steps
         if steps and not self._fixed_steps:
             self.steps_per_epoch = steps
-        names = list(self._named_params)
         norms = (self._norm_sum_t / max(steps, 1)).tolist() if self._norm_sum_t is not None else []
         delta_layers = sorted(self._deltas) if self.alpha > 0 else []
         self._deltas = {}  # a delta is for one epoch only
         self.epoch += 1
-        report = EpochReport(
-            epoch=self.epoch,
+        report = self._close_epoch(
+            norms,
+            delta_layers,
             train_loss=values.get("train_loss"),
             train_acc=values.get("train_acc"),
             val_loss=values.get("val_loss"),
             val_acc=values.get("val_acc"),
             per_class_val_acc=[float(v) for v in per_class_val_acc or []],
-            grad_norms=dict(zip(names, norms, strict=True)) if norms else {},
-            lr=self.lr,
-            dropout=self.dropout,
-            weight_decay=self.weight_decay,
-            alpha=self.alpha,
             wall_time=time.perf_counter() - self._epoch_start,
             steps=steps,
-            delta_layers=delta_layers,
-            events=self._pending_events,
             metrics={k: v for k, v in values.items() if k not in STANDARD_METRICS},
-            monitor=self.monitor,
-            mode=self.mode,
-            knobs=current_knobs(self),
         )
-        self._pending_events = []
-        self.history.append(report)
-        self._at_boundary()
         self._reset_epoch_counters()
         return report
 

@@ -325,6 +325,28 @@ class BaseTrainer:
         with self.retention.paused_for_branch():
             yield
 
+    def _close_epoch(self, norms: list[float], delta_layers: list[str], **measured) -> EpochReport:
+        """The epoch's report: what the epoch measured (``measured``: EpochReport fields) plus what every trainer
+        holds (knobs, pending events, monitor); appended to the history, then the boundary's retention."""
+        report = EpochReport(
+            epoch=self.epoch,
+            grad_norms=dict(zip(self._named_params, norms, strict=True)) if norms else {},
+            lr=self.lr,
+            dropout=self.dropout,
+            weight_decay=self.weight_decay,
+            alpha=self.alpha,
+            delta_layers=delta_layers,
+            events=self._pending_events,
+            monitor=self.monitor,
+            mode=self.mode,
+            knobs=current_knobs(self),
+            **measured,
+        )
+        self._pending_events = []
+        self.history.append(report)
+        self._at_boundary()
+        return report
+
     def _at_boundary(self) -> None:
         """Retention at each epoch boundary, before any decision (see ``checkpoints.Retention``)."""
         if self.retention.paused:
@@ -418,33 +440,18 @@ class Trainer(BaseTrainer):
             else:
                 self.scheduler.step()
         self.epoch += 1
-        names = list(self._named_params)
-        norms = (norm_sum / max(steps, 1)).tolist()
-        report = EpochReport(
-            epoch=self.epoch,
+        return self._close_epoch(
+            (norm_sum / max(steps, 1)).tolist(),
+            delta_layers,
             train_loss=(loss_sum / n).item(),
             train_acc=correct.item() / n,
             val_loss=val.loss,
             val_acc=val.acc,
             per_class_val_acc=val.per_class_acc,
-            grad_norms=dict(zip(names, norms, strict=True)),
-            lr=self.lr,
-            dropout=self.dropout,
-            weight_decay=self.weight_decay,
-            alpha=self.alpha,
             wall_time=time.perf_counter() - start,
             steps=steps,
-            delta_layers=delta_layers,
-            events=self._pending_events,
             metrics=val.objective(cfg.monitor),
-            monitor=self.monitor,
-            mode=self.mode,
-            knobs=current_knobs(self),
         )
-        self._pending_events = []
-        self.history.append(report)
-        self._at_boundary()
-        return report
 
     def _optimizer_step(self) -> None:
         self._clip_gradients()

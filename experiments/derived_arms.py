@@ -225,7 +225,9 @@ class PlaceboView:
     def history_row(self, row: dict) -> dict:
         """A history row: the epoch and knobs its own, the measured numbers (and a loop's metrics) the source's."""
         other = self.numbers(row["epoch"])
-        norms = [v for v in (other.get("grad_norms") or {}).values() if math.isfinite(v)]
+        norms = [
+            v for v in (other.get("grad_norms") or {}).values() if isinstance(v, float) and math.isfinite(v)
+        ]
         own = {k: row[k] for k in ("epoch", *HISTORY_KNOBS) if k in row}
         measured = {k: other.get(k) for k in HISTORY_MEASURED}
         return own | measured | {"grad_norm": max(norms) if norms else None} | (other.get("metrics") or {})

@@ -10,14 +10,18 @@ from __future__ import annotations
 import csv
 import math
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
 
-from ..graphs.runner import AgentRunner, RunSpec
+from ..graphs.runner import AgentRunner, ReportView, RunSpec
 from ..tracking.tags import ARM_NAME, CELL, DEVICE, ERROR, EXPERIMENT, HOST, PARENT_RUN_ID, REGIME, SEED
 from .arms import Arm
+
+# What a derived cell was given (derived_arms.py: the constant call it applied, the seed whose metrics a placebo
+# read): the report's notes and the per-cell file's note column show it.
+CELL_NOTE = "mimic.cell_note"
 
 
 def cell_tag(experiment: str, regime: str, arm: str, seed: int) -> str:
@@ -34,6 +38,11 @@ class Cell:
     seed: int
     arm: Arm
     spec: RunSpec
+    # A derived arm's (derived_arms.py): what its controller reads instead of its own report, and tags for its run.
+    # run_here passes both to run_cell; a Ray trial (ray_trials._cell_trial) passes neither, so reproduce runs
+    # derived cells in its own process.
+    report_view: ReportView | None = None
+    tags: dict[str, str] = field(default_factory=dict)
 
     @property
     def tag(self) -> str:
@@ -60,16 +69,19 @@ def run_cell(
     seed: int,
     observers=(),
     parent_run_id: str | None = None,
+    report_view: ReportView | None = None,
+    extra_tags: dict[str, str] | None = None,
 ) -> str:
     """One cell as a child run of the active run, or of ``parent_run_id`` (a Ray trial has no active run).
-    A run that raises ends FAILED with the error in its ``mimic.error`` tag."""
+    A run that raises ends FAILED with the error in its ``mimic.error`` tag. ``report_view`` / ``extra_tags``:
+    a derived cell's (``Cell.report_view``, ``Cell.tags``)."""
     from ..tracking import MlflowTracker
 
-    tags = cell_tags(experiment, regime, arm.name, seed)
+    tags = cell_tags(experiment, regime, arm.name, seed) | dict(extra_tags or {})
     if parent_run_id is not None:
         tags[PARENT_RUN_ID] = parent_run_id
     tracker = MlflowTracker(arm=f"{arm.name}-{regime}-s{seed}", log_model=False, tags=tags)
-    runner = AgentRunner(spec, observers=[*observers, tracker])
+    runner = AgentRunner(spec, observers=[*observers, tracker], report_view=report_view)
     try:
         runner.run()
     except BaseException as exc:
@@ -156,6 +168,7 @@ def cell_results(client: mlflow.MlflowClient, run: mlflow.entities.Run) -> dict:
         "tokens_in": m.get("total_tokens_in", 0.0),
         "tokens_out": m.get("total_tokens_out", 0.0),
         "ran_on": " on ".join(x for x in (run.data.tags.get(DEVICE, ""), run.data.tags.get(HOST, "")) if x),
+        "note": run.data.tags.get(CELL_NOTE, ""),
     }
 
 
@@ -175,7 +188,8 @@ def collect(
 
 # ---------------------------------------------------------------------------------------------- per-cell file
 # One row per cell of the grid: what a report is built from (``--from-cells``) without the MLflow store.
-# status is "finished" or "not run"; note says why a cell is not run (a failed run's error, "not run", ...).
+# status is "finished" or "not run"; note says why a cell is not run (a failed run's error, "not run", ...), or
+# for a finished derived cell what it was given (CELL_NOTE).
 CELL_FIELDS = (
     "experiment", "regime", "arm", "seed", "status", "final_val", "best_val", "test", "train", "epochs",
     "decisions", "tool_calls", "accepted", "fallbacks", "knobs", "tokens_in", "tokens_out", "wall_s", "ran_on",
@@ -199,7 +213,7 @@ def write_cells_csv(experiment: str, data: dict, missing: dict[str, str] | None,
             for arm, seeds in arms.items():
                 for seed, cell in sorted(seeds.items()):
                     row = {"experiment": experiment, "regime": regime, "arm": arm, "seed": seed}
-                    row |= {"status": "finished", "note": ""}
+                    row |= {"status": "finished", "note": cell.get("note", "")}
                     for name in CELL_FIELDS[5:-1]:
                         value = cell.get(CSV_KEYS.get(name, name), "")
                         row[name] = ";".join(value) if name == "knobs" else value
@@ -229,6 +243,7 @@ def _cell_from_row(row: dict[str, str]) -> dict:
         "data_seed": row["data_seed"] or "None",
         "run_id": row["run_id"],
         "val_curve": [],
+        "note": row["note"],
     }
 
 

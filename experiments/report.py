@@ -207,7 +207,23 @@ def regime_section(
         ]
     scale, places = (1.0, 4) if kind == "paper" else (100.0, 2)
     lines += recovery_lines(arms, cells, arms[0].name, scale, places)
+    lines += cell_notes(arms, cells)
     return lines + regime_figures(kind, regime, data, arms, out)
+
+
+def cell_notes(arms: list[Arm], cells: dict) -> list[str]:
+    """What each derived cell was given (its run's note: the constant call applied, the seed whose metrics a
+    placebo read; derived_arms.py), one line per arm and note, with the seeds that share it."""
+    out = []
+    for arm in arms:
+        by_note: dict[str, list[int]] = {}
+        for seed, cell in sorted(cells.get(arm.name, {}).items()):
+            if cell.get("note"):
+                by_note.setdefault(cell["note"], []).append(seed)
+        for note, seeds in by_note.items():
+            label = f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+            out.append(f"- `{arm.name}` ({label}): {note}")
+    return ["", "What the derived arms were given (from each cell's run):", *out] if out else []
 
 
 def write_report(

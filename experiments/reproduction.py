@@ -8,8 +8,10 @@
 
 A *cell* is one arm x regime x seed, one nested MLflow child run tagged ``mimic.experiment``/``mimic.cell``.
 Cells already FINISHED in the store are skipped (``force`` reruns them), so a table can be built across
-several sittings; the report is always computed from every finished cell in the store, and written with its
-per-cell file, from which ``report_from_cells`` rebuilds it without the store.
+several sittings. The arms derived from other arms' cells (``constant_policy``, ``placebo``: derived_arms.py)
+run after a sitting's other cells, from what the store holds by then. The report is always computed from every
+finished cell in the store, and written with its per-cell file, from which ``report_from_cells`` rebuilds it
+without the store.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from .cells import (
     run_cell,
     write_cells_csv,
 )
+from .derived_arms import is_derived, missing_reasons, prepare
 from .report import write_report
 
 # An executor for the cells to run (``ray_trials.ray_executor``: one Ray Tune trial each); None: in order here.
@@ -144,8 +147,32 @@ def run_here(cells: list[Cell], echo: Callable[[str], None]) -> None:
 
             run_pbt_cell(cell)
         else:
-            run_cell(cell.spec, cell.arm, cell.experiment, cell.regime, cell.seed)
+            run_cell(
+                cell.spec, cell.arm, cell.experiment, cell.regime, cell.seed,
+                report_view=cell.report_view, extra_tags=cell.tags,
+            )  # fmt: skip
         echo(f"done {cell.tag} in {time.perf_counter() - cell_start:.0f}s")
+
+
+def run_sitting(
+    options: ReproduceOptions, pending: list[Cell], run_cells: CellRunner | None, echo: Callable[[str], None]
+) -> tuple[int, dict[str, str]]:
+    """Run a sitting's cells: every other arm's first (on ``run_cells``, or here), then the derived arms'
+    (derived_arms.py) from what the store holds by then, in this process (a Ray trial would not pass a placebo's
+    view). Returns (cells run, tag -> why of the derived cells whose prerequisites are not finished)."""
+    first = [c for c in pending if not is_derived(c.arm)]
+    if run_cells is not None and first:
+        run_cells(first)
+    if run_cells is None:
+        run_here(first, echo)
+    derived = [c for c in pending if is_derived(c.arm)]
+    if not derived:
+        return len(first), {}
+    ready, blocked = prepare(derived, options.kind, options.seeds, finished_cells(options.kind))
+    for tag, why in blocked.items():
+        echo(f"skip {tag} (not run: {why})")
+    run_here(ready, echo)
+    return len(first) + len(ready), blocked
 
 
 def proxy_note(options: ReproduceOptions) -> str:
@@ -234,15 +261,14 @@ def reproduce(
             }
         )
         pending, skipped = pending_cells(options, arms, done, echo)
-        if run_cells is not None and pending:
-            run_cells(pending)
-        if run_cells is None:
-            run_here(pending, echo)
+        ran, blocked = run_sitting(options, pending, run_cells, echo)
         wall = time.perf_counter() - start
         finished = finished_cells(options.kind)
         data = collect(finished, options.kind, options.regimes, report_arms)
         missing = missing_cells(options.kind, options.regimes, report_arms, options.seeds, finished)
-        header = sitting_header(options, len(pending), skipped, wall, data)
+        missing = missing_reasons(options.kind, missing, options.seeds, finished)
+        missing |= {tag: why for tag, why in blocked.items() if tag in missing}
+        header = sitting_header(options, ran, skipped, wall, data)
         path = publish_report(options, data, missing, report_arms, header, echo)
         echo(f"report: {path} (parent run {parent.info.run_id})")
     return path

@@ -80,6 +80,13 @@ class RunResult:
     checkpoints: str | None = None
 
 
+class ReportView(Protocol):
+    """What the controller reads instead of the report the runner built (``agent_report``): a placebo arm's
+    other-seed numbers (experiments/derived_arms.py). Training, the guard and tracking keep the run's own."""
+
+    def __call__(self, report: dict) -> dict: ...
+
+
 class RunObserver(Protocol):
     def on_start(self, runner: AgentRunner) -> None: ...
     def on_epoch(self, runner: AgentRunner, outcome: EpochOutcome) -> None: ...
@@ -116,11 +123,13 @@ class AgentRunner:
         approver: Callable[[dict], object] | None = None,
         model=None,
         train_epoch: Callable[[], EpochReport] | None = None,
+        report_view: ReportView | None = None,
     ):
         self.spec = spec
         # spec.agent.approve: each proposal that changes something is put to ``approver(proposal) -> answer``
         # (see graphs.graph.parse_review for answers); None: ask in the terminal.
         self.approver = approver
+        self.report_view = report_view  # None: the controller reads the run's own report
         self.trainer = trainer or Trainer.from_config(spec.train)
         # revert_on_harm needs the pre-decision checkpoint of the previous decision's boundary
         self.trainer.pre_decision_keep = max(2, spec.every + 1)
@@ -263,6 +272,8 @@ class AgentRunner:
         total = self.spec.train.epochs
         if self.graph is not None and report.epoch % self.spec.every == 0 and report.epoch < total:
             seen = agent_report(self.trainer, report, total)
+            if self.report_view is not None:
+                seen = self.report_view(seen)
             if guard:
                 seen["guard"] = guard
                 seen["events"] = [*seen.get("events", []), guard]

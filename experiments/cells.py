@@ -16,12 +16,19 @@ from pathlib import Path
 import mlflow
 
 from ..graphs.runner import AgentRunner, ReportView, RunSpec
-from ..tracking.tags import ARM_NAME, CELL, DEVICE, ERROR, EXPERIMENT, HOST, PARENT_RUN_ID, REGIME, SEED
+from ..tracking.tags import (
+    ARM_NAME,
+    CELL,
+    CELL_NOTE,
+    DEVICE,
+    ERROR,
+    EXPERIMENT,
+    HOST,
+    PARENT_RUN_ID,
+    REGIME,
+    SEED,
+)
 from .arms import Arm
-
-# What a derived cell was given (derived_arms.py: the constant call it applied, the seed whose metrics a placebo
-# read): the report's notes and the per-cell file's note column show it.
-CELL_NOTE = "mimic.cell_note"
 
 
 def cell_tag(experiment: str, regime: str, arm: str, seed: int) -> str:

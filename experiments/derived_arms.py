@@ -40,18 +40,14 @@ from pathlib import Path
 
 import mlflow
 
+from ..tracking.tags import CELL_NOTE, DERIVED_FROM, PLACEBO_SOURCE_RUN, PLACEBO_SOURCE_SEED
 from .arms import Arm, default_arms
-from .cells import CELL_NOTE, Cell, cell_tag
+from .cells import Cell, cell_tag
 
 PRIMARY_LLM_ARM = {"paper": "llm_paper_log_only", "blog": "losses"}
 CONSTANT_POLICY = "constant_policy"
 PLACEBO = "placebo"
 DERIVED_ARMS = (CONSTANT_POLICY, PLACEBO)
-
-# Tags of a derived cell's run (beside CELL_NOTE)
-DERIVED_FROM = "mimic.derived_from"  # run ids of the cells it was derived from
-PLACEBO_SOURCE_SEED = "mimic.placebo.source_seed"
-PLACEBO_SOURCE_RUN = "mimic.placebo.source_run"
 
 # What a placebo reads from the other seed's run: every measured field of an epoch report, and of a history row
 MEASURED = ("train_loss", "train_acc", "val_loss", "val_acc", "per_class_val_acc", "grad_norms", "metrics",

@@ -67,3 +67,9 @@ SWEEP = "mimic.sweep"
 MISSING_CELLS = "mimic.missing_cells"
 PBT_POPULATION = "mimic.pbt.population"
 COMPUTE_TRIALS = "mimic.compute_trials"
+# a derived cell (experiments/derived_arms.py): what it was given (the constant call it applied, the seed whose
+# metrics a placebo read; the report's notes and the per-cell file's note column), and where that came from
+CELL_NOTE = "mimic.cell_note"
+DERIVED_FROM = "mimic.derived_from"  # run ids of the cells it was derived from
+PLACEBO_SOURCE_SEED = "mimic.placebo.source_seed"
+PLACEBO_SOURCE_RUN = "mimic.placebo.source_run"

@@ -49,6 +49,7 @@ from .cells import (
     write_cells_csv,
 )
 from .report import write_report
+from .tuned import TunedParamsMissing, explain_untuned, tuned_arm
 
 # An executor for the cells to run (``ray_trials.ray_executor``: one Ray Tune trial each); None: in order here.
 CellRunner = Callable[[list[Cell]], object]
@@ -83,6 +84,7 @@ class ReproduceOptions:
     val_size: int | None = None
     starts: list[str] = field(default_factory=lambda: ["published"])
     fixed_subset: bool = False
+    tuned_file: Path | None = None  # the tuned_static arm's values (None: docs/results/<kind>_tuned.json)
 
     @property
     def report_path(self) -> Path:
@@ -130,8 +132,13 @@ def pending_cells(
                     echo(f"skip {tag} (finished in run {done[tag].info.run_id[:8]})")
                     continue
                 train = train_config(options, regime, seed)
-                spec = arm_spec(arm, train, options.controller, options.state_db, options.provider)
-                pending.append(Cell(options.kind, regime, seed, arm, spec))
+                try:  # tuned_static: its tuned values; without them the cell is reported "not run (fix)"
+                    cell_arm = tuned_arm(arm, options.kind, regime, train, options.tuned_file)
+                except TunedParamsMissing as exc:
+                    echo(f"not run {tag}: {exc}")
+                    continue
+                spec = arm_spec(cell_arm, train, options.controller, options.state_db, options.provider)
+                pending.append(Cell(options.kind, regime, seed, cell_arm, spec))
     return pending, skipped
 
 
@@ -242,6 +249,9 @@ def reproduce(
         finished = finished_cells(options.kind)
         data = collect(finished, options.kind, options.regimes, report_arms)
         missing = missing_cells(options.kind, options.regimes, report_arms, options.seeds, finished)
+        missing = explain_untuned(
+            missing, options.kind, lambda r, s: train_config(options, r, s), options.tuned_file
+        )
         header = sitting_header(options, len(pending), skipped, wall, data)
         path = publish_report(options, data, missing, report_arms, header, echo)
         echo(f"report: {path} (parent run {parent.info.run_id})")

@@ -65,6 +65,12 @@ def tune_static(
         str, typer.Option(help="Optuna storage: an interrupted tuning resumes from it.")
     ] = "sqlite:///.mimic/tune_static.sqlite",
     sampler_seed: Annotated[int, typer.Option(help="The TPE sampler's seed.")] = 0,
+    startup_trials: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="TPE's random trials before it models the rest (default: a third of --trials, 1-10)."
+        ),
+    ] = None,
     tracking_uri: Annotated[
         str | None, typer.Option(help="MLflow tracking URI: each trial a child run (default: not logged).")
     ] = None,
@@ -86,7 +92,7 @@ def tune_static(
     options = TuneOptions(
         kind, regime_list, trials=trials, seeds=_ints(seeds, "--seeds"), task=task, data_dir=data_dir,
         epochs=epochs, threads=threads, model=model, val_size=val_size, out=out, storage=storage,
-        sampler_seed=sampler_seed, table_seeds=_ints(table_seeds, "--table-seeds"), command=command_line(ctx),
+        sampler_seed=sampler_seed, startup_trials=startup_trials, table_seeds=_ints(table_seeds, "--table-seeds"), command=command_line(ctx),
         log_to_mlflow=tracking_uri is not None,
     )  # fmt: skip
     if tracking_uri is not None:

@@ -14,9 +14,10 @@ Protocol (what the tuned file records and the report states):
 * Search space (``SEARCH_SPACES``): lr log-uniform (paper, Adam: 1e-4..1e-2; blog, SGD: 1e-2..0.5), dropout
   uniform 0..0.6 (not searched for a model without dropout, the ResNets), weight decay either 0 or log-uniform
   1e-6..1e-2 (a categorical switch, then the value). Everything else is the experiment's configuration.
-* Sampler: ``TPESampler(seed=sampler_seed)``; the study lives in an Optuna storage (default
-  ``sqlite:///.mimic/tune_static.sqlite``), so an interrupted tuning resumes: finished trials count towards
-  ``trials`` and only the rest run.
+* Sampler: ``TPESampler(seed=sampler_seed, n_startup_trials=...)``, its random startup a third of the trials
+  (1..10; ``startup_trials``) so that a short study is not all random search. The study lives in an Optuna
+  storage (default ``sqlite:///.mimic/tune_static.sqlite``), so an interrupted tuning resumes: finished trials
+  count towards ``trials`` and only the rest run.
 * Seeds: tuning seeds (default 100, 101) must not be among the table's (``table_seeds``, default 0..99); a
   reproduction refuses a ``tuned_static`` cell whose seed was a tuning seed.
 * Compute: ``trial_epochs`` = finished trials x tuning seeds x epochs, and the trials' wall seconds, per regime.
@@ -88,6 +89,7 @@ class TuneOptions:
     out: Path | None = None  # None: docs/results/<kind>_tuned.json
     storage: str = DEFAULT_STORAGE
     sampler_seed: int = 0
+    startup_trials: int | None = None  # TPE's random trials before it models (None: trials // 3, 1..10)
     table_seeds: list[int] = field(default_factory=lambda: list(DEFAULT_TABLE_SEEDS))
     command: str = ""
     log_to_mlflow: bool = False  # each trial a child run of the active MLflow run
@@ -95,6 +97,15 @@ class TuneOptions:
     @property
     def out_path(self) -> Path:
         return self.out or default_tuned_path(self.kind)
+
+    @property
+    def n_startup(self) -> int:
+        """TPE's random startup trials: Optuna's default 10 would leave a short study random search."""
+        return self.startup_trials if self.startup_trials is not None else min(10, max(1, self.trials // 3))
+
+    @property
+    def sampler(self) -> str:
+        return f"optuna.samplers.TPESampler(seed={self.sampler_seed}, n_startup_trials={self.n_startup})"
 
 
 def check_seeds(seeds: list[int], table_seeds: list[int]) -> None:
@@ -207,7 +218,8 @@ def tune_regime(options: TuneOptions, regime: str, echo: Callable[[str], None] =
         Path(options.storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(
         study_name=study_name(options, regime, train), storage=options.storage, direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=options.sampler_seed), load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=options.sampler_seed, n_startup_trials=options.n_startup),
+        load_if_exists=True,
     )  # fmt: skip
     done = len(complete_trials(study))
     for n in range(min(done, options.trials)):
@@ -228,6 +240,7 @@ def tune_regime(options: TuneOptions, regime: str, echo: Callable[[str], None] =
         "objective_value": best.value,
         "best_trial": best.number,
         "n_trials": len(trials),
+        "sampler": options.sampler,
         "tuning_seeds": list(options.seeds),
         "task": train.task,
         "epochs": train.epochs,
@@ -262,7 +275,7 @@ def write_tuned(options: TuneOptions, results: dict[str, dict]) -> Path:
         "kind": options.kind,
         "arm": TUNED_ARM,
         "objective": OBJECTIVE,
-        "sampler": f"optuna.samplers.TPESampler(seed={options.sampler_seed})",
+        "sampler": options.sampler,
         "storage": options.storage,
         "regimes": dict(
             sorted(

@@ -133,6 +133,16 @@ def test_a_regime_without_tuned_values_is_not_run_with_the_fix(workdir):
         filter_string="tags.`mimic.cell` = 'paper/100/tuned_static/s0'", output_format="list"
     )
     assert [float(run[0].data.params[k]) for k in TUNED] == pytest.approx(list(TUNED.values()))
+    # With MLflow on, each trial is a child run of one tune-static parent, with its values and score.
+    tuned = TuneOptions(
+        "paper", ["10"], trials=2, seeds=[100], task="digits", epochs=1, out=workdir / "t2.json",
+        storage=f"sqlite:///{workdir / 'o.db'}", log_to_mlflow=True,
+    )  # fmt: skip
+    tune_static(tuned, echo=lines.append)
+    trials = mlflow.search_runs(filter_string="tags.`mimic.tune` = 'paper/10'", output_format="list")
+    assert len(trials) == 2 and all(r.data.tags.get("mlflow.parentRunId") for r in trials)
+    best = json.loads((workdir / "t2.json").read_text())["regimes"]["10"]
+    assert max(r.data.metrics["val_acc_mean"] for r in trials) == pytest.approx(best["objective_value"])
     # No file at all: the same, naming the file; a file tuned for other epochs: the fix says which.
     train = base_config(TuneOptions("paper", ["100"], task="digits", epochs=2), "100", 0)
     with pytest.raises(TunedParamsMissing, match="no tuned file .*absent.json; run mimic-learn tune-static"):

@@ -5,6 +5,7 @@ One module per command group; each parses its options, calls the package and pri
 * ``train``: ``train`` (a baseline arm), ``run`` (the agent decides at every epoch boundary);
 * ``runs``: ``note``, ``resume``, ``clean`` (runs already in the MLflow store; the rules are ``tracking.runs``);
 * ``reproduce``: ``reproduce`` (the published tables), ``sweep`` (Ray Tune);
+* ``tune``: ``tune-static`` (the tuned static baseline's Optuna tuning, for reproduce's ``tuned_static`` arm);
 * ``controllers``: ``eval-controller``, ``train-controller``, ``tools``, ``build-bank``;
 * ``store``: ``ui``, ``export-decisions``, ``export-outcomes``;
 * ``models``: ``models list|install``, ``serve-model``;
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import typer
 
-from . import controllers, models, reproduce, runs, store, train
+from . import controllers, models, reproduce, runs, store, train, tune
 from .output import CellProgress
 
 app = typer.Typer(
@@ -37,6 +38,9 @@ app.command(short_help="Continue a killed run from its last completed epoch.")(r
 app.command(short_help="Remove checkpoint folders that nothing can resume.")(runs.clean)
 app.command(short_help="Reproduce the paper or the blog experiment (resumable).")(reproduce.reproduce)
 app.command(short_help="Run a spec's arms x regimes x seeds as Ray Tune trials.")(reproduce.sweep)
+app.command("tune-static", short_help="Tune the static baseline per regime (Optuna TPE, on validation).")(
+    tune.tune_static
+)
 app.command("eval-controller", short_help="Score controllers on a bank of training situations.")(
     controllers.eval_controller
 )

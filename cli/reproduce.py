@@ -139,6 +139,13 @@ def reproduce(
             "Use a separate --mlflow-experiment and --out: cells are keyed without it."
         ),
     ] = False,
+    tuned_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="The tuned_static arm's values (default docs/results/<experiment>_tuned.json, written by "
+            "`mimic-learn tune-static`); a regime it lacks is reported not run, with the command that tunes it."
+        ),
+    ] = None,
     from_cells: Annotated[
         Path | None,
         typer.Option(
@@ -242,7 +249,7 @@ def _print_plan(kind: str, regimes: list[str], seeds: list[int], arms, starts: l
     try:
         plan = plan_reproduce(
             kind, regimes, seeds, arms, p["controller"] or default_controller(), p["epochs"], _provider(p),
-            starts=starts,
+            starts=starts, tuned_file=p["tuned_file"],
         )  # fmt: skip
     except ValueError as exc:
         fail(str(exc))
@@ -273,6 +280,7 @@ def _run_reproduce(
                     epochs=p["epochs"], threads=p["threads"], force=p["force"], out=cells["out"], task=task,
                     command=command, provider=_provider(p), report_only=p["report_only"], model=p["model"],
                     val_size=p["val_size"], starts=cells["starts"], fixed_subset=p["fixed_subset"],
+                    tuned_file=p["tuned_file"],
                 )  # fmt: skip
                 return run_reproduce(options, echo=bar.echo, run_cells=run_cells)
     except DataUnavailableError as exc:

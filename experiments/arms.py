@@ -177,6 +177,7 @@ ADAPTER_CONTROLLER = "local:adapter=smollm2-bank-v1"
 OPTIONAL_ARMS: dict[str, list[Arm]] = {
     kind: [
         Arm("cosine", None, train_overrides={"schedule": "cosine"}),
+        Arm("tuned_static", None),  # its lr / dropout / weight decay: the tuned file (experiments/tuned.py)
         Arm("llm_adapter", ADAPTER_CONTROLLER, prompt="compact", tools=tools),
         Arm("random", "random", tools=tools),
         Arm("oracle_end", "oracle:end", tools=tools),

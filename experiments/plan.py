@@ -7,17 +7,22 @@ decisions, oracle rollouts, PBT members, estimated time, tokens and cost.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..agents.providers import ProviderOptions
 from .arms import Arm, at_start, chosen_controller, resolve_arms
 from .published import PAPER_EPOCHS
+from .tuned import DEFAULT_TUNING_SEEDS, default_tuned_path, is_tuned_arm, read_tuned
+
+# The trials a tuned_static regime is planned with when its tuned file has none yet (tune-static's --trials).
+DEFAULT_TUNING_TRIALS = 20
 
 # Tokens per controller decision when nothing better is known: two model turns (the tool call, then the turn
 # that ends the decision after the tool's reply) of the ``full`` prompt. Measured here: 2,268 input tokens per
 # turn (system prompt, tool schemas, full report; Qwen2.5 tokenizer via llama.cpp's server, digits, 2026-12-02)
 # and 82 output tokens. Other tokenizers and prompts differ: this is an order of magnitude, not a quote.
 TOKENS_PER_DECISION = (2 * 2_300, 2 * 100)
-NO_TOKEN_CONTROLLERS = ("rules", "scripted:", "random", "oracle", "none")
+NO_TOKEN_CONTROLLERS = ("rules", "scripted:", "random", "oracle", "constant:", "none")
 
 # Seconds per training epoch (train + validation on 5,000 images) on THIS machine, for the dry run's time
 # estimate. Paper: measured 2026-12-02 with /tmp timing script equivalent to
@@ -76,6 +81,12 @@ class PlanRow:
     population: int  # PBT members per cell (0: one run)
     epoch_equivalents: int  # all cells: (epochs + shadow) x max(1, population)
     seconds: float | None  # estimated, EPOCH_SECONDS x epoch_equivalents; None when not measured
+    # tuned_static: its Optuna tuning, once per regime (run by tune-static, not by reproduce): trials, trial
+    # epochs (trials x tuning seeds x epochs) and whether the tuned file already has it ("done") or "to run"
+    trials: int = 0
+    tuning_epochs: int = 0
+    tuning_status: str = ""
+    tuning_seconds: float | None = None  # the tuned file's wall seconds (done), else estimated (to run)
 
 
 @dataclass
@@ -117,6 +128,21 @@ def plan_row(kind: str, arm: Arm, chosen: str, regime: str, n_seeds: int, epochs
     )  # fmt: skip
 
 
+def tuning_cost(row: PlanRow, kind: str, tuned_file: Path | None) -> PlanRow:
+    """``row`` of a tuned_static arm with its tuning's trials and trial epochs: the tuned file's (done) when it
+    has the regime at the row's epochs, else the default tuning (DEFAULT_TUNING_TRIALS x 2 seeds, to run)."""
+    entry = read_tuned(tuned_file or default_tuned_path(kind)).get("regimes", {}).get(row.regime)
+    if entry is not None and entry.get("epochs") == row.epochs:
+        row.trials, row.tuning_epochs, row.tuning_status = entry["n_trials"], entry["trial_epochs"], "done"
+        row.tuning_seconds = entry["wall_s"]
+    else:
+        row.trials, row.tuning_status = DEFAULT_TUNING_TRIALS, "to run"
+        row.tuning_epochs = DEFAULT_TUNING_TRIALS * len(DEFAULT_TUNING_SEEDS) * row.epochs
+        per_epoch = EPOCH_SECONDS.get((kind, row.regime))
+        row.tuning_seconds = per_epoch * row.tuning_epochs if per_epoch is not None else None
+    return row
+
+
 def plan_reproduce(
     kind: str,
     regimes: list[str],
@@ -127,6 +153,7 @@ def plan_reproduce(
     provider: ProviderOptions | None = None,
     tokens_per_decision: tuple[int, int] = TOKENS_PER_DECISION,
     starts: list[str] | None = None,
+    tuned_file: Path | None = None,
 ) -> ReproducePlan:
     """What ``reproduce`` would run, before anything runs: cells, decisions, oracle rollouts, PBT members,
     estimated time, tokens and cost. Counts every cell, including those the store already holds (``reproduce``
@@ -146,6 +173,8 @@ def plan_reproduce(
     for arm in arms:
         chosen = chosen_controller(arm, controller)
         arm_rows = [plan_row(kind, arm, chosen, regime, len(seeds), epochs) for regime in regimes]
+        if is_tuned_arm(arm):
+            arm_rows = [tuning_cost(r, kind, tuned_file) for r in arm_rows]
         rows += arm_rows
         if arm.controller is None:
             continue
@@ -183,11 +212,12 @@ def describe_plan(plan: ReproducePlan) -> str:
         lines.append("estimated cost: no price known for this controller (set --price-in / --price-out)")
     if plan.rows:
         head = ("arm", "regime", "cells", "epochs", "decisions", "candidates", "shadow ep", "population",
-                "epoch-equiv", "est. time")  # fmt: skip
+                "epoch-equiv", "est. time", "trials")  # fmt: skip
         table = [
             (r.arm, r.regime, str(r.cells), str(r.epochs), str(r.decisions), str(r.candidates or "—"),
              str(r.shadow_epochs or "—"), str(r.population or "—"), f"{r.epoch_equivalents:,}",
-             "unknown" if r.seconds is None else f"{r.seconds / 60:.1f} min")
+             "unknown" if r.seconds is None else f"{r.seconds / 60:.1f} min",
+             f"{r.trials} ({r.tuning_status})" if r.trials else "—")
             for r in plan.rows
         ]  # fmt: skip
         widths = [max(len(x) for x in col) for col in zip(head, *table, strict=True)]
@@ -209,4 +239,22 @@ def describe_plan(plan: ReproducePlan) -> str:
             + ", ".join(f"{k[0]} {k[1]} {v:g} s" for k, v in EPOCH_SECONDS.items())
             + "; controller latency not included."
         )
+        lines += tuning_lines(plan.rows)
     return "\n".join(lines)
+
+
+def tuning_lines(rows: list[PlanRow]) -> list[str]:
+    """The tuned_static arm's tuning compute (once per regime, shared by its starts), beside the table."""
+    tuned = {r.regime: r for r in rows if r.trials}
+    if not tuned:
+        return []
+    parts = [
+        f"{regime}: {r.trials} trials, {r.tuning_epochs:,} trial epochs, "
+        + ("time unknown" if r.tuning_seconds is None else f"{r.tuning_seconds / 60:.1f} min")
+        + f" ({r.tuning_status})"
+        for regime, r in tuned.items()
+    ]
+    return [
+        "tuned_static's tuning (Optuna TPE on validation, tuning seeds not in the table; run by "
+        "`mimic-learn tune-static`, not by reproduce; its compute belongs to the arm): " + "; ".join(parts)
+    ]

@@ -52,6 +52,7 @@ from .cells import (
 )
 from .derived_arms import is_derived, missing_reasons, prepare
 from .report import write_report
+from .tuned import TunedParamsMissing, explain_untuned, tuned_arm
 
 # An executor for the cells to run (``ray_trials.ray_executor``: one Ray Tune trial each); None: in order here.
 CellRunner = Callable[[list[Cell]], object]
@@ -86,6 +87,7 @@ class ReproduceOptions:
     val_size: int | None = None
     starts: list[str] = field(default_factory=lambda: ["published"])
     fixed_subset: bool = False
+    tuned_file: Path | None = None  # the tuned_static arm's values (None: docs/results/<kind>_tuned.json)
 
     @property
     def report_path(self) -> Path:
@@ -133,8 +135,13 @@ def pending_cells(
                     echo(f"skip {tag} (finished in run {done[tag].info.run_id[:8]})")
                     continue
                 train = train_config(options, regime, seed)
-                spec = arm_spec(arm, train, options.controller, options.state_db, options.provider)
-                pending.append(Cell(options.kind, regime, seed, arm, spec))
+                try:  # tuned_static: its tuned values; without them the cell is reported "not run (fix)"
+                    cell_arm = tuned_arm(arm, options.kind, regime, train, options.tuned_file)
+                except TunedParamsMissing as exc:
+                    echo(f"not run {tag}: {exc}")
+                    continue
+                spec = arm_spec(cell_arm, train, options.controller, options.state_db, options.provider)
+                pending.append(Cell(options.kind, regime, seed, cell_arm, spec))
     return pending, skipped
 
 
@@ -268,6 +275,9 @@ def reproduce(
         missing = missing_cells(options.kind, options.regimes, report_arms, options.seeds, finished)
         missing = missing_reasons(options.kind, missing, options.seeds, finished)
         missing |= {tag: why for tag, why in blocked.items() if tag in missing}
+        missing = explain_untuned(
+            missing, options.kind, lambda r, s: train_config(options, r, s), options.tuned_file
+        )
         header = sitting_header(options, ran, skipped, wall, data)
         path = publish_report(options, data, missing, report_arms, header, echo)
         echo(f"report: {path} (parent run {parent.info.run_id})")

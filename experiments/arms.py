@@ -227,6 +227,36 @@ def blog_config(
     )  # fmt: skip
 
 
+def cell_config(
+    kind: str,
+    task: str,
+    regime: str,
+    seed: int,
+    *,
+    data_dir: str,
+    epochs: int | None = None,
+    threads: int | None = None,
+    model: str | None = None,
+    val_size: int | None = None,
+    fixed_subset: bool = False,
+) -> TrainConfig:
+    """The TrainConfig one cell of ``kind`` ("paper"/"blog") trains on ``task`` at ``regime`` and ``seed``, with
+    the model, validation-split and subset overrides (a table's cells and tune-static's trials both use it)."""
+    if kind == "paper":
+        train = replace(paper_config(regime, seed, data_dir, epochs, threads), task=task)
+        if task != "mnist":
+            train = replace(train, model=None, val_size=None)
+    else:
+        train = blog_config(task, regime, seed, data_dir, epochs or 20, threads)
+    if model is not None:
+        train = replace(train, model=model)
+    if val_size is not None:
+        train = replace(train, val_size=val_size)
+    if fixed_subset:
+        train = replace(train, data_seed=0)
+    return train
+
+
 def chosen_controller(arm: Arm, controller: str) -> str:
     """The controller an arm's cells run: "none", the command line's ``controller`` for "LLM", or its own."""
     if arm.controller is None:

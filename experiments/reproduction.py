@@ -33,10 +33,9 @@ from .arms import (
     Arm,
     arm_spec,
     at_start,
-    blog_config,
+    cell_config,
     default_arms,
     known_arms,
-    paper_config,
     resolve_arms,
 )
 from .cells import (
@@ -52,7 +51,7 @@ from .cells import (
 )
 from .derived_arms import is_derived, missing_reasons, prepare
 from .report import write_report
-from .tuned import TunedParamsMissing, explain_untuned, tuned_arm
+from .tuned import TunedParamsMissing, explain_untuned, tuned_arm, tuned_compute_note
 
 # An executor for the cells to run (``ray_trials.ray_executor``: one Ray Tune trial each); None: in order here.
 CellRunner = Callable[[list[Cell]], object]
@@ -100,22 +99,10 @@ class ReproduceOptions:
 
 def train_config(options: ReproduceOptions, regime: str, seed: int) -> TrainConfig:
     """The experiment's TrainConfig of one regime and seed, with the options' task, model and data overrides."""
-    task = options.task_name
-    if options.kind == "paper":
-        train = replace(
-            paper_config(regime, seed, options.data_dir, options.epochs, options.threads), task=task
-        )
-        if task != "mnist":
-            train = replace(train, model=None, val_size=None)
-    else:
-        train = blog_config(task, regime, seed, options.data_dir, options.epochs or 20, options.threads)
-    if options.model is not None:
-        train = replace(train, model=options.model)
-    if options.val_size is not None:
-        train = replace(train, val_size=options.val_size)
-    if options.fixed_subset:
-        train = replace(train, data_seed=0)
-    return train
+    return cell_config(
+        options.kind, options.task_name, regime, seed, data_dir=options.data_dir, epochs=options.epochs,
+        threads=options.threads, model=options.model, val_size=options.val_size, fixed_subset=options.fixed_subset,
+    )  # fmt: skip
 
 
 def pending_cells(
@@ -279,6 +266,8 @@ def reproduce(
             missing, options.kind, lambda r, s: train_config(options, r, s), options.tuned_file
         )
         header = sitting_header(options, ran, skipped, wall, data)
+        note = tuned_compute_note(options.kind, report_arms, options.tuned_file)
+        header += ["", note] if note else []
         path = publish_report(options, data, missing, report_arms, header, echo)
         echo(f"report: {path} (parent run {parent.info.run_id})")
     return path
@@ -313,8 +302,10 @@ def report_from_cells(
     regimes: list[str] | None = None,
     arm_names: list[str] | None = None,
     echo: Callable[[str], None] = print,
+    tuned_file: Path | None = None,
 ) -> Path:
     """Build the report from a committed per-cell file alone (no MLflow store): ``reproduce --from-cells``.
+    ``tuned_file``: where ``tuned_static``'s values came from (default docs/results/<kind>_tuned.json).
     Arms: ``arm_names``, else the experiment's default arms plus every other known arm the file has; a cell of
     the grid the file does not have appears as "not run (not in <file>)"."""
     data, missing, file_regimes = read_cells_csv(cells_csv, kind)
@@ -341,6 +332,8 @@ def report_from_cells(
         f"sitting): {len(cells)} finished cells, {sum(c['seconds'] for c in cells) / 60:.0f} min of run time in "
         f"total; where each cell ran is in the 'ran on' column.",
     ]
+    note = tuned_compute_note(kind, arms, tuned_file)
+    header += ["", note] if note else []
     path = write_report(kind, data, regimes, arms, header, out, "", missing)
     echo(f"report: {path} (from {cells_csv})")
     return path

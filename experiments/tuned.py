@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ..training.config import TrainConfig
-from .arms import Arm
+from .arms import Arm, cell_config
 
 TUNED_ARM = "tuned_static"
 DEFAULT_TUNING_SEEDS = [100, 101]
@@ -122,14 +122,12 @@ def check_seeds(seeds: list[int], table_seeds: list[int]) -> None:
 
 
 def base_config(options: TuneOptions, regime: str, seed: int) -> TrainConfig:
-    """The TrainConfig a table's cell of ``regime`` and ``seed`` trains (``reproduction.train_config``)."""
-    from .reproduction import ReproduceOptions, train_config
-
-    repro = ReproduceOptions(
-        options.kind, [regime], [seed], data_dir=options.data_dir, epochs=options.epochs,
-        threads=options.threads, task=options.task, model=options.model, val_size=options.val_size,
+    """The TrainConfig a table's cell of ``regime`` and ``seed`` trains (``arms.cell_config``, as ``reproduce``)."""
+    task = options.task or ("mnist" if options.kind == "paper" else "cifar10")
+    return cell_config(
+        options.kind, task, regime, seed, data_dir=options.data_dir, epochs=options.epochs,
+        threads=options.threads, model=options.model, val_size=options.val_size,
     )  # fmt: skip
-    return train_config(repro, regime, seed)
 
 
 def has_dropout(train: TrainConfig) -> bool:
@@ -308,6 +306,24 @@ def tune_static(options: TuneOptions, echo: Callable[[str], None] = print) -> Pa
                 f"{options.kind}/{regime}: best val {value:.4f} in {time.perf_counter() - start:.0f}s this sitting"
             )
     return write_tuned(options, results)
+
+
+def tuned_compute_note(kind: str, arms: list[Arm], path: Path | None) -> str:
+    """The report's line on where ``tuned_static``'s values came from and what tuning them cost ("" when no arm
+    is tuned or there is no file): that compute is spent once per regime, before the table, outside its cells."""
+    tuned = read_tuned(path or default_tuned_path(kind))
+    if not any(is_tuned_arm(a) for a in arms) or not tuned.get("regimes"):
+        return ""
+    parts = [
+        f"{regime}: {r['n_trials']} trials x {len(r['tuning_seeds'])} seeds (tuning seeds "
+        f"{', '.join(map(str, r['tuning_seeds']))}) = {r['trial_epochs']} trial-epochs, {r['wall_s'] / 60:.0f} min"
+        for regime, r in tuned["regimes"].items()
+    ]
+    return (
+        f"Compute: `tuned_static` trains values tuned once per regime by `mimic-learn tune-static` "
+        f"({path or default_tuned_path(kind)}; Optuna TPE on the mean final validation accuracy of seeds disjoint "
+        f"from the table's, test never read): {'; '.join(parts)}. That tuning is not in the cells' run time."
+    )
 
 
 # ------------------------------------------------------------------------------------- the tuned_static arm

@@ -128,6 +128,9 @@ def test_a_regime_without_tuned_values_is_not_run_with_the_fix(workdir):
     assert any(x.startswith("not run paper/600/tuned_static/s0") and fix in x for x in lines)
     report = (workdir / "paper.md").read_text()
     assert f"| tuned_static | 0 | not run (no tuned values for this regime in {path}; {fix})" in report
+    # The tuning's compute is stated: spent once per regime, outside the cells' run time.
+    assert "100: 5 trials x 1 seeds (tuning seeds 100) = 5 trial-epochs, 0 min" in report
+    assert "That tuning is not in the cells' run time." in report
     assert fix in (workdir / "paper_cells.csv").read_text()
     run = mlflow.search_runs(
         filter_string="tags.`mimic.cell` = 'paper/100/tuned_static/s0'", output_format="list"

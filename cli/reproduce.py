@@ -153,6 +153,13 @@ def reproduce(
             "(docs/results/<experiment>_cells.csv, written by every reproduce)."
         ),
     ] = None,
+    notes: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --from-cells: a Markdown file placed under the report's header (how and where the cells "
+            "were produced, the sittings' commands), kept when the report is rebuilt."
+        ),
+    ] = None,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -176,7 +183,7 @@ def reproduce(
     report = out or Path("docs/results") / f"{kind}.md"
     arm_list = [a for a in arms.split(",") if a] or None
     if from_cells is not None:
-        _report_from_cells(kind, from_cells, report, command, regimes, arm_list)
+        _report_from_cells(kind, from_cells, report, command, regimes, arm_list, notes, tuned_file)
         return
     p = ctx.params
     if dry_run:
@@ -218,16 +225,27 @@ def _check_starts(starts: list[str]) -> None:
         fail(f"--start {','.join(bad_starts)} is not a start; choose from {', '.join(START_VARIANTS)}")
 
 
-def _report_from_cells(kind: str, cells: Path, out: Path, command: str, regimes: str, arms) -> None:
+def _report_from_cells(
+    kind: str,
+    cells: Path,
+    out: Path,
+    command: str,
+    regimes: str,
+    arms,
+    notes: Path | None,
+    tuned: Path | None,
+) -> None:
     """--from-cells: the report from a per-cell CSV, no MLflow store."""
     from ..experiments import report_from_cells
 
     if not cells.is_file():
         fail(f"--from-cells {cells}: no such file")
+    if notes is not None and not notes.is_file():
+        fail(f"--notes {notes}: no such file")
     try:
         report_from_cells(
             kind, cells, out, command, [r.strip() for r in regimes.split(",") if r.strip()] or None, arms,
-            echo=console.print,
+            echo=console.print, tuned_file=tuned, notes=notes.read_text().strip() if notes else "",
         )  # fmt: skip
     except ValueError as exc:
         fail(str(exc))

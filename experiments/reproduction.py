@@ -303,9 +303,11 @@ def report_from_cells(
     arm_names: list[str] | None = None,
     echo: Callable[[str], None] = print,
     tuned_file: Path | None = None,
+    notes: str = "",
 ) -> Path:
     """Build the report from a committed per-cell file alone (no MLflow store): ``reproduce --from-cells``.
-    ``tuned_file``: where ``tuned_static``'s values came from (default docs/results/<kind>_tuned.json).
+    ``tuned_file``: where ``tuned_static``'s values came from (default docs/results/<kind>_tuned.json);
+    ``notes``: Markdown placed under the header (how the cells were produced).
     Arms: ``arm_names``, else the experiment's default arms plus every other known arm the file has; a cell of
     the grid the file does not have appears as "not run (not in <file>)"."""
     data, missing, file_regimes = read_cells_csv(cells_csv, kind)
@@ -333,7 +335,7 @@ def report_from_cells(
         f"total; where each cell ran is in the 'ran on' column.",
     ]
     note = tuned_compute_note(kind, arms, tuned_file)
-    header += ["", note] if note else []
+    header += [line for text in (notes, note) if text for line in ("", text)]
     path = write_report(kind, data, regimes, arms, header, out, "", missing)
     echo(f"report: {path} (from {cells_csv})")
     return path

@@ -213,6 +213,16 @@ def test_report_built_from_the_cells_file_alone(tmp_path, monkeypatch):
     # per-seed values shown, mean ± SD labelled as SD
     assert f"{arms['rules'][0]:.4f}" in rows["rules"][6] and "mean ± SD" in report
     assert "absence of evidence" in report and "Smallest effect detectable" in report
+    # --notes: how the cells were produced, under the header, on every rebuild; a missing file is refused
+    (tmp_path / "notes.md").write_text("Cells came from two sittings on 2 cores.\n")
+    _reproduce("paper", "--from-cells", "paper_cells.csv", "--out", "n.md", "--notes", "notes.md")
+    head = (tmp_path / "n.md").read_text().split("## Regime")[0]
+    assert "Cells came from two sittings on 2 cores." in head
+    bad = CliRunner().invoke(
+        app, ["reproduce", "paper", "--from-cells", "paper_cells.csv", "--out", "m.md", "--notes", "absent.md"]
+    )
+    assert bad.exit_code != 0 and "--notes absent.md: no such file" in bad.output
+    assert not (tmp_path / "m.md").exists()
     assert "Each seed draws its own training subset" in report
     assert "`paper/100/reduce_on_plateau/s0`: failed: RuntimeError: boom" in report
 

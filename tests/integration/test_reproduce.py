@@ -219,7 +219,8 @@ def test_report_built_from_the_cells_file_alone(tmp_path, monkeypatch):
     head = (tmp_path / "n.md").read_text().split("## Regime")[0]
     assert "Cells came from two sittings on 2 cores." in head
     bad = CliRunner().invoke(
-        app, ["reproduce", "paper", "--from-cells", "paper_cells.csv", "--out", "m.md", "--notes", "absent.md"]
+        app,
+        ["reproduce", "paper", "--from-cells", "paper_cells.csv", "--out", "m.md", "--notes", "absent.md"],
     )
     assert bad.exit_code != 0 and "--notes absent.md: no such file" in bad.output
     assert not (tmp_path / "m.md").exists()

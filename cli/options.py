@@ -111,3 +111,21 @@ class Experiment(StrEnum):
 class BankChoice(StrEnum):
     outcomes = "outcomes"
     situations = "situations"
+
+
+def int_list(text: str, option: str) -> list[int]:
+    """'100,101' or '0-9' (a range, both ends included) as integers, in order, without repeats; a bad entry
+    fails with the option's name and what to write instead."""
+    from .output import fail
+
+    out: list[int] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        lo, dash, hi = part.partition("-")
+        try:
+            values = list(range(int(lo), int(hi) + 1)) if dash else [int(part)]
+        except ValueError:
+            fail(f"{option} {text!r}: use comma-separated integers or ranges such as 0-9")
+        if dash and not values:
+            fail(f"{option} {text!r}: the range {part!r} is empty; write it low-high, such as 0-9")
+        out += [v for v in values if v not in out]
+    return out

@@ -21,6 +21,7 @@ from .options import (
     PriceInOpt,
     PriceOutOpt,
     TrackingOpt,
+    int_list,
 )
 from .output import CellProgress, command_line, console, fail
 
@@ -68,7 +69,10 @@ def reproduce(
         ),
     ] = "",
     seeds: Annotated[
-        str, typer.Option(help="Comma-separated seeds (same data subset and initial weights across arms).")
+        str,
+        typer.Option(
+            help="Seeds, comma-separated or as ranges (0-9); the same data subset and initial weights across arms."
+        ),
     ] = "0,1,2",
     arms: Annotated[str, typer.Option(help="Comma-separated subset of arms (default: all).")] = "",
     controller: Annotated[
@@ -173,7 +177,7 @@ def reproduce(
     kind = experiment.value
     default_regimes = "full,6000,600,100,10" if kind == "paper" else "full"
     regime_list = [r.strip() for r in (regimes or default_regimes).split(",") if r.strip()]
-    seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    seed_list = int_list(seeds, "--seeds")
     start_list = [x.strip() for x in start.split(",") if x.strip()] or ["published"]
     n_cells = count_cells(kind, regime_list, seed_list, arms) * len(start_list)
     bar = CellProgress(0 if report_only else n_cells)

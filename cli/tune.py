@@ -10,20 +10,8 @@ from typing import Annotated
 
 import typer
 
-from .options import DataDirOpt, Experiment
+from .options import DataDirOpt, Experiment, int_list
 from .output import CellProgress, command_line, console, fail
-
-
-def _ints(text: str, option: str) -> list[int]:
-    """'100,101' or '0-9' (a range, both ends included) as integers; a bad entry fails with the option's name."""
-    out: list[int] = []
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        lo, dash, hi = part.partition("-")
-        try:
-            out += list(range(int(lo), int(hi) + 1)) if dash else [int(part)]
-        except ValueError:
-            fail(f"{option} {text!r}: use comma-separated integers or ranges such as 0-99")
-    return out
 
 
 def tune_static(
@@ -90,9 +78,9 @@ def tune_static(
     kind = experiment.value
     regime_list = [r.strip() for r in regimes.split(",") if r.strip()]
     options = TuneOptions(
-        kind, regime_list, trials=trials, seeds=_ints(seeds, "--seeds"), task=task, data_dir=data_dir,
+        kind, regime_list, trials=trials, seeds=int_list(seeds, "--seeds"), task=task, data_dir=data_dir,
         epochs=epochs, threads=threads, model=model, val_size=val_size, out=out, storage=storage,
-        sampler_seed=sampler_seed, startup_trials=startup_trials, table_seeds=_ints(table_seeds, "--table-seeds"), command=command_line(ctx),
+        sampler_seed=sampler_seed, startup_trials=startup_trials, table_seeds=int_list(table_seeds, "--table-seeds"), command=command_line(ctx),
         log_to_mlflow=tracking_uri is not None,
     )  # fmt: skip
     if tracking_uri is not None:

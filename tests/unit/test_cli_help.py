@@ -53,3 +53,18 @@ def test_reproduce_cell_count():
 
     assert count_cells("paper", ["10", "100"], [0, 1, 2], "") == 2 * 3 * len(PAPER_ARMS)
     assert count_cells("paper", ["10"], [0], "baseline,rules,pbt") == 3
+
+
+def test_reproduce_seeds_take_ranges_and_a_bad_entry_says_what_to_write():
+    def run(seeds):
+        return CliRunner().invoke(
+            app, ["reproduce", "paper", "--regimes", "10", "--arms", "baseline", "--seeds", seeds, "--dry-run"],
+            terminal_width=200,
+        )  # fmt: skip
+
+    ok = run("0-2,5,1")
+    assert ok.exit_code == 0, ok.output
+    assert "dry run: 4 cells" in ok.output  # 0,1,2,5: the repeated 1 counts once
+    for bad, says in [("9-2", "the range '9-2' is empty"), ("x", "ranges such as 0-9")]:
+        result = run(bad)
+        assert result.exit_code == 2 and says in result.output and "Traceback" not in result.output, result.output

@@ -75,14 +75,14 @@ def report_preamble(
         lines += [pbt_compute_note(arms, data), ""]
     lines += PAPER_NOTES if kind == "paper" else BLOG_NOTES
     margins = ", ".join(f"{r}: ±{margin_for(r) * 100:g} pt" for r in regimes)
-    # The file name below predates the experiments/ package (now experiments/stats.py); it stays so that
-    # committed reports rebuild byte for byte.
     return lines + [
-        "Statistics (experiments_stats.py): spread is mean ± SD over seeds (sample SD, not a standard error).",
+        "Statistics (experiments/stats.py): spread is mean ± SD over seeds (sample SD, not a standard error).",
         f"Δ = arm − {base_arm} on the test set, paired by seed (same subset, initial weights and seed per arm);",
         "the interval is simultaneous over the arms of a regime (95% family-wise, Bonferroni), p is the paired t",
         "test's, Holm-adjusted across those arms. Verdict: better/worse when Holm p < 0.05, else equivalent when",
         f"the Holm-adjusted TOST against the regime's margin rejects ({margins}), else inconclusive.",
+        "Holm's step-down is less strict than Bonferroni for all but the smallest p, so a 'better' verdict can",
+        "sit beside an interval that still reaches 0: read such a row as a weak result.",
         subset_policy(data),
         "With few seeds the smallest detectable effect is large, so",
         '"inconclusive" and a wide interval mean absence of evidence, not evidence of no effect.',
@@ -316,10 +316,37 @@ def pbt_compute_note(arms: list[Arm], data: dict) -> str:
     return "Compute: " + " ".join(parts)
 
 
+def _seed_ranges(seeds: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> "s0–s2, s5, s7–s8"."""
+    runs: list[list[int]] = []
+    for seed in sorted(seeds):
+        if runs and seed == runs[-1][-1] + 1:
+            runs[-1].append(seed)
+        else:
+            runs.append([seed])
+    return ", ".join(f"s{r[0]}" if len(r) == 1 else f"s{r[0]}–s{r[-1]}" for r in runs)
+
+
 def missing_section(missing: dict[str, str] | None) -> list[str]:
-    """The report's closing list of cells without a finished run, with why (first line of the error)."""
+    """The report's closing list of cells without a finished run, with why (first line of the error). The seeds
+    of one experiment/regime/arm that share a reason share a line (`paper/10/rules/s3–s9`, 7 cells)."""
     if not missing:
         return []
+    groups: dict[tuple[str, str], list[int]] = {}
+    singles: list[tuple[str, str]] = []
+    for tag, why in missing.items():
+        why = (why.splitlines() or [""])[0][:300]
+        prefix, _, seed = tag.rpartition("/s")
+        if prefix and seed.isdigit():
+            groups.setdefault((prefix, why), []).append(int(seed))
+        else:
+            singles.append((tag, why))
+    entries = [
+        (f"{prefix}/s{seeds[0]}", f"- `{prefix}/s{seeds[0]}`: {why}")
+        if len(seeds) == 1
+        else (f"{prefix}/s{min(seeds)}", f"- `{prefix}/{_seed_ranges(seeds)}` ({len(seeds)} cells): {why}")
+        for (prefix, why), seeds in groups.items()
+    ] + [(tag, f"- `{tag}`: {why}") for tag, why in singles]
     lines = ["## Missing cells", "", f"{len(missing)} cell(s) of this report have no finished run:", ""]
-    lines += [f"- `{tag}`: {(why.splitlines() or [''])[0][:300]}" for tag, why in sorted(missing.items())]
+    lines += [line for _, line in sorted(entries)]
     return [*lines, ""]

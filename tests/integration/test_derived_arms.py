@@ -4,16 +4,15 @@ while acting on its own trainer. End to end through ``mimic-learn reproduce`` on
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
 
 import mlflow
 import pytest
-from typer.testing import CliRunner
 
 from mimic_learn.agents.scripted import ScriptedChatModel
-from mimic_learn.cli import app
 from mimic_learn.experiments import derived_arms, reproduction
 from mimic_learn.experiments.derived_arms import PlaceboView, most_frequent_action, placebo_source_seed
 
@@ -29,17 +28,9 @@ EPOCHS = 3  # decisions after epochs 1 and 2
 
 
 @pytest.fixture()
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    yield tmp_path
-    mlflow.set_tracking_uri(None)
-
-
-def _reproduce(*args: str) -> str:
-    """The command's output with the console's line wrapping undone."""
-    result = CliRunner().invoke(app, ["reproduce", *args], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return " ".join(result.output.split())
+def run_reproduce(run_reproduce):
+    """The shared command runner with the console's line wrapping undone (phrases here are asserted whole)."""
+    return functools.partial(run_reproduce, unwrap=True)
 
 
 def _rows(report: str) -> dict[str, list[str]]:
@@ -170,21 +161,22 @@ def _history(client, run_id: str, key: str) -> dict[int, float]:
     return {m.step: m.value for m in client.get_metric_history(run_id, key)}
 
 
-def _sitting(workdir, seeds: str, arms: str, *extra: str) -> str:
-    return _reproduce(
+def _sitting(run_reproduce, workdir, seeds: str, arms: str, *extra: str) -> str:
+    return run_reproduce(
         "paper", "--task", "digits", "--regimes", "100", "--seeds", seeds, "--epochs", str(EPOCHS),
         "--arms", arms, "--controller", f"scripted:{workdir / 'script.json'}",
         "--tracking-uri", f"sqlite:///{workdir / 'm.db'}", *extra,
     )  # fmt: skip
 
 
-def test_constant_policy_and_placebo_run_after_their_prerequisites(workdir, monkeypatch):
+@pytest.mark.slow  # about 50 s: four reproduce sittings of real (tiny) training
+def test_constant_policy_and_placebo_run_after_their_prerequisites(workdir, monkeypatch, run_reproduce):
     (workdir / "script.json").write_text(json.dumps(SCRIPT))
     seen = _record_what_controllers_read(monkeypatch)
     # Sitting 1, one seed: the LLM arm's cell runs first, then constant_policy from it; the placebo of seed 0
     # reads seed 1's baseline (one seed: s+1), which is not in the store yet
     arms = "baseline,llm_paper_log_only,constant_policy,placebo"
-    out = _sitting(workdir, "0", arms)
+    out = _sitting(run_reproduce, workdir, "0", arms)
     assert re.findall(r"done (\S+)", out) == [f"paper/100/{a}/s0" for a in arms.split(",")[:3]]
     assert "skip paper/100/placebo/s0 (not run: needs baseline seed 1 first)" in out
     report = (workdir / "docs/results/paper.md").read_text()
@@ -195,7 +187,7 @@ def test_constant_policy_and_placebo_run_after_their_prerequisites(workdir, monk
         in report
     )
     # Sitting 2, seeds 1,0: baseline s1 runs, then both placebos (s1 reads s0's baseline, s0 reads s1's)
-    out = _sitting(workdir, "1,0", "baseline,placebo")
+    out = _sitting(run_reproduce, workdir, "1,0", "baseline,placebo")
     assert re.findall(r"done (\S+)", out) == [
         "paper/100/baseline/s1",
         "paper/100/placebo/s1",
@@ -250,20 +242,20 @@ def test_constant_policy_and_placebo_run_after_their_prerequisites(workdir, monk
     assert [r["val_acc"] for r in llm] == pytest.approx([own[e] for e in range(1, EPOCHS)])
 
     # The whole table from the store, then from the per-cell file: rows, knobs changed, what each was given
-    _sitting(workdir, "0,1", arms, "--report-only")
+    _sitting(run_reproduce, workdir, "0,1", arms, "--report-only")
     report = (workdir / "docs/results/paper.md").read_text()
     rows = _rows(report)
     assert list(rows) == arms.split(",") and rows["placebo"][1] == "2" and rows["constant_policy"][1] == "1"
     assert "lr" in rows["constant_policy"][12] and "dropout" in rows["placebo"][12]  # knobs changed
     assert "- `placebo` (seed 0): seed 0 read seed 1's `baseline` metrics" in report
     assert "- `placebo` (seed 1): seed 1 read seed 0's `baseline` metrics" in report
-    _reproduce("paper", "--from-cells", "docs/results/paper_cells.csv", "--out", "again.md")
+    run_reproduce("paper", "--from-cells", "docs/results/paper_cells.csv", "--out", "again.md")
     notes = lambda text: [x for x in text.splitlines() if re.match(r"- `\w+` \(seeds? ", x)]  # noqa: E731
     assert len(notes(report)) == 3 and notes((workdir / "again.md").read_text()) == notes(report)
 
 
-def test_derived_cells_without_their_prerequisites_are_reported_not_run(workdir):
-    out = _reproduce(
+def test_derived_cells_without_their_prerequisites_are_reported_not_run(workdir, run_reproduce):
+    out = run_reproduce(
         "paper", "--task", "digits", "--regimes", "100", "--seeds", "0", "--epochs", "2",
         "--arms", "constant_policy,placebo", "--controller", "rules",
         "--tracking-uri", f"sqlite:///{workdir / 'm.db'}",
@@ -279,7 +271,7 @@ def test_derived_cells_without_their_prerequisites_are_reported_not_run(workdir)
     cells = (workdir / "docs/results/paper_cells.csv").read_text()
     assert "needs baseline seed 1 first" in cells
     # --report-only says the same without running anything
-    _reproduce(
+    run_reproduce(
         "paper", "--task", "digits", "--regimes", "100", "--seeds", "0", "--epochs", "2", "--report-only",
         "--arms", "constant_policy,placebo", "--tracking-uri", f"sqlite:///{workdir / 'm.db'}",
     )  # fmt: skip
@@ -288,7 +280,7 @@ def test_derived_cells_without_their_prerequisites_are_reported_not_run(workdir)
     assert "- `paper/100/constant_policy/s0`: needs llm_paper_log_only cells in this regime first" in again
 
 
-def test_dry_run_and_arm_lists_include_the_derived_arms():
+def test_dry_run_and_arm_lists_include_the_derived_arms(run_reproduce):
     from mimic_learn.experiments import OPTIONAL_ARMS, resolve_arms
 
     for kind, prompt in (("paper", "paper"), ("blog", "losses")):
@@ -297,7 +289,7 @@ def test_dry_run_and_arm_lists_include_the_derived_arms():
         (placebo,) = resolve_arms(kind, ["placebo"])
         assert placebo.controller == "LLM" and placebo.prompt == prompt
         assert derived_arms.source_arm(kind, "placebo@lr_x30") == resolve_arms(kind, None)[0].name + "@lr_x30"
-    out = _reproduce(
+    out = run_reproduce(
         "paper", "--dry-run", "--regimes", "100", "--seeds", "0,1", "--arms", "constant_policy,placebo"
     )
     assert "constant_policy" in out and "placebo" in out

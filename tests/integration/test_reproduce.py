@@ -16,19 +16,6 @@ from mimic_learn.cli import app
 from mimic_learn.experiments import BLOG_ARMS, PAPER_ARMS, Arm, arm_row_cells, paired_diff
 
 
-@pytest.fixture()
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    yield tmp_path
-    mlflow.set_tracking_uri(None)
-
-
-def _reproduce(*args: str) -> str:
-    result = CliRunner().invoke(app, ["reproduce", *args], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
 def test_paired_difference_and_interval():
     diff, half, n = paired_diff({0: 0.9, 1: 0.8, 2: 0.85}, {0: 0.85, 1: 0.8, 2: 0.8, 3: 0.1})
     assert n == 3 and abs(diff - 0.1 / 3) < 1e-12
@@ -59,7 +46,7 @@ def test_arm_row_cells_show_the_paired_delta_tool_use_and_knobs():
     assert classical["tool_use"] == "—" and classical["fallbacks"] == "—" and classical["knobs"] == "lr"
 
 
-def test_paper_reproduction_on_digits_runs_every_arm_and_resumes(workdir):
+def test_paper_reproduction_on_digits_runs_every_arm_and_resumes(workdir, run_reproduce):
     args = [
         "paper",
         "--task",
@@ -73,7 +60,7 @@ def test_paper_reproduction_on_digits_runs_every_arm_and_resumes(workdir):
         "--controller",
         "rules",
     ]
-    out = _reproduce(*args, "--tracking-uri", f"sqlite:///{workdir / 'm.db'}")
+    out = run_reproduce(*args, "--tracking-uri", f"sqlite:///{workdir / 'm.db'}")
     assert out.count("done paper/100/") == len(PAPER_ARMS) * 2
     report = (workdir / "docs/results/paper.md").read_text()
     assert report.startswith("# Paper experiment, reproduced")
@@ -87,13 +74,13 @@ def test_paper_reproduction_on_digits_runs_every_arm_and_resumes(workdir):
     assert "0.6654 / 0.6713 / 0.9200" in report  # the paper's published baseline row beside ours
     assert (workdir / "docs/results/paper/plots_100/val_acc.png").exists()
     # The per-cell file written beside the report rebuilds the same table without the store.
-    _reproduce("paper", "--from-cells", "docs/results/paper_cells.csv", "--out", "again.md")
+    run_reproduce("paper", "--from-cells", "docs/results/paper_cells.csv", "--out", "again.md")
     rebuilt = (workdir / "again.md").read_text()
     assert [line for line in rebuilt.splitlines() if line.startswith("| ")] == [
         line for line in report.splitlines() if line.startswith("| ")
     ]
     # Second sitting: nothing reruns, the report is rebuilt from the store.
-    again = _reproduce(*args, "--tracking-uri", f"sqlite:///{workdir / 'm.db'}")
+    again = run_reproduce(*args, "--tracking-uri", f"sqlite:///{workdir / 'm.db'}")
     assert "done paper/" not in again and again.count("skip paper/100/") == len(PAPER_ARMS) * 2
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'm.db'}")
     parents = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`mimic.role` = 'parent'")
@@ -103,8 +90,8 @@ def test_paper_reproduction_on_digits_runs_every_arm_and_resumes(workdir):
 
 
 @pytest.mark.slow
-def test_blog_reproduction_on_synthetic_data_runs_every_arm(workdir):
-    out = _reproduce(
+def test_blog_reproduction_on_synthetic_data_runs_every_arm(workdir, run_reproduce):
+    out = run_reproduce(
         "blog", "--task", "synthetic", "--regimes", "64", "--seeds", "0", "--epochs", "2", "--controller", "rules",
         "--tracking-uri", f"sqlite:///{workdir / 'm.db'}", "--threads", "2",
     )  # fmt: skip
@@ -115,8 +102,8 @@ def test_blog_reproduction_on_synthetic_data_runs_every_arm(workdir):
     assert [row.split(" | ")[0].strip("| ") for row in table] == [a.name for a in BLOG_ARMS]
 
 
-def test_model_and_val_size_overrides_reach_every_cell_and_the_proxy_note(workdir):
-    out = _reproduce(
+def test_model_and_val_size_overrides_reach_every_cell_and_the_proxy_note(workdir, run_reproduce):
+    out = run_reproduce(
         "blog", "--task", "synthetic", "--model", "resnet18", "--val-size", "40", "--regimes", "32",
         "--seeds", "0", "--epochs", "1", "--arms", "steplr,onecycle", "--controller", "rules",
         "--tracking-uri", f"sqlite:///{workdir / 'm.db'}", "--threads", "2",
@@ -184,10 +171,10 @@ def _fixture_cells(path, seeds=range(10)):
     return arms
 
 
-def test_report_built_from_the_cells_file_alone(tmp_path, monkeypatch):
+def test_report_built_from_the_cells_file_alone(tmp_path, monkeypatch, run_reproduce):
     monkeypatch.chdir(tmp_path)
     arms = _fixture_cells(tmp_path / "paper_cells.csv")
-    out = _reproduce("paper", "--from-cells", "paper_cells.csv", "--out", "r.md")
+    out = run_reproduce("paper", "--from-cells", "paper_cells.csv", "--out", "r.md")
     assert "r.md" in out and not (tmp_path / "mlflow.db").exists()  # no store touched
     report = (tmp_path / "r.md").read_text()
     assert "## Regime 100 (30 epochs)" in report and "paper_cells.csv" in report
@@ -215,7 +202,7 @@ def test_report_built_from_the_cells_file_alone(tmp_path, monkeypatch):
     assert "absence of evidence" in report and "Smallest effect detectable" in report
     # --notes: how the cells were produced, under the header, on every rebuild; a missing file is refused
     (tmp_path / "notes.md").write_text("Cells came from two sittings on 2 cores.\n")
-    _reproduce("paper", "--from-cells", "paper_cells.csv", "--out", "n.md", "--notes", "notes.md")
+    run_reproduce("paper", "--from-cells", "paper_cells.csv", "--out", "n.md", "--notes", "notes.md")
     head = (tmp_path / "n.md").read_text().split("## Regime")[0]
     assert "Cells came from two sittings on 2 cores." in head
     bad = CliRunner().invoke(
@@ -225,7 +212,8 @@ def test_report_built_from_the_cells_file_alone(tmp_path, monkeypatch):
     assert bad.exit_code != 0 and "--notes absent.md: no such file" in bad.output
     assert not (tmp_path / "m.md").exists()
     assert "Each seed draws its own training subset" in report
-    assert "`paper/100/reduce_on_plateau/s0`: failed: RuntimeError: boom" in report
+    # the missing cells: one line per arm and reason, its seeds as ranges
+    assert "- `paper/100/reduce_on_plateau/s0–s9` (10 cells): failed: RuntimeError: boom\n" in report
 
 
 def test_cells_file_round_trip(tmp_path):

@@ -35,11 +35,10 @@ SCRIPT = {
 
 
 @pytest.fixture()
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "decisions.yaml").write_text(yaml.safe_dump(SCRIPT))
-    yield tmp_path
-    mlflow.set_tracking_uri(None)
+def workdir(workdir):
+    """The shared working folder, with the scripted controller's decisions in it."""
+    (workdir / "decisions.yaml").write_text(yaml.safe_dump(SCRIPT))
+    return workdir
 
 
 @pytest.fixture(scope="module")

@@ -30,13 +30,6 @@ pytest.importorskip("optuna")
 TUNED = {"lr": 0.0042, "dropout": 0.37, "weight_decay": 3e-4}
 
 
-@pytest.fixture()
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    yield tmp_path
-    mlflow.set_tracking_uri(None)
-
-
 def _tuned_file(path: Path, regimes=("100",), seeds=(100,), epochs: int = 2) -> Path:
     entry = {"params": TUNED, "n_trials": 5, "tuning_seeds": list(seeds), "task": "digits", "epochs": epochs}
     entry |= {"trial_epochs": 5 * len(seeds) * epochs, "wall_s": 12.0, "objective_value": 0.5}

@@ -67,4 +67,6 @@ def test_reproduce_seeds_take_ranges_and_a_bad_entry_says_what_to_write():
     assert "dry run: 4 cells" in ok.output  # 0,1,2,5: the repeated 1 counts once
     for bad, says in [("9-2", "the range '9-2' is empty"), ("x", "ranges such as 0-9")]:
         result = run(bad)
-        assert result.exit_code == 2 and says in result.output and "Traceback" not in result.output, result.output
+        assert result.exit_code == 2 and says in result.output and "Traceback" not in result.output, (
+            result.output
+        )

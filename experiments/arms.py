@@ -172,8 +172,9 @@ ADAPTER_CONTROLLER = "local:adapter=smollm2-bank-v1"
 # Defined, not in the default lists (name them with --arms): a cosine schedule, the trained controller, the random
 # floor and the greedy oracle references (agents/oracle.py: candidates x horizon shadow epochs per decision), on
 # the matched tools; and the arms derived from other arms' cells (derived_arms.py): constant_policy (the primary
-# LLM arm's most frequent call, held constant; its controller is filled in when it runs) and placebo (the primary
-# LLM arm's controller and prompt, reading another seed's baseline metrics).
+# LLM arm's most frequent call, held constant; its controller is filled in when it runs), constant_adapter (the
+# same for llm_adapter) and placebo (the primary LLM arm's controller and prompt, reading another seed's baseline
+# metrics).
 OPTIONAL_ARMS: dict[str, list[Arm]] = {
     kind: [
         Arm("cosine", None, train_overrides={"schedule": "cosine"}),
@@ -183,6 +184,7 @@ OPTIONAL_ARMS: dict[str, list[Arm]] = {
         Arm("oracle_end", "oracle:end", tools=tools),
         Arm("oracle_1", "oracle:1", tools=tools),
         Arm("constant_policy", "constant:derived", tools=tools),
+        Arm("constant_adapter", "constant:derived", tools=tools),
         Arm("placebo", "LLM", prompt={"paper": "paper", "blog": "losses"}[kind], tools=tools),
     ]
     for kind, tools in (("paper", PAPER_TOOLS), ("blog", BLOG_TOOLS))

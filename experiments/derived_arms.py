@@ -8,6 +8,7 @@
   tool and its arguments without the reason; only calls that act (mutating tools: ``keep_current`` counts, the
   read-only ``inspect_*`` tools do not); a tie goes to the call seen first (cells by seed, then by epoch). The
   controller binds the arm's matched tools, plus the call's tool when the LLM cells used one outside them.
+  ``constant_adapter`` is the same for ``llm_adapter`` (the trained adapter): ``--arms llm_adapter,constant_adapter``.
 * ``placebo``: the primary LLM arm's controller, prompt and tools, but at each boundary every measured number of
   the report it reads (losses, accuracies, per-class accuracy, gradient norms, the user loop's metrics, the
   same in the history rows) is the baseline arm's (the experiment's first arm: paper ``baseline``, blog
@@ -46,8 +47,12 @@ from .cells import Cell, cell_tag
 
 PRIMARY_LLM_ARM = {"paper": "llm_paper_log_only", "blog": "losses"}
 CONSTANT_POLICY = "constant_policy"
+# The constant-policy arms and the arm each holds constant (None: the primary LLM arm): constant_adapter is the
+# trained adapter's (llm_adapter's) most frequent call, the control that tells "reads the numbers" from "found one
+# good setting".
+CONSTANT_ARMS: dict[str, str | None] = {CONSTANT_POLICY: None, "constant_adapter": "llm_adapter"}
 PLACEBO = "placebo"
-DERIVED_ARMS = (CONSTANT_POLICY, PLACEBO)
+DERIVED_ARMS = (*CONSTANT_ARMS, PLACEBO)
 
 # What a placebo reads from the other seed's run: every measured field of an epoch report, and of a history row
 MEASURED = ("train_loss", "train_acc", "val_loss", "val_acc", "per_class_val_acc", "grad_norms", "metrics",
@@ -67,9 +72,13 @@ def is_derived(arm: Arm) -> bool:
 
 
 def source_arm(kind: str, name: str) -> str:
-    """The arm a derived arm reads: the primary LLM arm (constant_policy) or the baseline (placebo), same start."""
+    """The arm a derived arm reads, same start: the primary LLM arm (constant_policy), llm_adapter
+    (constant_adapter) or the baseline (placebo)."""
     base, start = split_name(name)
-    source = PRIMARY_LLM_ARM[kind] if base == CONSTANT_POLICY else default_arms(kind)[0].name
+    if base in CONSTANT_ARMS:
+        source = CONSTANT_ARMS[base] or PRIMARY_LLM_ARM[kind]
+    else:
+        source = default_arms(kind)[0].name
     return source + start
 
 
@@ -274,11 +283,11 @@ def prepare(
     others cannot run yet (tag -> reason). The constant call is derived once per regime and start."""
     ready: list[Cell] = []
     blocked: dict[str, str] = {}
-    actions: dict[tuple[str, str], Action | str] = {}
+    actions: dict[tuple[str, str, str], Action | str] = {}
     for cell in cells:
         base, start = split_name(cell.arm.name)
-        if base == CONSTANT_POLICY:
-            key = (cell.regime, start)
+        if base in CONSTANT_ARMS:
+            key = (base, cell.regime, start)
             if key not in actions:
                 actions[key] = derive_action(kind, cell.regime, cell.arm.name, finished)
             made = actions[key]
@@ -302,7 +311,7 @@ def missing_reasons(kind: str, missing: dict[str, str], seeds: list[int], finish
         if why != "not run" or base not in DERIVED_ARMS:
             continue
         source = source_arm(kind, arm)
-        if base == CONSTANT_POLICY and not cells_of(kind, regime, source, finished):
+        if base in CONSTANT_ARMS and not cells_of(kind, regime, source, finished):
             out[tag] = f"needs {source} cells in this regime first"
         elif base == PLACEBO:
             other = placebo_source_seed(int(seed[1:]), seeds)

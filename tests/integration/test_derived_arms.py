@@ -15,6 +15,7 @@ import pytest
 from mimic_learn.agents.scripted import ScriptedChatModel
 from mimic_learn.experiments import derived_arms, reproduction
 from mimic_learn.experiments.derived_arms import PlaceboView, most_frequent_action, placebo_source_seed
+from mimic_learn.tracking.tags import CELL_NOTE, DERIVED_FROM
 
 # The LLM arm's script: set_lr(lr=0.003) at both decisions, set_dropout(dropout=0.3) beside it at the second.
 SCRIPT = {
@@ -293,3 +294,43 @@ def test_dry_run_and_arm_lists_include_the_derived_arms(run_reproduce):
         "paper", "--dry-run", "--regimes", "100", "--seeds", "0,1", "--arms", "constant_policy,placebo"
     )
     assert "constant_policy" in out and "placebo" in out
+
+
+def test_constant_adapter_holds_the_adapters_call_and_constant_policy_the_primary_arms(monkeypatch):
+    """Two constant arms in one sitting, each from its own source arm's cells: constant_adapter from llm_adapter,
+    constant_policy from llm_paper_log_only; without llm_adapter cells constant_adapter says what it needs."""
+    from types import SimpleNamespace
+
+    from mimic_learn.experiments import ReproduceOptions, resolve_arms
+    from mimic_learn.experiments.reproduction import pending_cells
+
+    def row(lr: float) -> dict:
+        return {"tool": "set_lr", "arguments": json.dumps({"lr": lr, "reason": "r"}), "accepted": True}
+
+    tables = {"a0": [row(0.003)] * 3, "a1": [row(0.003), row(0.0005)], "p0": [row(0.001)] * 2}
+    monkeypatch.setattr(derived_arms, "decision_table", lambda run_id: tables[run_id])
+    run = lambda run_id: SimpleNamespace(info=SimpleNamespace(run_id=run_id))  # noqa: E731
+    finished = {
+        "paper/100/llm_adapter/s0": run("a0"),
+        "paper/100/llm_adapter/s1": run("a1"),
+        "paper/100/llm_paper_log_only/s0": run("p0"),
+    }
+    options = ReproduceOptions("paper", ["100"], [0], task="digits", epochs=3)
+    cells, _ = pending_cells(
+        options, resolve_arms("paper", ["constant_policy", "constant_adapter"]), {}, print
+    )
+    ready, blocked = derived_arms.prepare(cells, "paper", [0], finished)
+    controllers = {cell.arm.name: cell.spec.controller for cell in ready}
+    assert blocked == {}
+    assert controllers == {
+        "constant_policy": "constant:set_lr:lr=0.001",
+        "constant_adapter": "constant:set_lr:lr=0.003",
+    }
+    (adapter,) = [cell for cell in ready if cell.arm.name == "constant_adapter"]
+    assert "most frequent accepted call of `llm_adapter`" in adapter.tags[CELL_NOTE]
+    assert adapter.tags[DERIVED_FROM] == "a0,a1"
+    del finished["paper/100/llm_adapter/s0"], finished["paper/100/llm_adapter/s1"]
+    ready, blocked = derived_arms.prepare(cells, "paper", [0], finished)
+    assert [cell.arm.name for cell in ready] == ["constant_policy"]
+    assert blocked == {"paper/100/constant_adapter/s0": "needs llm_adapter cells in this regime first"}
+    assert derived_arms.source_arm("paper", "constant_adapter@lr_x30") == "llm_adapter@lr_x30"

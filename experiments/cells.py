@@ -8,7 +8,6 @@ holds the same results without the store (``reproduce --from-cells``).
 from __future__ import annotations
 
 import csv
-import math
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,9 +158,9 @@ def cell_results(client: mlflow.MlflowClient, run: mlflow.entities.Run) -> dict:
         "best_val": max(x.value for x in val) if val else float("nan"),
         "test": m.get("test_acc", float("nan")),
         "train": m.get("train_acc", float("nan")),
-        "calls": sum(x.value for x in calls),
-        "accepted": sum(x.value for x in calls) - sum(x.value for x in invalid),
-        "fallbacks": sum(x.value for x in history("fallbacks")),
+        "calls": round(sum(x.value for x in calls)),
+        "accepted": round(sum(x.value for x in calls) - sum(x.value for x in invalid)),
+        "fallbacks": round(sum(x.value for x in history("fallbacks"))),
         "knobs": sorted(knobs),
         "epochs": len(val),
         "run_id": run.info.run_id,
@@ -171,9 +170,10 @@ def cell_results(client: mlflow.MlflowClient, run: mlflow.entities.Run) -> dict:
         ),
         "val_curve": [x.value for x in sorted(val, key=lambda x: x.step)],
         "data_seed": run.data.params.get("data_seed", "None"),
-        "decisions": m.get("decisions", 0.0),
-        "tokens_in": m.get("total_tokens_in", 0.0),
-        "tokens_out": m.get("total_tokens_out", 0.0),
+        # counts are logged as MLflow metrics (floats); the cell and its CSV row hold them as integers
+        "decisions": round(m.get("decisions", 0)),
+        "tokens_in": round(m.get("total_tokens_in", 0)),
+        "tokens_out": round(m.get("total_tokens_out", 0)),
         "ran_on": " on ".join(x for x in (run.data.tags.get(DEVICE, ""), run.data.tags.get(HOST, "")) if x),
         "note": run.data.tags.get(CELL_NOTE, ""),
     }
@@ -203,6 +203,7 @@ CELL_FIELDS = (
     "data_seed", "run_id", "note",
 )  # fmt: skip
 CSV_KEYS = {"tool_calls": "calls", "wall_s": "seconds"}  # CSV column -> key in collect()'s cell dict
+COUNT_FIELDS = ("epochs", "decisions", "tool_calls", "accepted", "fallbacks", "tokens_in", "tokens_out")
 
 
 def cells_csv_path(report: Path) -> Path:
@@ -223,7 +224,11 @@ def write_cells_csv(experiment: str, data: dict, missing: dict[str, str] | None,
                     row |= {"status": "finished", "note": cell.get("note", "")}
                     for name in CELL_FIELDS[5:-1]:
                         value = cell.get(CSV_KEYS.get(name, name), "")
-                        row[name] = ";".join(value) if name == "knobs" else value
+                        if name == "knobs":
+                            value = ";".join(value)
+                        elif name in COUNT_FIELDS and isinstance(value, float) and value == value:
+                            value = round(value)
+                        row[name] = value
                     writer.writerow(row)
         for tag, why in sorted((missing or {}).items()):
             _, regime, arm, seed = tag.split("/")
@@ -235,15 +240,17 @@ def write_cells_csv(experiment: str, data: dict, missing: dict[str, str] | None,
 def _cell_from_row(row: dict[str, str]) -> dict:
     """A finished row of a per-cell file as ``collect``'s cell dict (no validation curve: the file has none)."""
 
-    def number(text: str) -> float:
-        return float(text) if text not in ("", None) else float("nan")
+    def number(name: str, text: str) -> float | int:
+        if text in ("", None):
+            return 0 if name in COUNT_FIELDS else float("nan")
+        # older files wrote counts as floats ("29.0"): read either spelling as an integer
+        return round(float(text)) if name in COUNT_FIELDS else float(text)
 
     cell = {
-        CSV_KEYS.get(k, k): number(row[k])
+        CSV_KEYS.get(k, k): number(k, row[k])
         for k in CELL_FIELDS[5:-1]
         if k not in ("knobs", "ran_on", "run_id", "data_seed")
     }
-    cell["epochs"] = int(cell["epochs"]) if not math.isnan(cell["epochs"]) else 0
     return cell | {
         "knobs": [k for k in row["knobs"].split(";") if k],
         "ran_on": row["ran_on"],

@@ -228,8 +228,14 @@ def test_cells_file_round_trip(tmp_path):
     cell = back["10"]["baseline"][0]
     assert regimes == ["10"] and missing == {"paper/10/rules/s0": "failed: x"}
     assert cell["test"] == 0.55 and cell["seconds"] == 12.5 and cell["knobs"] == ["lr", "dropout"]
-    assert cell["ran_on"] == "cuda on gpu1" and cell["epochs"] == 30 and cell["calls"] == 0.0
+    assert cell["ran_on"] == "cuda on gpu1" and cell["epochs"] == 30 and cell["calls"] == 0
     assert read_cells_csv(path, "blog") == ({}, {}, [])
+    # counts (MLflow metrics, so floats in the store) are written and read as integers, whatever the source wrote
+    row = path.read_text().splitlines()[1].split(",")
+    assert row[10:14] == ["0", "0", "0", "0"] and row[15:17] == ["10", "2"]
+    path.write_text(path.read_text().replace(",10,2,", ",10.0,2.0,"))
+    again = read_cells_csv(path, "paper")[0]["10"]["baseline"][0]
+    assert again["tokens_in"] == 10 and type(again["tokens_in"]) is int and type(again["decisions"]) is int
 
 
 # ------------------------------------------------------------------------------ arms and the dry run's compute
@@ -361,8 +367,8 @@ def test_a_committed_cells_file_rebuilds_its_report_byte_for_byte(tmp_path, monk
     data, missing, _ = read_cells_csv(cells, kind)
     again = write_cells_csv(kind, data, missing, tmp_path / "again.csv")
     if stem == "paper_store":
-        # the store's writer leaves counts of controller-less arms as ints (0) that read back as floats (0.0):
-        # the report is the same either way; the rewritten file is a fixed point
+        # written before counts were integers (a mix of 0 and 29.0): the report is the same; rewritten, the
+        # counts become integers and the file a fixed point
         data, missing, _ = read_cells_csv(again, kind)
         twice = write_cells_csv(kind, data, missing, tmp_path / "twice.csv")
         assert twice.read_bytes() == again.read_bytes()

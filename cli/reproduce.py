@@ -271,7 +271,7 @@ def _print_plan(kind: str, regimes: list[str], seeds: list[int], arms, starts: l
     try:
         plan = plan_reproduce(
             kind, regimes, seeds, arms, p["controller"] or default_controller(), p["epochs"], _provider(p),
-            starts=starts, tuned_file=p["tuned_file"],
+            starts=starts, tuned_file=p["tuned_file"], task=p["task"],
         )  # fmt: skip
     except ValueError as exc:
         fail(str(exc))
@@ -284,12 +284,12 @@ def _run_reproduce(
     """Run (or skip, when finished) every cell under one parent run; returns the report's path."""
     from .. import tracking
     from ..agents.providers import default_controller
-    from ..experiments import ReproduceOptions
+    from ..experiments import ReproduceOptions, task_for
     from ..experiments import reproduce as run_reproduce
     from ..training import DataUnavailableError
 
     tracking_uri = p["tracking_uri"]
-    task = p["task"] or ("mnist" if kind == "paper" else "cifar10")
+    task = task_for(kind, p["task"])
     try:
         with server as uri:
             if uri != tracking_uri:

@@ -32,7 +32,7 @@ _PUBLIC = {
     "stats": "ALPHA EQUIVALENCE_MARGINS PairedComparison compare_arms detectable_effect fmt_mean_sd holm "
     "margin_for mean_sd paired_diff paired_t verdict",
     "arms": "BLOG_ARMS BLOG_TOOLS OPTIONAL_ARMS PAPER_ARMS PAPER_TOOLS PBT_ARM START_VARIANTS Arm PbtSettings "
-    "arm_spec at_start blog_config cell_config chosen_controller default_arms known_arms paper_config resolve_arms",
+    "arm_spec at_start blog_config cell_config chosen_controller default_arms known_arms paper_config resolve_arms task_for",
     "cells": "CELL_FIELDS Cell cell_tag cell_tags cells_csv_path collect failed_cell_errors finished_cells "
     "missing_cells read_cells_csv run_cell write_cells_csv",
     "report": "arm_row_cells missing_section pbt_compute_note plot_curves recovery_lines subset_policy "

@@ -210,6 +210,11 @@ def resolve_arms(kind: str, arm_names: list[str] | None) -> list[Arm]:
     return [a for a in known if a.name in arm_names] if arm_names else default_arms(kind)
 
 
+def task_for(kind: str, task: str | None = None) -> str:
+    """The task a ``kind`` experiment's cells train: ``task`` (a --task override), else the published one."""
+    return task or ("mnist" if kind == "paper" else "cifar10")
+
+
 def paper_config(
     regime: str, seed: int, data_dir: str, epochs: int | None, threads: int | None
 ) -> TrainConfig:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..agents.providers import ProviderOptions
-from .arms import Arm, at_start, chosen_controller, resolve_arms
+from .arms import Arm, at_start, chosen_controller, resolve_arms, task_for
 from .published import PAPER_EPOCHS
 from .tuned import DEFAULT_TUNING_SEEDS, default_tuned_path, is_tuned_arm, read_tuned
 
@@ -128,11 +128,12 @@ def plan_row(kind: str, arm: Arm, chosen: str, regime: str, n_seeds: int, epochs
     )  # fmt: skip
 
 
-def tuning_cost(row: PlanRow, kind: str, tuned_file: Path | None) -> PlanRow:
+def tuning_cost(row: PlanRow, kind: str, tuned_file: Path | None, task: str) -> PlanRow:
     """``row`` of a tuned_static arm with its tuning's trials and trial epochs: the tuned file's (done) when it
-    has the regime at the row's epochs, else the default tuning (DEFAULT_TUNING_TRIALS x 2 seeds, to run)."""
+    has the regime for the row's task and epochs (what ``reproduce`` will accept), else the default tuning
+    (DEFAULT_TUNING_TRIALS x 2 seeds, to run)."""
     entry = read_tuned(tuned_file or default_tuned_path(kind)).get("regimes", {}).get(row.regime)
-    if entry is not None and entry.get("epochs") == row.epochs:
+    if entry is not None and (entry.get("task"), entry.get("epochs")) == (task, row.epochs):
         row.trials, row.tuning_epochs, row.tuning_status = entry["n_trials"], entry["trial_epochs"], "done"
         row.tuning_seconds = entry["wall_s"]
     else:
@@ -154,10 +155,11 @@ def plan_reproduce(
     tokens_per_decision: tuple[int, int] = TOKENS_PER_DECISION,
     starts: list[str] | None = None,
     tuned_file: Path | None = None,
+    task: str | None = None,
 ) -> ReproducePlan:
     """What ``reproduce`` would run, before anything runs: cells, decisions, oracle rollouts, PBT members,
     estimated time, tokens and cost. Counts every cell, including those the store already holds (``reproduce``
-    skips those unless --force)."""
+    skips those unless --force). ``task``: the --task override (default: the experiment's own task)."""
     from ..agents.pricing import price_for
 
     arms = at_start(resolve_arms(kind, arm_names), starts or ["published"])
@@ -174,7 +176,8 @@ def plan_reproduce(
         chosen = chosen_controller(arm, controller)
         arm_rows = [plan_row(kind, arm, chosen, regime, len(seeds), epochs) for regime in regimes]
         if is_tuned_arm(arm):
-            arm_rows = [tuning_cost(r, kind, tuned_file) for r in arm_rows]
+            task_name = task_for(kind, task)
+            arm_rows = [tuning_cost(r, kind, tuned_file, task_name) for r in arm_rows]
         rows += arm_rows
         if arm.controller is None:
             continue

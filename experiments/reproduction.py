@@ -37,6 +37,7 @@ from .arms import (
     default_arms,
     known_arms,
     resolve_arms,
+    task_for,
 )
 from .cells import (
     Cell,
@@ -94,7 +95,7 @@ class ReproduceOptions:
 
     @property
     def task_name(self) -> str:
-        return self.task or ("mnist" if self.kind == "paper" else "cifar10")
+        return task_for(self.kind, self.task)
 
 
 def train_config(options: ReproduceOptions, regime: str, seed: int) -> TrainConfig:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ..training.config import TrainConfig
-from .arms import Arm, cell_config
+from .arms import Arm, cell_config, task_for
 
 TUNED_ARM = "tuned_static"
 DEFAULT_TUNING_SEEDS = [100, 101]
@@ -123,7 +123,7 @@ def check_seeds(seeds: list[int], table_seeds: list[int]) -> None:
 
 def base_config(options: TuneOptions, regime: str, seed: int) -> TrainConfig:
     """The TrainConfig a table's cell of ``regime`` and ``seed`` trains (``arms.cell_config``, as ``reproduce``)."""
-    task = options.task or ("mnist" if options.kind == "paper" else "cifar10")
+    task = task_for(options.kind, options.task)
     return cell_config(
         options.kind, task, regime, seed, data_dir=options.data_dir, epochs=options.epochs,
         threads=options.threads, model=options.model, val_size=options.val_size,

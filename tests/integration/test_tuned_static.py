@@ -150,9 +150,19 @@ def test_a_regime_without_tuned_values_is_not_run_with_the_fix(workdir):
 def test_the_dry_run_counts_the_tuning(workdir):
     path = _tuned_file(workdir / "t.json", regimes=("100",), seeds=(100, 101), epochs=30)
     plan = plan_reproduce(
-        "paper", ["100", "10"], [0, 1], ["baseline", "tuned_static"], "rules", None, tuned_file=path
+        "paper",
+        ["100", "10"],
+        [0, 1],
+        ["baseline", "tuned_static"],
+        "rules",
+        None,
+        tuned_file=path,
+        task="digits",
     )
     rows = {(r.arm, r.regime): r for r in plan.rows}
+    # the file was tuned on digits: for the experiment's own task (MNIST) its values do not count as done
+    on_mnist = plan_reproduce("paper", ["100"], [0], ["tuned_static"], "rules", None, tuned_file=path)
+    assert on_mnist.rows[0].tuning_status == "to run"
     assert (rows["tuned_static", "100"].trials, rows["tuned_static", "100"].tuning_epochs) == (5, 5 * 2 * 30)
     assert rows["tuned_static", "100"].tuning_status == "done"
     assert (rows["tuned_static", "10"].trials, rows["tuned_static", "10"].tuning_status) == (20, "to run")

@@ -28,15 +28,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shlex
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 def task_config(task: str, regime: str, seed: int, args):
@@ -90,10 +87,11 @@ def run_oracle(cfg, horizon: str, tmp: Path) -> dict:
 
 
 def paired(diffs: list[float]) -> tuple[float, float]:
-    if len(diffs) < 2:
-        return (diffs[0] if diffs else math.nan), math.nan
-    half = T_95.get(len(diffs) - 1, 1.96) * statistics.stdev(diffs) / math.sqrt(len(diffs))
-    return statistics.fmean(diffs), half
+    """Mean of the paired differences and the half-width of its 95% t interval (experiments.stats)."""
+    from mimic_learn.experiments import paired_diff
+
+    diff, half, _ = paired_diff(dict(enumerate(diffs)), dict.fromkeys(range(len(diffs)), 0.0))
+    return diff, half
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,7 +21,6 @@ Rules (what a report states under its tables):
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,20 +78,13 @@ def fmt_mean_sd(values: list[float], scale: float = 1.0) -> str:
     return "—" if math.isnan(m) else f"{m:.4f} ± {s:.4f}" if scale == 1.0 else f"{m:.2f} ± {s:.2f}"
 
 
-# t(0.975, df) for df up to 10; beyond, the normal quantile 1.96.
-T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-
-
 def paired_diff(arm: dict[int, float], base: dict[int, float]) -> tuple[float, float, int]:
-    """Mean difference arm - baseline over the seeds both have, and the half-width of its 95% t interval."""
-    seeds = sorted(set(arm) & set(base))
-    diffs = [arm[s] - base[s] for s in seeds]
-    if not diffs:
+    """Mean difference arm - baseline over the seeds both have, and the half-width of its 95% t interval
+    (``paired_t``'s, exact t quantile for any n); (nan, nan, 0) without a shared seed, half nan with one."""
+    if not set(arm) & set(base):
         return float("nan"), float("nan"), 0
-    if len(diffs) == 1:
-        return diffs[0], float("nan"), 1
-    half = T_95.get(len(diffs) - 1, 1.96) * statistics.stdev(diffs) / math.sqrt(len(diffs))
-    return statistics.fmean(diffs), half, len(diffs)
+    c = paired_t(arm, base, margin=0.0)
+    return c.mean, (c.high - c.low) / 2, c.n
 
 
 def paired_t(arm: dict[int, float], base: dict[int, float], margin: float, level: float = 1 - ALPHA):

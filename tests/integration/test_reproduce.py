@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import statistics
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,7 +20,12 @@ from mimic_learn.experiments import BLOG_ARMS, PAPER_ARMS, Arm, arm_row_cells, p
 def test_paired_difference_and_interval():
     diff, half, n = paired_diff({0: 0.9, 1: 0.8, 2: 0.85}, {0: 0.85, 1: 0.8, 2: 0.8, 3: 0.1})
     assert n == 3 and abs(diff - 0.1 / 3) < 1e-12
-    assert abs(half - 4.303 * 0.028867513459481287 / 3**0.5) < 1e-9  # t(0.975, 2) * sd / sqrt(n)
+    assert abs(half - 4.302653 * 0.028867513459481287 / 3**0.5) < 1e-7  # t(0.975, 2) * sd / sqrt(n)
+    # beyond 10 seeds the t quantile still applies (t(0.975, 14) = 2.145, not the normal 1.96)
+    arm = {s: 0.01 * (s % 3) for s in range(15)}
+    diff, half, n = paired_diff(arm, dict.fromkeys(range(15), 0.0))
+    sd = statistics.stdev(arm.values())
+    assert n == 15 and abs(half - 2.144787 * sd / 15**0.5) < 1e-7
 
 
 def _seed(test: float, calls=0.0, accepted=0.0, fallbacks=0.0, knobs=()) -> dict:

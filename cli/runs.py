@@ -65,21 +65,24 @@ def resume(
     import mlflow
 
     from .. import tracking
+    from ..experiments import resume_view
     from ..graphs.runner import AgentRunner
     from ..graphs.spec import spec_from_params
     from ..tracking.runs import RunRefused, find_child_run, resumable
 
     load_tools_modules(tools_module)
     try:
-        found = resumable(find_child_run(run_id, tracking_uri, "to resume", "`mimic-learn run`")[1])
-    except RunRefused as exc:
+        child = find_child_run(run_id, tracking_uri, "to resume", "`mimic-learn run`")[1]
+        found = resumable(child)
+        view = resume_view(child.data.tags)  # a placebo cell goes on reading its source run's numbers
+    except (RunRefused, ValueError) as exc:
         fail(str(exc))
     spec = spec_from_params(
         found.params, thread_id=found.thread_id, state_db=found.state_db, checkpoint_dir=found.checkpoint_dir
     )
     observer = ConsoleObserver(spec.train.epochs)
     try:
-        runner = AgentRunner(spec, observers=[observer])
+        runner = AgentRunner(spec, observers=[observer], report_view=view)
     except Exception as exc:
         fail(f"could not rebuild the run: {exc}")
     try:

@@ -46,7 +46,7 @@ _PUBLIC = {
     "spec": "SweepSpec load_spec",
     "sweep": "SweepOutcome run_sweep write_sweep_report",
     "reproduction": "ReproduceOptions report_from_cells reproduce",
-    "derived_arms": "DERIVED_ARMS PRIMARY_LLM_ARM PlaceboView most_frequent_action",
+    "derived_arms": "DERIVED_ARMS PRIMARY_LLM_ARM PlaceboView most_frequent_action resume_view",
     "tuned": "SEARCH_SPACES TuneOptions TunedParamsMissing tune_static tuned_arm tuned_compute_note",
 }
 _EXPORTS = {name: module for module, names in _PUBLIC.items() for name in names.split()}

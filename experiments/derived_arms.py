@@ -254,6 +254,22 @@ def epoch_reports(run_id: str) -> dict[int, dict]:
     return {int(r["epoch"]): r for r in reports}
 
 
+def resume_view(run_tags: dict[str, str]) -> PlaceboView | None:
+    """The view a killed cell ran with, rebuilt from its tags for ``mimic-learn resume`` (a placebo cell: its
+    source run's epoch reports); None for a cell that read its own numbers. ValueError when the source run's
+    reports are gone (resuming without them would let the placebo read its own numbers)."""
+    source = run_tags.get(PLACEBO_SOURCE_RUN)
+    if not source:
+        return None
+    reports = epoch_reports(source)
+    if not reports:
+        raise ValueError(
+            f"this placebo cell read run {source}'s metrics, and that run's history.json is gone; rerun the "
+            "cell with `mimic-learn reproduce ... --arms placebo --force` instead"
+        )
+    return PlaceboView(int(run_tags.get(PLACEBO_SOURCE_SEED, "-1")), source, reports)
+
+
 def placebo_cell(cell: Cell, kind: str, seeds: list[int], finished: dict) -> Cell | str:
     """``cell`` reading another seed's baseline numbers, or why it cannot run yet."""
     source, seed = source_arm(kind, cell.arm.name), placebo_source_seed(cell.seed, seeds)

@@ -237,6 +237,13 @@ def test_constant_policy_and_placebo_run_after_their_prerequisites(workdir, monk
         assert any(r["val_acc"] != pytest.approx(own_val[r["epoch"]]) for r in reports)
         assert reports[-1]["lr"] == pytest.approx(0.003)  # its own set_lr acted on its own trainer
         assert set(_history(client, base.info.run_id, "lr").values()) == {0.001}
+        # `mimic-learn resume` of a killed placebo cell rebuilds the same view from its tags
+        view = derived_arms.resume_view(placebo.data.tags)
+        assert (view.source_seed, view.source_run_id) == (other, base.info.run_id)
+        assert (
+            view.reports == derived_arms.epoch_reports(base.info.run_id) and len(view.reports) >= EPOCHS - 1
+        )
+        assert derived_arms.resume_view(base.data.tags) is None
     # the LLM arm read its own numbers
     llm = [r for arm, seed, r in seen if arm == "llm_paper_log_only"]
     own = _history(client, run("llm_paper_log_only", 0).info.run_id, "val_acc")

@@ -140,7 +140,8 @@ def reproduce(
         bool,
         typer.Option(
             help="One training subset (data seed 0) for every seed; seeds then vary weights and batch order only. "
-            "Use a separate --mlflow-experiment and --out: cells are keyed without it."
+            "Use a separate --mlflow-experiment and --out: cells are keyed without it (a store holding the other "
+            "mode's cells is refused)."
         ),
     ] = False,
     tuned_file: Annotated[

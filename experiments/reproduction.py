@@ -65,8 +65,8 @@ class ReproduceOptions:
 
     ``model`` / ``val_size``: override the experiment's model and validation split (e.g. a cheaper proxy).
     ``starts``: START_VARIANTS keys; every arm runs from each (``<arm>@<start>`` beyond "published").
-    ``fixed_subset``: every seed trains on the subset of data seed 0 (cells are keyed without it: use a separate
-    MLflow experiment and ``out`` for such a table). ``report_only``: run nothing, rebuild the report."""
+    ``fixed_subset``: every seed trains on the subset of data seed 0 (cells are keyed without it: such a table needs
+    its own MLflow experiment and ``out``; a store of the other mode's cells is refused). ``report_only``: run nothing, rebuild the report."""
 
     kind: str  # "paper" or "blog"
     regimes: list[str]
@@ -225,6 +225,21 @@ def publish_report(
     return path
 
 
+def check_subset_mode(done: dict, fixed_subset: bool, experiment: str) -> None:
+    """Refuse a sitting whose subset mode differs from the finished cells': cells are keyed without their data
+    seed, so a --fixed-subset sitting in a store of per-seed cells (or the reverse) would skip or mix them."""
+    want = "0" if fixed_subset else "None"
+    other = sorted(tag for tag, run in done.items() if run.data.params.get("data_seed", "None") != want)
+    if other:
+        mode = "per-seed subsets" if fixed_subset else "one fixed subset (--fixed-subset)"
+        raise ValueError(
+            f"{len(other)} finished cells of this MLflow experiment ({other[0]}, ...) trained on {mode}; "
+            f"cells are keyed without the data seed, so give this sitting its own --mlflow-experiment (and "
+            f"--out), e.g. --mlflow-experiment mimic-reproduce-{experiment}-"
+            f"{'fixed' if fixed_subset else 'per-seed'}"
+        )
+
+
 def reproduce(
     options: ReproduceOptions,
     *,
@@ -239,6 +254,7 @@ def reproduce(
 
     arms = at_start(resolve_arms(options.kind, options.arm_names), options.starts or ["published"])
     done = finished_cells(options.kind)
+    check_subset_mode(done, options.fixed_subset, options.kind)
     report_arms = list(arms)
     if PBT_ARM not in arms and any(tag.split("/")[2] == PBT_ARM.name for tag in done):
         report_arms.append(PBT_ARM)  # a report shows the classical rival whenever the store has its cells

@@ -321,6 +321,24 @@ def test_fixed_subset_gives_every_seed_the_same_training_subset():
     assert "data seed(s) 0" in subset_policy({"100": {"a": {1: {"data_seed": "0"}}}})
 
 
+def test_a_sitting_in_the_other_subset_mode_than_the_stores_cells_is_refused():
+    from mimic_learn.experiments.reproduction import check_subset_mode
+
+    def run(data_seed: str) -> SimpleNamespace:
+        return SimpleNamespace(data=SimpleNamespace(params={"data_seed": data_seed}))
+
+    per_seed, fixed = {"paper/100/baseline/s1": run("None")}, {"paper/100/baseline/s1": run("0")}
+    check_subset_mode(per_seed, False, "paper")  # same mode: fine
+    check_subset_mode(fixed, True, "paper")
+    check_subset_mode({}, True, "paper")
+    with pytest.raises(
+        ValueError, match=r"1 finished cells .*paper/100/baseline/s1.* per-seed subsets.*-fixed"
+    ):
+        check_subset_mode(per_seed, True, "paper")
+    with pytest.raises(ValueError, match=r"one fixed subset \(--fixed-subset\).*paper-per-seed"):
+        check_subset_mode(fixed, False, "paper")
+
+
 def test_report_shows_the_share_of_a_mis_tuned_gap_recovered_and_a_strip_plot(tmp_path):
     from mimic_learn.experiments import report_from_cells, write_cells_csv
 

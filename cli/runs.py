@@ -140,7 +140,8 @@ def clean(
 
     Kept: folders of RUNNING, FAILED and KILLED runs, which `resume` continues from (--all removes them too).
 
-    Each folder is listed with its size and the reason; a removed one tags its run mimic.checkpoints=cleaned."""
+    Each folder is listed with its size and the reason; a removed one tags its run mimic.checkpoints=cleaned, and
+    its thread's graph state (the LangGraph checkpoints in --state-db) is deleted too."""
     from ..tracking.runs import RunRefused, clean_plan
 
     try:

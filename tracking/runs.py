@@ -179,6 +179,7 @@ class CleanPlan:
     root: Path
     folders: list[FolderVerdict] = field(default_factory=list)
     client: object | None = None
+    state_db: Path | None = None  # the LangGraph SQLite checkpointer whose threads the folders belong to
 
     @property
     def freed(self) -> int:
@@ -193,14 +194,25 @@ class CleanPlan:
         return sum(f.remove for f in self.folders)
 
     def execute(self) -> None:
-        """Remove the folders marked ``remove``; tag each one's run (unless deleted) mimic.checkpoints=cleaned."""
-        for verdict in self.folders:
-            if not verdict.remove:
-                continue
+        """Remove the folders marked ``remove`` and their threads' graph state (the checkpointer's rows: without
+        the trainer's checkpoints nothing can resume them); tag each one's run (unless deleted)
+        mimic.checkpoints=cleaned."""
+        removed = [v for v in self.folders if v.remove]
+        for verdict in removed:
             shutil.rmtree(verdict.folder)
             run = verdict.run
             if run is not None and run.info.lifecycle_stage != "deleted":
                 self.client.set_tag(run.info.run_id, tags.CHECKPOINTS, tags.CHECKPOINTS_CLEANED)
+        if removed and self.state_db is not None and self.state_db.is_file():
+            import sqlite3
+            from contextlib import closing
+
+            from langgraph.checkpoint.sqlite import SqliteSaver
+
+            with closing(sqlite3.connect(self.state_db, check_same_thread=False)) as conn:
+                saver = SqliteSaver(conn)
+                for verdict in removed:
+                    saver.delete_thread(verdict.folder.name)  # the folder's name is its thread id
 
 
 def clean_plan(state_db: str, tracking_uri: str, remove_all: bool = False) -> CleanPlan:
@@ -235,7 +247,7 @@ def clean_plan(state_db: str, tracking_uri: str, remove_all: bool = False) -> Cl
         )
         return runs[0] if runs else None
 
-    plan = CleanPlan(root, client=client)
+    plan = CleanPlan(root, client=client, state_db=Path(state_db))
     for folder in folders:
         size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
         run = run_of(folder)

@@ -8,6 +8,8 @@ SQLite MLflow store per module; each test has its own --state-db folder.
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import mlflow
@@ -205,9 +207,13 @@ def test_clean_removes_finished_and_orphan_folders_and_keeps_a_failed_runs(tmp_p
         if name != failed
         for f in (_checkpoints(tmp_path) / name).rglob("*")
     )
+    threads_before = _graph_threads(tmp_path)
+    assert failed in threads_before and _name(folders, "finished") in threads_before
     result = cli.invoke(app, ["clean", "--state-db", _state_db(tmp_path), "--tracking-uri", store])
     assert result.exit_code == 0, result.output
     assert [p.name for p in _checkpoints(tmp_path).iterdir()] == [failed]
+    # the removed folders' graph state went with them; the resumable run's stays for `resume`
+    assert _graph_threads(tmp_path) == threads_before - {_name(folders, "finished"), _name(folders, "orphan")}
     rows = _listed(result.output)
     assert "removed" in rows[_name(folders, "finished")] and "removed" in rows[_name(folders, "orphan")]
     assert "kept" in rows[failed] and "resumable" in rows[failed]
@@ -225,6 +231,12 @@ def test_clean_removes_finished_and_orphan_folders_and_keeps_a_failed_runs(tmp_p
     result = cli.invoke(app, ["resume", failed_run.info.run_id, "--tracking-uri", store])
     assert result.exit_code == 2
     assert "`mimic-learn clean --all` removed it" in _flat(result.output)
+
+
+def _graph_threads(state_dir: Path) -> set[str]:
+    """The thread ids with LangGraph checkpoints in the run's --state-db."""
+    with closing(sqlite3.connect(_state_db(state_dir))) as conn:
+        return {row[0] for row in conn.execute("SELECT DISTINCT thread_id FROM checkpoints")}
 
 
 def _name(folders: dict[str, str], kind: str) -> str:

@@ -98,6 +98,12 @@ class MimicCallback(SteeringCallback, pl.Callback):
         optimizer = torch_optimizer(trainer.optimizers[0])
         self._start(pl_module, optimizer, scheduler, self._periods(trainer), trainer.global_step)
 
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module, optimizer) -> None:
+        # Lightning computes the gradients inside optimizer.step(closure): only now, after the closure and
+        # before the update, do they exist to be clipped to the max_grad_norm knob
+        if self.steering is not None:
+            self.steering.trainer.clip_gradients()
+
     # ------------------------------------------------------------------ the boundary
     def _end_period(self, trainer: pl.Trainer) -> None:
         metrics = scalar_metrics(trainer.callback_metrics)

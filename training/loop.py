@@ -104,9 +104,10 @@ class LoopTrainer(BaseTrainer):
         self._epoch_start = time.perf_counter()
 
     def _before_step(self, optimizer, args, kwargs) -> None:
-        # max_grad_norm; a loop whose gradients are computed inside optimizer.step(closure) (Lightning) has
-        # none yet here, so it is not clipped: use the framework's own clipping there
-        self._clip_gradients()
+        # max_grad_norm. A loop whose gradients are computed inside optimizer.step(closure) has none yet here
+        # (this clips the last step's, which the closure zeroes): the Lightning callback clips the fresh ones
+        # in on_before_optimizer_step, after the closure and before the update
+        self.clip_gradients()
         targets = self._delta_targets()
         self._step = ModulatedStep.begin(targets, self.alpha, self.steps_per_epoch) if targets else None
 

@@ -173,7 +173,8 @@ class BaseTrainer:
         self.knob_values[name] = self._finite_number(name, value, low, high, self.knob_values.get(name))
         self._event(f"{name} -> {self.knob_values[name]:.3g}")
 
-    def _clip_gradients(self) -> None:
+    def clip_gradients(self) -> None:
+        """Scale the gradients down to the max_grad_norm knob (0 or unset: no clipping)."""
         if self.knob_values.get("max_grad_norm"):  # gradient clipping (0 or None: off)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.knob_values["max_grad_norm"])
 
@@ -454,7 +455,7 @@ class Trainer(BaseTrainer):
         )
 
     def _optimizer_step(self) -> None:
-        self._clip_gradients()
+        self.clip_gradients()
         modulated_step(self.optimizer.step, self._delta_targets(), self.alpha, self.steps_per_epoch)
 
     @torch.no_grad()

@@ -202,6 +202,23 @@ def test_lightning_set_lr_reaches_the_optimizer_and_mlflow_has_metrics_and_trace
     assert all(t.info.request_metadata.get("mlflow.sourceRun") == run.info.run_id for t in traces)
 
 
+def test_lightning_gradient_clipping_reaches_the_closure_computed_gradients(store, monkeypatch):
+    # Lightning computes gradients inside optimizer.step(closure); the module's own hook runs after the
+    # callbacks', so it sees the gradients the update will use
+    seen = []  # (epoch, total gradient norm) at each optimizer step
+
+    def record(self, optimizer):
+        norms = [p.grad.norm() for p in self.parameters() if p.grad is not None]
+        seen.append((self.current_epoch, float(torch.linalg.vector_norm(torch.stack(norms)))))
+
+    monkeypatch.setattr(Regressor, "on_before_optimizer_step", record, raising=False)
+    train_lightning(_script((1, "set_max_grad_norm", {"max_grad_norm": 0.01})), epochs=2, **store)
+    before, after = ([n for e, n in seen if e == k] for k in (0, 1))
+    assert len(before) == len(after) == 12
+    assert min(before) > 0.05  # unclipped in epoch 1
+    assert max(after) <= 0.01 + 1e-6  # every step of epoch 2 clipped to the knob
+
+
 def test_lightning_every_n_steps_decides_within_epochs(store):
     # 12 optimizer steps per epoch, 2 epochs, a decision period every 5 steps: periods end at steps 5, 10, 15,
     # 20 and (shorter) 24.

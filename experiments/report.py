@@ -157,7 +157,14 @@ def regime_table(
         if seeds:
             lines.append(arm_row(kind, regime, arm, seeds, base, base_arm, compared))
             continue
-        why = sorted({w for t, w in missing.items() if t.split("/")[1:3] == [regime, arm.name]})
+        # a reason already saying "not run: ..." is not wrapped in a second "not run (...)"
+        why = sorted(
+            {
+                w.removeprefix("not run: ")
+                for t, w in missing.items()
+                if t.split("/")[1:3] == [regime, arm.name]
+            }
+        )
         lines.append(
             f"| {arm.name} | 0 | not run ({'; '.join(why) or 'not in this run'}) |" + " — |" * (width - 3)
         )

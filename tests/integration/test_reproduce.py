@@ -202,6 +202,18 @@ def test_report_built_from_the_cells_file_alone(tmp_path, monkeypatch, run_repro
         and rows["reduce_on_plateau"][2] == "not run (failed: RuntimeError: boom)"
     )
     assert rows["llm_paper_memory"][2] == "not run (not in paper_cells.csv)"
+    # a reason that already says "not run: ..." is not wrapped twice
+    cells = tmp_path / "paper_cells.csv"
+    baseline_s0 = next(
+        line for line in cells.read_text().splitlines() if line.startswith("paper,100,baseline,0,")
+    )
+    with cells.open("a") as fh:
+        fh.write(baseline_s0.replace(",100,", ",10,", 1) + "\n")
+        fh.write("paper,10,llm_paper_memory,0,not run" + "," * 16 + ",not run: CPU time\n")
+    run_reproduce("paper", "--from-cells", "paper_cells.csv", "--out", "r10.md")
+    regime_10 = (tmp_path / "r10.md").read_text().split("## Regime 10 ")[1].split("## ")[0]
+    assert "| llm_paper_memory | 0 | not run (CPU time; not in paper_cells.csv) |" in regime_10  # seeds 1-9
+    assert "| rules | 0 | not run (not in paper_cells.csv) |" in regime_10
     assert rows["llm_paper_log_only"][7].startswith("+0.03")  # Δ in accuracy, 4 decimals
     # per-seed values shown, mean ± SD labelled as SD
     assert f"{arms['rules'][0]:.4f}" in rows["rules"][6] and "mean ± SD" in report

@@ -104,10 +104,12 @@ class LoopTrainer(BaseTrainer):
         self._epoch_start = time.perf_counter()
 
     def _before_step(self, optimizer, args, kwargs) -> None:
-        # max_grad_norm. A loop whose gradients are computed inside optimizer.step(closure) has none yet here
-        # (this clips the last step's, which the closure zeroes): the Lightning callback clips the fresh ones
-        # in on_before_optimizer_step, after the closure and before the update
-        self.clip_gradients()
+        # max_grad_norm. A step given a closure (Lightning) computes its gradients only inside step(): the ones
+        # here are the last step's, about to be zeroed, so they are left alone; the Lightning callback clips
+        # the fresh ones in on_before_optimizer_step, after the closure and before the update
+        closure = args[0] if args else kwargs.get("closure")
+        if closure is None:
+            self.clip_gradients()
         targets = self._delta_targets()
         self._step = ModulatedStep.begin(targets, self.alpha, self.steps_per_epoch) if targets else None
 

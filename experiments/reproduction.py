@@ -65,8 +65,9 @@ class ReproduceOptions:
 
     ``model`` / ``val_size``: override the experiment's model and validation split (e.g. a cheaper proxy).
     ``starts``: START_VARIANTS keys; every arm runs from each (``<arm>@<start>`` beyond "published").
-    ``fixed_subset``: every seed trains on the subset of data seed 0 (cells are keyed without it: such a table needs
-    its own MLflow experiment and ``out``; a store of the other mode's cells is refused). ``report_only``: run nothing, rebuild the report."""
+    ``fixed_subset``: every seed trains on the subset of data seed 0 (cells are keyed without it: such a table
+    needs its own MLflow experiment and ``out``; a store of the other mode's cells is refused). ``report_only``:
+    run nothing, rebuild the report."""
 
     kind: str  # "paper" or "blog"
     regimes: list[str]

@@ -63,6 +63,17 @@ def arm_row_cells(
     }
 
 
+def starts_note(arms: list[Arm], base_arm: str) -> list[str]:
+    """How arms from mis-tuned starts are compared (nothing when every arm starts as published)."""
+    if all(arm.start == "published" for arm in arms):
+        return []
+    return [
+        f"An arm run from a mis-tuned start (`<arm>@<start>`) is compared with that start's {base_arm}",
+        f"(`{base_arm}@<start>`), and each start is a family of its own for the interval and Holm: how far the",
+        "start falls below the published one is the start's gap, given with the share each arm recovers.",
+    ]
+
+
 def report_preamble(
     kind: str, data: dict, regimes: list[str], arms: list[Arm], header: list[str], proxy_note: str
 ) -> list[str]:
@@ -83,6 +94,7 @@ def report_preamble(
         f"the Holm-adjusted TOST against the regime's margin rejects ({margins}), else inconclusive.",
         "Holm's step-down is less strict than Bonferroni for all but the smallest p, so a 'better' verdict can",
         "sit beside an interval that still reaches 0: read such a row as a weak result.",
+        *starts_note(arms, base_arm),
         subset_policy(data),
         "With few seeds the smallest detectable effect is large, so",
         '"inconclusive" and a wide interval mean absence of evidence, not evidence of no effect.',
@@ -91,9 +103,9 @@ def report_preamble(
 
 
 def _stat_cells(arm: Arm, base_arm: str, compared: dict, scale: float, places: int) -> list[str]:
-    """Δ [simultaneous CI], Holm p and verdict of one arm's row."""
+    """Δ [simultaneous CI], Holm p and verdict of one arm's row (``base_arm``: its start's baseline)."""
     if arm.name == base_arm:
-        return ["(baseline)", "—", "—"]
+        return ["(baseline)" if arm.start == "published" else f"(baseline of start {arm.start})", "—", "—"]
     if arm.name not in compared:
         return ["— (no seed shared with the baseline)", "—", "—"]
     c = compared[arm.name]
@@ -129,13 +141,28 @@ def arm_row(
     return "| " + " | ".join(row) + " |"
 
 
+def start_families(arms: list[Arm], base_arm: str) -> dict[str, tuple[str, list[Arm]]]:
+    """The arms of each start with the baseline they are compared with: the published start's arms against
+    ``base_arm``, a mis-tuned start's (``<arm>@<start>``) against ``<base_arm>@<start>``, which begins from the
+    same wrong configuration. Each start is its own Holm family: "does acting recover from lr x30" and "does
+    acting help from the published start" are separate questions, and the start's own gap (its baseline
+    against the published one) is a property of the start, not of an arm (the recovery lines report it)."""
+    families: dict[str, tuple[str, list[Arm]]] = {}
+    for arm in arms:
+        base = base_arm if arm.start == "published" else f"{base_arm}@{arm.start}"
+        families.setdefault(arm.start, (base, []))[1].append(arm)
+    return families
+
+
 def regime_table(
     kind: str, regime: str, cells: dict, arms: list[Arm], missing: dict[str, str]
 ) -> tuple[list[str], dict]:
     """A regime's table (header, one row per arm, "not run" rows with why) and the arms' comparisons."""
     base_arm = arms[0].name
     margin = margin_for(regime) * 100
-    stat_cols = f"Δ test vs {base_arm} [95% simultaneous CI] | p (Holm) | verdict (TOST ±{margin:g} pt)"
+    families = start_families(arms, base_arm)
+    versus = f"{base_arm} (same start)" if len(families) > 1 else base_arm
+    stat_cols = f"Δ test vs {versus} [95% simultaneous CI] | p (Holm) | verdict (TOST ±{margin:g} pt)"
     tail = (
         "tool calls (accepted) | fallbacks | knobs changed | decisions / tokens in, out / wall min | ran on"
     )
@@ -144,18 +171,17 @@ def regime_table(
     else:
         head = f"| arm | seeds | final val | best val | test % | per-seed test % | {stat_cols} | {tail} | blog test % |"
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
-    base = {s: c["test"] for s, c in cells.get(base_arm, {}).items()}
-    tests = {
-        a.name: {s: c["test"] for s, c in cells[a.name].items()}
-        for a in arms
-        if a.name != base_arm and cells.get(a.name)
-    }
-    compared = compare_arms(tests, base, regime)
+    tests = {name: {s: c["test"] for s, c in seeds.items()} for name, seeds in cells.items()}
+    compared: dict = {}
+    for family_base, members in families.values():
+        family = {a.name: tests[a.name] for a in members if a.name != family_base and cells.get(a.name)}
+        compared |= compare_arms(family, tests.get(family_base, {}), regime)
     width = head.count(" | ") + 1
     for arm in arms:
         seeds = cells.get(arm.name)
         if seeds:
-            lines.append(arm_row(kind, regime, arm, seeds, base, base_arm, compared))
+            family_base = families[arm.start][0]
+            lines.append(arm_row(kind, regime, arm, seeds, tests.get(family_base, {}), family_base, compared))
             continue
         # a reason already saying "not run: ..." is not wrapped in a second "not run (...)"
         why = sorted(

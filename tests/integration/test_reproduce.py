@@ -373,6 +373,20 @@ def test_report_shows_the_share_of_a_mis_tuned_gap_recovered_and_a_strip_plot(tm
     )
     rows = [line.split(" | ")[0].strip("| ") for line in report.splitlines() if line.startswith("| ")][1:]
     assert rows[-2:] == ["baseline@lr_x30", "rules@lr_x30"]
+    # a start's arms are compared with the same start's baseline, in a Holm family of their own
+    row = {line.split(" | ")[0].strip("| "): line for line in report.splitlines() if line.startswith("| ")}
+    assert "| (baseline of start lr_x30) | — | — |" in row["baseline@lr_x30"]
+    assert "| +0.0600 [" in row["rules@lr_x30"]
+    published_only = {"100": {k: v for k, v in data["100"].items() if "@" not in k}}
+    alone = report_from_cells(
+        "paper",
+        write_cells_csv("paper", published_only, {}, tmp_path / "p.csv"),
+        tmp_path / "p.md",
+        "cmd",
+        echo=lambda *a: None,
+    ).read_text()
+    rules_alone = next(line for line in alone.splitlines() if line.startswith("| rules |"))
+    assert rules_alone.split(" | ")[7:10] == row["rules"].split(" | ")[7:10]  # Δ [CI], p, verdict unchanged
     assert (tmp_path / "r" / "strip_100.png").stat().st_size > 1000
     assert "![test accuracy per seed, regime 100](r/strip_100.png)" in report
 

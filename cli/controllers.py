@@ -124,11 +124,11 @@ def _eval_outcomes(
         print(
             f"{s.controller:20s} {cell(s, 'regret')}  {cell(s, 'win')}  {cell(s, 'harm')}  {cell(s, 'valid')}  "
             f"raw {raw}  median_s {s.median_seconds:.3f}  tokens {s.mean_tokens:.0f}  "
-            f"beyond_best {s.beyond_best}"
+            f"beyond_best {s.beyond_best}  beyond_worst {s.beyond_worst}"
         )
     console.print(
-        "beyond_best: situations where the decision beat every candidate (its regret is floored at -1 there; "
-        "raw is not)"
+        "beyond_best / beyond_worst: situations where the decision beat every candidate / fell below every "
+        "candidate (its regret is clipped to -1 / 2 there; raw is not)"
     )
     best = best_constant(scores)
     rules = next(s for s in scores if s.controller == "rules")

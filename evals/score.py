@@ -14,7 +14,10 @@ Per situation, at the longest stored horizon, with v(a) the monitor averaged ove
     regret    = (v(best) - v(chosen)) / (v(best) - v(worst))  over the candidates (0 when they all tie;
                 below 0 when the controller found a value better than every candidate, floored at -1: the
                 candidate set can miss the best action — lr x10 in a stall — and one such situation
-                would otherwise swing the mean; ``beyond_best`` counts them, ``raw`` is unclipped)
+                would otherwise swing the mean; ``beyond_best`` counts them, ``raw`` is unclipped; above 1
+                when it did worse than every candidate, capped at 2 for the same reason — clipping to
+                [-1, 2] is symmetric: at most one candidates' spread beyond the best or the worst;
+                ``beyond_worst`` counts those)
     raw       = v(best) - v(chosen)  in the monitor's units
     win/harm  = the paired difference chosen - keep across data orders is above / below 0 by more than
                 2 standard errors
@@ -49,6 +52,7 @@ ANCHORS = (
     "rules",
 )
 REGRET_FLOOR = -1.0  # see score_numbers
+REGRET_CEILING = 2.0  # as far beyond the worst candidate as the floor is beyond the best
 CONSTANTS = tuple(a for a in ANCHORS if a.startswith("constant:"))
 
 
@@ -118,6 +122,7 @@ class SituationScore:
     tokens: int
     calls: list[dict] = field(default_factory=list)
     beyond_best: bool = False  # the decision's outcome beat every candidate's (regret < 0 before the floor)
+    beyond_worst: bool = False  # it was below every candidate's (regret > 1 before the ceiling)
 
 
 def paired_verdict(mine: list[float], keep: list[float], mode: str) -> tuple[bool, bool]:
@@ -142,9 +147,12 @@ def score_numbers(
     # situations: lr x10 is not a candidate, and beats lr x3 by 0.4 where the candidates span 0.04, regret
     # -11): one such situation would swing a mean over 24. Normalised regret is floored at -1 ("better than the
     # best by at least the candidates' whole spread"); ``raw`` keeps the unclipped difference and
-    # ``beyond_best`` says the decision beat every candidate.
-    beyond_best = mine > best
-    regret = max(regret, REGRET_FLOOR)
+    # ``beyond_best`` says the decision beat every candidate. The same holds the other way: clipping to the
+    # gradient-norm limit 1e-5 on a diverging run scored 36 times the candidates' spread below the worst of
+    # them (SmolLM2 with a diagnosis field), so regret is capped at 2 ("worse than the worst by at least the
+    # whole spread") and ``beyond_worst`` says the decision was worse than every candidate.
+    beyond_best, beyond_worst = mine > best, mine < worst
+    regret = min(max(regret, REGRET_FLOOR), REGRET_CEILING)
     win, harm = paired_verdict(numbers, entry.numbers("keep"), entry.mode)
     return SituationScore(
         situation=entry.situation.id,
@@ -154,6 +162,7 @@ def score_numbers(
         regret=regret,
         raw=best - mine,
         beyond_best=beyond_best,
+        beyond_worst=beyond_worst,
         win=win,
         harm=harm,
         seconds=decision.seconds if decision else 0.0,
@@ -272,6 +281,11 @@ class ControllerScore:
         return sum(r.beyond_best for r in self.results)
 
     @property
+    def beyond_worst(self) -> int:
+        """Situations where the decision was worse than every candidate (its regret is capped at 2 there)."""
+        return sum(r.beyond_worst for r in self.results)
+
+    @property
     def median_seconds(self) -> float:
         return statistics.median(r.seconds for r in self.results)
 
@@ -291,7 +305,7 @@ class ControllerScore:
             lo, hi = self.interval(name)
             out[name] = self.mean(name)
             out[f"{name}_ci"] = [lo, hi]
-        out["beyond_best"] = self.beyond_best
+        out["beyond_best"], out["beyond_worst"] = self.beyond_best, self.beyond_worst
         out["raw_by_task"] = self.raw_by_task()
         out["median_s"] = self.median_seconds
         out["mean_tokens"] = self.mean_tokens

@@ -223,7 +223,7 @@ def test_rules_raise_the_lr_only_when_underfitting():
     assert not raised(report(0.5, [1.75, 1.85, 1.95]))  # validation loss rising
 
 
-def test_regret_is_floored_when_a_decision_beats_every_candidate_by_far():
+def test_regret_is_clipped_when_a_decision_beats_or_sinks_below_every_candidate_by_far():
     """The shipped dev split's stall situations: lr x10 is not a candidate and beats every candidate by ten
     times their spread. Normalised regret stops at -1; raw keeps the difference; beyond_best flags it."""
     entry = next(e for e in load_bank(split="dev") if e.situation.id == "digits/s3/lr_div100/e3")
@@ -236,4 +236,10 @@ def test_regret_is_floored_when_a_decision_beats_every_candidate_by_far():
     near = [best + 0.5 * (best - worst)] * entry.orders
     assert score_numbers(entry, near, "other", None).regret == pytest.approx(-0.5)  # above the floor: as is
     keep = score_numbers(entry, entry.numbers("keep"), "keep", None)
-    assert not keep.beyond_best and 0 <= keep.regret <= 1
+    assert not keep.beyond_best and not keep.beyond_worst and 0 <= keep.regret <= 1
+    # the other way: far below the worst candidate (clipping to 1e-5 on a diverging run) is capped at 2
+    sunk = score_numbers(entry, [worst - 36 * (best - worst)] * entry.orders, "other", None)
+    assert sunk.regret == 2.0 and sunk.beyond_worst and not sunk.beyond_best
+    assert sunk.raw == pytest.approx(37 * (best - worst))
+    below = [worst - 0.5 * (best - worst)] * entry.orders
+    assert score_numbers(entry, below, "other", None).regret == pytest.approx(1.5)  # under the cap: as is

@@ -10,6 +10,7 @@ rollout):
     keep        keep_current
     lr_down     set_lr lr x 0.3
     lr_up       set_lr lr x 3
+    lr_up10     set_lr lr x 10 (the trust region's limit)
     dropout_up  set_dropout dropout + 0.1 (rejected by the tool on a model without dropout)
     wd_up       set_weight_decay x 10 (1e-4 from 0)
     rollback    rollback (rejected when there is nothing to undo)
@@ -30,7 +31,7 @@ from pydantic import PrivateAttr, ValidationError
 from .protocol import ProtocolChatModel, tool_call
 
 REASON = "constant policy"
-ACTIONS = ("keep", "lr_down", "lr_up", "dropout_up", "wd_up", "rollback")
+ACTIONS = ("keep", "lr_down", "lr_up", "lr_up10", "dropout_up", "wd_up", "rollback")
 LITERAL_FORM = "constant:<tool>:<arg>=<value>[,<arg>=<value>...] (e.g. constant:set_lr:lr=0.003)"
 
 
@@ -40,6 +41,7 @@ def _relative_call(action: str, report: dict) -> tuple[str, dict]:
         "keep": ("keep_current", {}),
         "lr_down": ("set_lr", {"lr": lr * 0.3}),
         "lr_up": ("set_lr", {"lr": lr * 3.0}),
+        "lr_up10": ("set_lr", {"lr": lr * 10.0}),
         "dropout_up": ("set_dropout", {"dropout": round((dropout or 0.0) + 0.1, 4)}),
         "wd_up": ("set_weight_decay", {"weight_decay": wd * 10 if wd > 0 else 1e-4}),
         "rollback": ("rollback", {}),

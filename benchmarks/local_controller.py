@@ -30,7 +30,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--split", default="test", choices=["train", "dev", "test"])
     parser.add_argument(
-        "--bank", default=None, help="bank file (default: the shipped evals/data/bank_v1.jsonl)"
+        "--bank", default=None, help="bank file (default: the shipped evals/data/bank_v2.jsonl.gz)"
     )
     parser.add_argument("--prompt", default=None, help="default: the local model's (compact for SmolLM2)")
     parser.add_argument("--model-path", default=None)

@@ -36,7 +36,7 @@ def eval_controller(
     bank: Annotated[
         BankChoice,
         typer.Option(
-            help="outcomes: regret on measured outcomes (evals/data/bank_v1.jsonl); situations: the old "
+            help="outcomes: regret on measured outcomes (evals/data/bank_v2.jsonl.gz); situations: the old "
             "hand-written bank, 'does the choice point the right way'."
         ),
     ] = BankChoice.outcomes,
@@ -44,7 +44,8 @@ def eval_controller(
         str, typer.Option(help="Outcome bank split: train, dev or test (test: report once).")
     ] = "dev",
     bank_file: Annotated[
-        Path | None, typer.Option(help="Outcome bank file (default: the shipped evals/data/bank_v1.jsonl).")
+        Path | None,
+        typer.Option(help="Outcome bank file (default: the shipped evals/data/bank_v2.jsonl.gz)."),
     ] = None,
     budget: Annotated[int, typer.Option(min=1, help="Tool calls allowed per decision.")] = 8,
     model_path: Annotated[
@@ -303,11 +304,12 @@ def list_tools(
 
 def build_bank_cmd(
     out: Annotated[
-        Path | None, typer.Option(help="Bank file (default: the shipped evals/data/bank_v1.jsonl).")
+        Path | None, typer.Option(help="Bank file (default: the shipped evals/data/bank_v2.jsonl.gz).")
     ] = None,
     tasks: Annotated[
-        str, typer.Option(help="Comma-separated tasks of the bank's design: digits, mnist100, mnist600.")
-    ] = "digits,mnist100",
+        str,
+        typer.Option(help="Comma-separated tasks of the bank's design: digits, mnist100, mnist600, mnist10."),
+    ] = "digits,mnist100,mnist600,mnist10",
     resume: Annotated[
         bool,
         typer.Option("--resume/--fresh", help="Skip situations already in the file (default) or start over."),

@@ -38,7 +38,7 @@ import numpy as np
 
 from ..tools.controls import TrainerControls
 from ..training.trainer import Trainer
-from .bank import BankEntry, Situation, load_bank, replay, rollout, staged_signature
+from .bank import DEFAULT_BANK, BankEntry, Situation, load_bank, replay, rollout, staged_signature
 
 ANCHORS = (
     "oracle",
@@ -46,6 +46,7 @@ ANCHORS = (
     "random",
     "constant:lr_down",
     "constant:lr_up",
+    "constant:lr_up10",
     "constant:dropout_up",
     "constant:wd_up",
     "constant:rollback",
@@ -340,5 +341,5 @@ def evaluate(
 ) -> list[ControllerScore]:
     entries = load_bank(bank, split)
     if not entries:
-        raise ValueError(f"split={split!r} has no situations in bank {bank or 'bank_v1'}")
+        raise ValueError(f"split={split!r} has no situations in bank {bank or DEFAULT_BANK.name}")
     return Evaluator(entries, prompt, budget, tools).run(controllers, model_path, progress)

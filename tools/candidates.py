@@ -10,7 +10,7 @@ same tools, bounds and trust region). The set is derived from the tools bound fo
 ``set_lr`` gets lr candidates only. Candidates, in this order (``keep`` first, so ties go to not acting):
 
     keep                     keep_current (or no call when keep_current is not bound)
-    lr_x0.1, lr_x0.3, lr_x3  set_lr
+    lr_x0.1, lr_x0.3, lr_x3, lr_x10  set_lr (x10: a stall at lr/100 needs more than x3)
     dropout_+0.1, dropout_-0.1   set_dropout (a model with dropout)
     wd_x10, wd_to_0          set_weight_decay (x10, or 1e-4 from 0; to 0 when it is not 0)
     alpha0.2_grad_delta      set_alpha 0.2 + propose_weight_delta toward_grad_direction 0.05 on the weight
@@ -46,7 +46,7 @@ def _proposals(controls: TrainerControls, bound: set[str]) -> list[Candidate]:
     lr, dropout, wd, alpha = t.lr, t.dropout, t.weight_decay, t.alpha
     out = [Candidate("keep", [_call("keep_current", {})] if "keep_current" in bound else [])]
     if "set_lr" in bound:
-        for factor, name in ((0.1, "lr_x0.1"), (0.3, "lr_x0.3"), (3.0, "lr_x3")):
+        for factor, name in ((0.1, "lr_x0.1"), (0.3, "lr_x0.3"), (3.0, "lr_x3"), (10.0, "lr_x10")):
             out.append(Candidate(name, [_call("set_lr", {"lr": lr * factor})]))
     if "set_dropout" in bound and dropout is not None:
         out.append(Candidate("dropout_+0.1", [_call("set_dropout", {"dropout": round(dropout + 0.1, 4)})]))

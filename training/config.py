@@ -38,6 +38,9 @@ class TrainConfig:
     # The seed that draws the train/val subset (None: ``seed``, so each seed draws its own subset). Set it to
     # compare seeds on one fixed subset (reproduce --fixed-subset); ``seed`` still sets weights and batch order.
     data_seed: int | None = None
+    # A rare class: "<k>:<f>" keeps the fraction f (0 < f <= 1, at least one image) of class k's training images
+    # after the regime's subset is drawn; validation and test stay balanced. None: no class is thinned.
+    rare_class: str | None = None
     data_dir: str = "data"
     download: bool = False
     num_threads: int | None = None
@@ -65,6 +68,8 @@ class TrainConfig:
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha={self.alpha} is out of range [0, 1]")
         self.monitor = parse_monitor(self.monitor)
+        if self.rare_class is not None:
+            parse_rare_class(self.rare_class)
 
     def as_params(self) -> dict[str, str]:
         """Flat string form, for MLflow params."""
@@ -78,6 +83,19 @@ class TrainConfig:
 
     def resolved_checkpoint_dir(self) -> Path | None:
         return Path(self.checkpoint_dir) if self.checkpoint_dir else None
+
+
+def parse_rare_class(text: str) -> tuple[int, float]:
+    """``"3:0.05"`` -> (3, 0.05): class 3 keeps 5% of its training images."""
+    usage = f"rare_class={text!r}: use <class index>:<fraction kept in (0, 1]>, e.g. 3:0.05"
+    k, sep, f = str(text).partition(":")
+    try:
+        k_int, f_float = int(k), float(f)
+    except ValueError:
+        raise ValueError(usage) from None
+    if not sep or k_int < 0 or not 0.0 < f_float <= 1.0:
+        raise ValueError(usage)
+    return k_int, f_float
 
 
 MONITORS = ("val_acc", "val_loss", "macro_f1", "recall_class_<k>")

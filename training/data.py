@@ -11,6 +11,7 @@ original *train* split, never from test) and test (only ever reported, never use
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-from .config import parse_regime
+from .config import parse_rare_class, parse_regime
 
 DEFAULT_VAL_SIZE = {"digits": 300, "mnist": 5000, "mnist32": 5000, "cifar10": 5000, "synthetic": 200}
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -164,6 +165,16 @@ def _stratified_take(indices: np.ndarray, labels: np.ndarray, n: int, seed: int)
     return np.sort(taken)
 
 
+def thin_class(indices: np.ndarray, labels: np.ndarray, k: int, fraction: float) -> np.ndarray:
+    """``indices`` with class ``k`` cut to ``ceil(fraction * its count)`` images (at least 1), the first ones in
+    index order (the regime's subset is already a seeded random draw); the other classes untouched."""
+    of_k = indices[labels[indices] == k]
+    if len(of_k) == 0:
+        raise ValueError(f"rare_class: class {k} has no training image in this subset")
+    keep = of_k[: max(1, math.ceil(fraction * len(of_k)))]
+    return np.sort(np.concatenate([indices[labels[indices] != k], keep]))
+
+
 def split_train_val(
     labels: np.ndarray, val_size: int, regime: str | int | float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -185,6 +196,7 @@ def load_task(
     seed: int = 0,
     data_dir: str = "data",
     download: bool = False,
+    rare_class: str | None = None,
 ) -> TaskData:
     if task == "digits":
         full_train, test = _load_digits()
@@ -205,6 +217,8 @@ def load_task(
         raise ValueError(f"unknown task {task!r}: use digits, mnist, cifar10 or synthetic")
     val_size = val_size if val_size is not None else DEFAULT_VAL_SIZE.get(task, 5000)
     train_idx, val_idx = split_train_val(full_train.y.numpy(), val_size, regime, seed)
+    if rare_class is not None:
+        train_idx = thin_class(train_idx, full_train.y.numpy(), *parse_rare_class(rare_class))
     return TaskData(
         train=full_train.subset(train_idx),
         val=full_train.subset(val_idx),

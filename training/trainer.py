@@ -397,6 +397,7 @@ class Trainer(BaseTrainer):
             config.seed if config.data_seed is None else config.data_seed,
             config.data_dir,
             config.download,
+            config.rare_class,
         )
         torch.manual_seed(config.seed)  # same initial weights for every arm of a seed
         model = build_model(config.model or DEFAULT_MODEL[config.task], data.num_classes, config.dropout)

@@ -124,7 +124,7 @@ def test_candidates_follow_the_bound_tools_and_skip_noops():
     trainer = Trainer.from_config(TrainConfig(task="digits", epochs=2, dropout=0.2))
     trainer.run_epoch()
     names = [c.name for c in candidate_actions(TrainerControls(trainer), ["set_lr", "keep_current"])]
-    assert names == ["keep", "lr_x0.1", "lr_x0.3", "lr_x3"]
+    assert names == ["keep", "lr_x0.1", "lr_x0.3", "lr_x3", "lr_x10"]
     every = [c.name for c in candidate_actions(TrainerControls(trainer))]
     assert "wd_to_0" not in every  # weight decay is already 0: a no-op
     assert "rollback" not in every  # nothing to undo
@@ -142,21 +142,23 @@ def test_oracle_controller_strings():
 
 
 def test_oracle_picks_the_planted_best_action(tmp_path):
-    # lr 1e-4 with Adam learns slowly: of keep / lr x0.1 / x0.3 / x3, raising it is best over the rest of the run
+    # lr 1e-4 with Adam learns slowly: of keep / lr x0.1 / x0.3 / x3 / x10, raising it most is best over the rest
     runner = _runner(
         tmp_path, "oracle:end", epochs=3, lr=1e-4, reflection="log_only", tools=["set_lr", "keep_current"]
     )
     runner.step()
     outcome = runner.step()
-    assert outcome.oracle["candidates"] == ["keep", "lr_x0.1", "lr_x0.3", "lr_x3"]
-    assert outcome.oracle["chosen"] == "lr_x3" and outcome.oracle["horizon"] == 1
-    assert outcome.decision["changes"][0]["key"] == "lr" and runner.trainer.lr == pytest.approx(9e-4)
+    assert outcome.oracle["candidates"] == ["keep", "lr_x0.1", "lr_x0.3", "lr_x3", "lr_x10"]
+    assert outcome.oracle["chosen"] == "lr_x10" and outcome.oracle["horizon"] == 1
+    assert outcome.decision["changes"][0]["key"] == "lr" and runner.trainer.lr == pytest.approx(
+        1e-2
+    )  # x10 at both boundaries
     trials = [r for r in runner.outcome_records if r.epoch == 2]
     best = max(trials, key=lambda r: r.with_action.monitor)
-    assert best.chosen and best.action["name"] == "lr_x3" and best.effect > 0
+    assert best.chosen and best.action["name"] == "lr_x10" and best.effect > 0
     first = [r for r in runner.outcome_records if r.epoch == 1]
     assert {r.horizon for r in first} == {2} and first[0].rendered_report  # oracle:end: to the run's end
-    assert outcome.shadow_epochs == 4 * 2 + 4 * 1  # candidates x horizon at each boundary
+    assert outcome.shadow_epochs == 5 * 2 + 5 * 1  # candidates x horizon at each boundary
     runner.close()
 
 

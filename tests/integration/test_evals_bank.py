@@ -13,6 +13,7 @@ from mimic_learn.cli import app
 from mimic_learn.evals import bank as bank_mod
 from mimic_learn.evals.bank import Situation, build_bank, load_bank, replay, split_of
 from mimic_learn.evals.score import (
+    CONSTANTS,
     Evaluator,
     best_constant,
     bootstrap,
@@ -172,9 +173,7 @@ def test_rules_beats_the_best_constant_policy_on_dev():
     bootstrap interval."""
     entries = load_bank(split="dev")
     assert len(entries) >= 20
-    out = Evaluator(entries).run(
-        ["rules", *[f"constant:{a}" for a in ("lr_down", "lr_up", "dropout_up", "wd_up", "rollback")]]
-    )
+    out = Evaluator(entries).run(["rules", *CONSTANTS])
     best = best_constant(out)
     gap, (lo, hi) = paired_regret_gap(out[0], best)
     assert lo > 0, f"rules vs {best.controller}: regret gap {gap:.3f} [{lo:.3f}, {hi:.3f}]"

@@ -348,7 +348,7 @@ def test_shipped_adapter_is_listed_with_its_training_and_resolves_by_name():
 
     from mimic_learn.agents.models import list_models
     from mimic_learn.agents.providers import load_chat_model
-    from mimic_learn.evals.bank import load_bank
+    from mimic_learn.evals.bank import BANK_V1, load_bank
     from mimic_learn.evals.training_data import label_entry
 
     (entry,) = [e for e in list_models() if e["name"] == "smollm2-bank-v1"]
@@ -358,9 +358,9 @@ def test_shipped_adapter_is_listed_with_its_training_and_resolves_by_name():
     data = path.parent / "train.jsonl"
     assert hashlib.sha256(data.read_bytes()).hexdigest() == entry["training"]["data_sha256"]
     assert entry["training"]["base_model"] == "smollm2-135m" and entry["training"]["seed"] == 0
-    # its data: one example per train situation of the shipped bank, targeting the measured best action
+    # its data: one example per train situation of bank v1 (kept for it), targeting the measured best action
     examples = load_examples(data)
-    labels = {e.situation.id: label_entry(e).action for e in load_bank(split="train")}
+    labels = {e.situation.id: label_entry(e).action for e in load_bank(BANK_V1, split="train")}
     assert {ex.source["situation"]: ex.source["label"] for ex in examples} == labels
     assert all(ex.source["split"] == "train" for ex in examples)
     model = load_chat_model("local:adapter=smollm2-bank-v1")

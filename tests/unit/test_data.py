@@ -238,3 +238,22 @@ def test_augment_crop_flip_is_a_real_crop_and_flip():
     again = augment_crop_flip(x, torch.Generator().manual_seed(0))
     assert torch.equal(out, again)
     assert torch.equal(x, torch.arange(n * 3 * 32 * 32, dtype=torch.float32).reshape(n, 3, 32, 32) + 1.0)
+
+
+def test_a_rare_class_keeps_its_fraction_of_training_images_and_nothing_else_changes():
+    full = load_task("digits", seed=1)
+    rare = load_task("digits", seed=1, rare_class="3:0.05")
+    counts = lambda y: np.bincount(y.numpy(), minlength=10)  # noqa: E731
+    before, after = counts(full.train.y), counts(rare.train.y)
+    assert after[3] == int(np.ceil(0.05 * before[3])) and after[3] < before[3]
+    assert np.array_equal(np.delete(after, 3), np.delete(before, 3))  # the other classes untouched
+    assert _rows(rare.train.x) <= _rows(full.train.x)  # a subset of the same draw
+    assert torch.equal(rare.val.y, full.val.y) and torch.equal(rare.test.y, full.test.y)  # still balanced
+    trainer = Trainer.from_config(TrainConfig(task="digits", epochs=1, seed=1, rare_class="3:0.05"))
+    assert np.array_equal(counts(trainer.data.train.y), after)  # a run's config reaches the data
+
+
+@pytest.mark.parametrize("text", ["3", "x:0.1", "3:0", "3:1.5", "-1:0.5"])
+def test_rare_class_rejects_what_it_cannot_read(text):
+    with pytest.raises(ValueError, match=r"rare_class=.*<class index>:<fraction kept in \(0, 1\]>"):
+        TrainConfig(task="digits", rare_class=text)

@@ -60,6 +60,30 @@ DownloadOpt = Annotated[bool, typer.Option(help="Download the dataset if missing
 ThreadsOpt = Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")]
 ValSizeOpt = Annotated[int | None, typer.Option(help="Validation images held out from the train split.")]
 TrackOpt = Annotated[bool, typer.Option(help="Log to MLflow.")]
+
+
+def _rare_class(value: str | None) -> str | None:
+    """Checks ``--rare-class`` when the command line is parsed, so a typo fails before any data is loaded."""
+    if value is None:
+        return None
+    from ..training.config import parse_rare_class
+
+    try:
+        parse_rare_class(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc).replace("rare_class=", "")) from None
+    return value
+
+
+RareClassOpt = Annotated[
+    str | None,
+    typer.Option(
+        callback=_rare_class,
+        help="Make one class rare in the training subset: <class>:<fraction kept>, e.g. 3:0.05 keeps 5% of "
+        "class 3's training images (at least one); validation and test keep every class. Pair it with "
+        "--monitor macro_f1 or recall:<class>.",
+    ),
+]
 PriceInOpt = Annotated[
     float | None,
     typer.Option(

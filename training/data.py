@@ -170,7 +170,10 @@ def thin_class(indices: np.ndarray, labels: np.ndarray, k: int, fraction: float)
     index order (the regime's subset is already a seeded random draw); the other classes untouched."""
     of_k = indices[labels[indices] == k]
     if len(of_k) == 0:
-        raise ValueError(f"rare_class: class {k} has no training image in this subset")
+        present = ", ".join(str(c) for c in np.unique(labels[indices]))
+        raise ValueError(
+            f"rare_class: class {k} has no training image in this subset; its classes are {present}"
+        )
     keep = of_k[: max(1, math.ceil(fraction * len(of_k)))]
     return np.sort(np.concatenate([indices[labels[indices] != k], keep]))
 

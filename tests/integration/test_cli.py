@@ -90,3 +90,23 @@ def test_run_retry_options_reach_the_provider_and_the_run_params(tmp_path):
         mlflow.set_tracking_uri(None)
     bad = runner.invoke(app, ["run", "--max-retry-after", "-1"])
     assert bad.exit_code == 2 and "max-retry-after" in bad.output
+
+
+def _train_count(output: str) -> int:
+    return int(output.split("| train ")[1].split()[0])
+
+
+def test_rare_class_thins_one_class_of_the_training_subset_and_rejects_bad_values(tmp_path):
+    plain = runner.invoke(app, ["train", "--epochs", "1", "--no-track"])
+    rare = runner.invoke(app, ["train", "--epochs", "1", "--no-track", "--rare-class", "3:0.1"])
+    assert plain.exit_code == 0 and rare.exit_code == 0, plain.output + rare.output
+    removed = _train_count(plain.output) - _train_count(rare.output)
+    tenth = _train_count(plain.output) / 10  # digits: about a tenth of the images are 3s; 90% of them go
+    assert 0.8 * tenth < removed < tenth, removed
+    malformed = runner.invoke(
+        app, ["run", "--rare-class", "3", "--no-track", "--state-db", str(tmp_path / "g")]
+    )
+    assert malformed.exit_code == 2 and "e.g. 3:0.05" in malformed.output
+    assert runner.invoke(app, ["train", "--rare-class", "3:0", "--no-track"]).exit_code == 2
+    absent = runner.invoke(app, ["train", "--rare-class", "12:0.5", "--epochs", "1", "--no-track"])
+    assert absent.exit_code != 0 and "class 12" in absent.output and "0, 1, 2" in absent.output

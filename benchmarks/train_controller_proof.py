@@ -83,7 +83,7 @@ def heldout_calls(held: list, out: Path, threads: int) -> dict:
 
     rows = {}
     for label, model in (
-        ("base", LocalChatModel(n_threads=threads)),
+        ("base", LocalChatModel(n_threads=threads, adapter_path="none")),
         ("adapter", LocalChatModel(n_threads=threads, adapter_path=out / "adapter")),
     ):
         hits, tool_hits, valid, seconds, calls = 0, 0, 0, [], []

@@ -82,7 +82,7 @@ def run(
     controller: Annotated[
         str | None,
         typer.Option(
-            help="Who decides: local (embedded SmolLM2, offline), rules, scripted:<file>, openai:gpt-4o, google_genai:gemini-2.5-flash, openai-compatible:<model>@<url>, none. Default: local if installed, else rules. "
+            help="Who decides: local (embedded SmolLM2 with its shipped adapter smollm2-bank-v2, offline; local:adapter=none for the bare model, local:adapter=<path|name> for another), rules, scripted:<file>, openai:gpt-4o, google_genai:gemini-2.5-flash, openai-compatible:<model>@<url>, none. Default: local if installed, else rules. "
             "oracle[:h|:end]: a reference, not a controller for production: tries every candidate action in shadow for h "
             "epochs (oracle:end: to the end of the run; oracle: end on small data, else 5) and commits the best by "
             "validation; costs candidates x h extra epochs per decision (~7-9 candidates)."
@@ -344,8 +344,10 @@ def run_and_track(
         if isinstance(exc, LocalModelMissingError):
             fail(str(exc))
         raise
+    describe = getattr(getattr(runner, "model", None), "describe", None)
+    controller_label = f"{spec.controller} ({describe()})" if callable(describe) else spec.controller
     console.print(
-        f"data: {runner.trainer.data.source} | train {len(runner.trainer.data.train)} / val {len(runner.trainer.data.val)} / test {len(runner.trainer.data.test)} | controller: {spec.controller}"
+        f"data: {runner.trainer.data.source} | train {len(runner.trainer.data.train)} / val {len(runner.trainer.data.val)} / test {len(runner.trainer.data.test)} | controller: {controller_label}"
     )
     try:
         if not track:

@@ -86,7 +86,7 @@ def bank_examples(entries: Iterable[BankEntry], prompt: str = "compact", budget:
     """One training example per situation whose target the grammar can express (see the module docstring)."""
     from ..agents.local import LocalChatModel
 
-    model = LocalChatModel(withheld_tools=())  # what a model with an adapter sees: rollback offered
+    model = LocalChatModel()  # what the built-in model with an adapter (its default) sees: rollback offered
     out = BankExamples()
     for entry in entries:
         sid = entry.situation.id
@@ -158,7 +158,7 @@ def rules_situations(
     from .scenarios import bank, scenario_trainer
 
     rng = random.Random(seed)
-    model = LocalChatModel()
+    model = LocalChatModel(adapter_path="none")  # the bare built-in model's view: rollback withheld
     for scenario in bank():
         for variant in range(variants):
             s = _perturbed(scenario, rng) if variant else scenario

@@ -64,4 +64,5 @@ def test_examples_are_valid_rendered_for_the_adapter_and_target_the_label(train_
     assert keep_ex["messages"][-1]["content"] != move_ex["messages"][-1]["content"]
     # a model with an adapter is offered rollback; the bare built-in model is not
     assert LocalChatModel(adapter_path="x")._withheld_tools == ()
-    assert LocalChatModel()._withheld_tools == ("rollback",)
+    assert LocalChatModel()._withheld_tools == ()  # the default: the built-in model with its shipped adapter
+    assert LocalChatModel(adapter_path="none")._withheld_tools == ("rollback",)

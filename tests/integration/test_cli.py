@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from mimic_learn.cli import app
@@ -90,6 +91,36 @@ def test_run_retry_options_reach_the_provider_and_the_run_params(tmp_path):
         mlflow.set_tracking_uri(None)
     bad = runner.invoke(app, ["run", "--max-retry-after", "-1"])
     assert bad.exit_code == 2 and "max-retry-after" in bad.output
+
+
+@pytest.mark.slow
+def test_run_names_the_local_model_and_adapter_it_resolved_in_its_first_line_and_params(tmp_path):
+    import mlflow
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    seen = {}
+    try:
+        for controller in ("local", "local:adapter=none"):
+            result = runner.invoke(
+                app,
+                ["run", "--task", "digits", "--epochs", "2", "--controller", controller, "--threads", "1",
+                 "--no-log-model", "--no-traces", "--tracking-uri", store, "--experiment", controller,
+                 "--state-db", str(tmp_path / f"{len(seen)}.sqlite")],
+            )  # fmt: skip
+            assert result.exit_code == 0, result.output
+            mlflow.set_tracking_uri(store)
+            (child,) = mlflow.search_runs(
+                experiment_names=[controller],
+                filter_string="tags.`mimic.role` = 'child'",
+                output_format="list",
+            )
+            seen[controller] = (" ".join(result.output.split()), child.data.params["controller_model"])
+    finally:
+        mlflow.set_tracking_uri(None)
+    default_line, default_param = seen["local"]
+    assert default_param == "SmolLM2-135M-Instruct.Q4_1.gguf + adapter smollm2-bank-v2"
+    assert f"controller: local ({default_param})" in default_line
+    assert seen["local:adapter=none"][1] == "SmolLM2-135M-Instruct.Q4_1.gguf, no adapter"
 
 
 def _train_count(output: str) -> int:

@@ -242,3 +242,16 @@ def test_regret_is_clipped_when_a_decision_beats_or_sinks_below_every_candidate_
     assert sunk.raw == pytest.approx(37 * (best - worst))
     below = [worst - 0.5 * (best - worst)] * entry.orders
     assert score_numbers(entry, below, "other", None).regret == pytest.approx(1.5)  # under the cap: as is
+
+
+@pytest.mark.slow
+def test_default_local_controller_rolls_back_after_a_nan_and_keeps_a_sound_run():
+    """The shipped default (SmolLM2 + smollm2-bank-v2) on real dev situations: the planted NaN spike gets a
+    rollback (the best measured action there), an unperturbed run gets keep; both are valid calls."""
+    dev = load_bank(split="dev")
+    nan = next(e for e in dev if e.situation.pathology == "nan_spike")
+    sound = next(e for e in dev if e.situation.pathology == "none")
+    (local,) = Evaluator([nan, sound]).run(["local"])
+    assert [s.chosen for s in local.results] == ["rollback", "keep"]
+    assert all(s.valid for s in local.results)
+    assert local.results[0].regret == 0.0

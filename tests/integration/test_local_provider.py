@@ -358,8 +358,9 @@ def test_small_model_defaults_apply_to_the_built_in_model_only(tmp_path: Path):
     assert LocalChatModel(short_tools=False)._short_tools is False
 
 
-def test_the_built_in_model_is_not_offered_rollback(tmp_path: Path):
-    """Its habitual no-op rollbacks were refused 17 times in 22; the runner's guard handles divergence."""
+def test_the_bare_built_in_model_is_not_offered_rollback_but_its_default_adapter_is(tmp_path: Path):
+    """The bare model's habitual no-op rollbacks were refused 17 times in 22 (the runner's guard handles
+    divergence); the default adapter was trained with rollback offered and learned when to use it."""
     from langchain_core.tools import tool
 
     @tool
@@ -376,6 +377,25 @@ def test_the_built_in_model_is_not_offered_rollback(tmp_path: Path):
         bound = model.bind_tools([rollback, keep_current])
         return [t["function"]["name"] for t in bound.kwargs["tools"]]
 
-    assert offered(LocalChatModel()) == ["keep_current"]
+    assert offered(LocalChatModel(adapter_path="none")) == ["keep_current"]
+    assert offered(LocalChatModel()) == ["rollback", "keep_current"]
+    assert offered(LocalChatModel(adapter_path="smollm2-bank-v1")) == ["rollback", "keep_current"]
     assert offered(LocalChatModel(model_path=tmp_path / "big.gguf")) == ["rollback", "keep_current"]
     assert offered(LocalChatModel(withheld_tools=())) == ["rollback", "keep_current"]
+
+
+def test_the_built_in_model_runs_with_the_default_adapter_unless_told_otherwise(tmp_path: Path):
+    from mimic_learn.agents.local import DEFAULT_ADAPTER, SHIPPED_ADAPTERS, LocalModelMissingError
+    from mimic_learn.agents.providers import ProviderOptions, load_chat_model
+
+    assert LocalChatModel().resolved_adapter_path() == SHIPPED_ADAPTERS / DEFAULT_ADAPTER / "adapter.gguf"
+    assert LocalChatModel(adapter_path="none").resolved_adapter_path() is None
+    assert (
+        LocalChatModel(model_path=tmp_path / "big.gguf").resolved_adapter_path() is None
+    )  # trained for SmolLM2
+    v1 = LocalChatModel(adapter_path="smollm2-bank-v1").resolved_adapter_path()
+    assert v1 == SHIPPED_ADAPTERS / "smollm2-bank-v1" / "adapter.gguf"
+    assert load_chat_model("local", ProviderOptions()).adapter == DEFAULT_ADAPTER
+    assert load_chat_model("local:adapter=none", ProviderOptions()).adapter is None
+    with pytest.raises(LocalModelMissingError, match="'none' for the bare model"):
+        LocalChatModel(adapter_path=tmp_path / "missing").resolved_adapter_path()

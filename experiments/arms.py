@@ -168,6 +168,9 @@ BLOG_ARMS = [
 # The shipped trained controller (agents/adapters/smollm2-bank-v1: SmolLM2-135M + a LoRA adapter trained on the
 # outcome bank's train split), on the prompt it was trained on (compact) and the matched tools.
 ADAPTER_CONTROLLER = "local:adapter=smollm2-bank-v1"
+# The default local controller since 2026-12-03 (SmolLM2 + smollm2-bank-v2, trained on bank v2's train split),
+# named explicitly so that its cells keep their meaning if the default changes again.
+ADAPTER_V2_CONTROLLER = "local:adapter=smollm2-bank-v2"
 
 # Defined, not in the default lists (name them with --arms): a cosine schedule, the trained controller, the random
 # floor and the greedy oracle references (agents/oracle.py: candidates x horizon shadow epochs per decision), on
@@ -180,6 +183,7 @@ OPTIONAL_ARMS: dict[str, list[Arm]] = {
         Arm("cosine", None, train_overrides={"schedule": "cosine"}),
         Arm("tuned_static", None),  # its lr / dropout / weight decay: the tuned file (experiments/tuned.py)
         Arm("llm_adapter", ADAPTER_CONTROLLER, prompt="compact", tools=tools),
+        Arm("llm_adapter_v2", ADAPTER_V2_CONTROLLER, prompt="compact", tools=tools),
         Arm("random", "random", tools=tools),
         Arm("oracle_end", "oracle:end", tools=tools),
         Arm("oracle_1", "oracle:1", tools=tools),

@@ -399,3 +399,16 @@ def test_the_built_in_model_runs_with_the_default_adapter_unless_told_otherwise(
     assert load_chat_model("local:adapter=none", ProviderOptions()).adapter is None
     with pytest.raises(LocalModelMissingError, match="'none' for the bare model"):
         LocalChatModel(adapter_path=tmp_path / "missing").resolved_adapter_path()
+
+
+def test_the_default_adapters_reproduce_arm_names_it_explicitly():
+    """llm_adapter_v2's cells keep their meaning if the default changes: its controller string names the adapter."""
+    from mimic_learn.agents.local import SHIPPED_ADAPTERS
+    from mimic_learn.agents.providers import load_chat_model
+    from mimic_learn.experiments import resolve_arms
+    from mimic_learn.experiments.arms import PAPER_TOOLS
+
+    (arm,) = resolve_arms("paper", ["llm_adapter_v2"])
+    assert arm.prompt == "compact" and arm.tools == PAPER_TOOLS
+    model = load_chat_model(arm.controller)
+    assert model.resolved_adapter_path() == SHIPPED_ADAPTERS / "smollm2-bank-v2" / "adapter.gguf"

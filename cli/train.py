@@ -344,8 +344,8 @@ def run_and_track(
         if isinstance(exc, LocalModelMissingError):
             fail(str(exc))
         raise
-    describe = getattr(getattr(runner, "model", None), "describe", None)
-    controller_label = f"{spec.controller} ({describe()})" if callable(describe) else spec.controller
+    model = runner.controller_model
+    controller_label = f"{spec.controller} ({model})" if model else spec.controller
     console.print(
         f"data: {runner.trainer.data.source} | train {len(runner.trainer.data.train)} / val {len(runner.trainer.data.val)} / test {len(runner.trainer.data.test)} | controller: {controller_label}"
     )

@@ -196,6 +196,13 @@ class AgentRunner:
                 hook(self, decision)
 
     @property
+    def controller_model(self) -> str | None:
+        """Which model file and adapter a local GGUF controller resolved to (``local`` alone names neither);
+        None for any other controller."""
+        describe = getattr(getattr(self, "model", None), "describe", None)
+        return describe() if callable(describe) else None
+
+    @property
     def graph_config(self) -> dict:
         return {
             "configurable": {"thread_id": self.thread_id},

@@ -131,9 +131,8 @@ def run_params(runner) -> dict[str, str]:
     say — optimizer class and initial lr, model class, monitored metric — instead of our TrainConfig's
     defaults, which it does not use."""
     params = runner.spec.as_params()
-    describe = getattr(getattr(runner, "model", None), "describe", None)
-    if callable(describe):  # a local GGUF controller: which file and adapter "local" resolved to
-        params["controller_model"] = describe()
+    if runner.controller_model:  # a local GGUF controller: which file and adapter "local" resolved to
+        params["controller_model"] = runner.controller_model
     trainer = runner.trainer
     if trainer.data is not None:
         return params

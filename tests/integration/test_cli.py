@@ -118,9 +118,9 @@ def test_run_names_the_local_model_and_adapter_it_resolved_in_its_first_line_and
     finally:
         mlflow.set_tracking_uri(None)
     default_line, default_param = seen["local"]
-    assert default_param == "SmolLM2-135M-Instruct.Q4_1.gguf + adapter smollm2-bank-v2"
+    assert default_param == "SmolLM2-135M-Instruct.Q4_0.gguf + adapter smollm2-bank-v2"
     assert f"controller: local ({default_param})" in default_line
-    assert seen["local:adapter=none"][1] == "SmolLM2-135M-Instruct.Q4_1.gguf, no adapter"
+    assert seen["local:adapter=none"][1] == "SmolLM2-135M-Instruct.Q4_0.gguf, no adapter"
 
 
 def _train_count(output: str) -> int:

@@ -412,3 +412,55 @@ def test_the_default_adapters_reproduce_arm_names_it_explicitly():
     assert arm.prompt == "compact" and arm.tools == PAPER_TOOLS
     model = load_chat_model(arm.controller)
     assert model.resolved_adapter_path() == SHIPPED_ADAPTERS / "smollm2-bank-v2" / "adapter.gguf"
+
+
+def _fake_runtime(monkeypatch, tmp_path: Path, derived: bytes | None):
+    """The built-in model's files faked: a shipped file in tmp_path/pkg and a derive step writing ``derived``
+    (None: the gguf package is missing)."""
+    import hashlib
+
+    from mimic_learn.agents import local_runtime
+
+    shipped = tmp_path / "pkg" / local_runtime.SMOLLM2_FILE
+    shipped.parent.mkdir()
+    shipped.write_bytes(b"shipped")
+
+    def derive(source, target):
+        if derived is None:
+            raise ImportError("No module named 'gguf'")
+        target.write_bytes(derived)
+
+    monkeypatch.setattr(local_runtime, "find_smollm2_gguf", lambda: shipped)
+    monkeypatch.setattr(local_runtime, "derive_q4_0", derive)
+    monkeypatch.setattr(local_runtime, "SMOLLM2_RUNTIME_SHA256", hashlib.sha256(b"q4_0 copy").hexdigest())
+    monkeypatch.setattr(local_runtime, "_VERIFIED", {})
+    monkeypatch.setenv("MIMIC_MODELS_DIR", str(tmp_path / "models"))
+    return shipped, tmp_path / "models" / local_runtime.SMOLLM2_RUNTIME_FILE
+
+
+def test_the_built_in_model_runs_from_its_q4_0_copy_derived_once(tmp_path: Path, monkeypatch, capsys):
+    shipped, copy = _fake_runtime(monkeypatch, tmp_path, b"q4_0 copy")
+    model = LocalChatModel()
+    assert model.resolved_model_path() == copy and copy.read_bytes() == b"q4_0 copy"
+    assert "deriving SmolLM2-135M-Instruct.Q4_0.gguf" in capsys.readouterr().err
+    assert model.describe() == "SmolLM2-135M-Instruct.Q4_0.gguf + adapter smollm2-bank-v2"
+    assert LocalChatModel(adapter_path="none").describe() == "SmolLM2-135M-Instruct.Q4_0.gguf, no adapter"
+
+
+def test_without_its_q4_0_copy_the_built_in_model_runs_as_shipped_and_says_why(
+    tmp_path: Path, monkeypatch, caplog
+):
+    shipped, copy = _fake_runtime(monkeypatch, tmp_path, None)
+    with caplog.at_level("WARNING", logger="mimic_learn.agents.local_runtime"):
+        assert LocalChatModel().resolved_model_path() == shipped
+    assert "No module named 'gguf'" in caplog.text and "pip install gguf" in caplog.text
+    assert LocalChatModel().describe() == "SmolLM2-135M-Instruct.Q4_1.gguf + adapter smollm2-bank-v2"
+
+
+def test_a_q4_0_copy_that_does_not_match_its_digest_is_deleted_not_used(tmp_path: Path, monkeypatch, caplog):
+    shipped, copy = _fake_runtime(monkeypatch, tmp_path, b"q4_0 copy")
+    copy.parent.mkdir()
+    copy.write_bytes(b"truncated")
+    with caplog.at_level("WARNING", logger="mimic_learn.agents.local_runtime"):
+        assert LocalChatModel().resolved_model_path() == shipped
+    assert not copy.exists() and "expected" in caplog.text

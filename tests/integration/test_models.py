@@ -100,3 +100,37 @@ def test_install_unknown_model_names_the_known_ones(tmp_path, monkeypatch):
 def test_serve_model_missing_file_is_a_clear_error():
     result = runner.invoke(app, ["serve-model", "/nonexistent/model.gguf"])
     assert result.exit_code != 0 and "neither a known model" in result.output
+
+
+def test_derived_model_is_written_verified_and_a_mismatch_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIMIC_MODELS_DIR", str(tmp_path))
+    data = b"GGUF derived"
+    spec = models.ModelSpec(
+        name="tiny", file="tiny.gguf", bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
+        description="test", derive=lambda target: target.write_bytes(data),
+    )  # fmt: skip
+    monkeypatch.setattr(models, "KNOWN", {**models.KNOWN, "tiny": spec})
+    monkeypatch.setattr(models.subprocess, "run", lambda *a, **k: pytest.fail("a derived model needs no pip"))
+    assert models.install("tiny", log=lambda m: None).read_bytes() == data
+    assert models.is_installed("tiny")
+
+    broken = models.ModelSpec(
+        name="bad", file="bad.gguf", bytes=len(data), sha256="0" * 64, description="test",
+        derive=lambda target: target.write_bytes(data),
+    )  # fmt: skip
+    monkeypatch.setattr(models, "KNOWN", {**models.KNOWN, "bad": broken})
+    with pytest.raises(models.ModelInstallError, match="Nothing was installed"):
+        models.install("bad", log=lambda m: None)
+    assert not (tmp_path / "bad.gguf").exists()
+
+
+@pytest.mark.slow
+def test_the_built_in_models_q4_0_copy_is_derived_byte_for_byte(tmp_path, monkeypatch):
+    """The copy --controller local runs from: derived from the shipped Q4_1 file, to the pinned digest."""
+    from mimic_learn.agents.local_runtime import SMOLLM2_RUNTIME_FILE, find_smollm2_gguf
+
+    find_smollm2_gguf()  # CI has it (README command); elsewhere a missing package fails here with the fix
+    monkeypatch.setenv("MIMIC_MODELS_DIR", str(tmp_path))
+    path = models.install("smollm2-135m-q4_0", log=lambda m: None)
+    assert path == tmp_path / SMOLLM2_RUNTIME_FILE and models.is_installed("smollm2-135m-q4_0")
+    assert list(tmp_path.iterdir()) == [path]  # no partial file left

@@ -308,8 +308,11 @@ def build_bank_cmd(
     ] = None,
     tasks: Annotated[
         str,
-        typer.Option(help="Comma-separated tasks of the bank's design: digits, mnist100, mnist600, mnist10."),
-    ] = "digits,mnist100,mnist600,mnist10",
+        typer.Option(
+            help="Comma-separated tasks of the bank's design: digits, mnist100, mnist600, mnist10, mnist6000, "
+            "resnet_proxy (the last two: a few minutes per situation on one core)."
+        ),
+    ] = "digits,mnist100,mnist600,mnist10,mnist6000,resnet_proxy",
     resume: Annotated[
         bool,
         typer.Option("--resume/--fresh", help="Skip situations already in the file (default) or start over."),

@@ -69,10 +69,32 @@ TASKS: dict[str, dict] = {
     "mnist100": {"config": {"task": "mnist", "regime": 100, "val_size": 500}, "epochs": 8},
     "mnist600": {"config": {"task": "mnist", "regime": 600, "val_size": 500}, "epochs": 8},
     "mnist10": {"config": {"task": "mnist", "regime": 10, "val_size": 500}, "epochs": 8},
+    # 6000 images: 6 epochs, not 8, so that every candidate's rollout to the end (3 epochs x 3 orders) stays
+    # within minutes per situation on one CPU thread (about 2.7 s an epoch)
+    "mnist6000": {"config": {"task": "mnist", "regime": 6000, "val_size": 500}, "epochs": 6},
+    # the blog proxy at small size: ResNet-18 (CIFAR stem) on MNIST padded to 32x32, SGD with momentum and a
+    # StepLR that divides the lr by 10 after epoch 2, as the proxy does after epoch 5 of 10 (about 8 s an epoch)
+    "resnet_proxy": {
+        "config": {
+            "task": "mnist32",
+            "regime": 128,
+            "val_size": 256,
+            "model": "resnet18_cifar",
+            "optimizer": "sgd",
+            "lr": 0.1,
+            "momentum": 0.9,
+            "weight_decay": 1e-3,
+            "schedule": "step",
+            "step_size": 2,
+            "gamma": 0.1,
+            "batch_size": 32,
+        },  # fmt: skip
+        "epochs": 4,
+    },
 }
 
 
-DEFAULT_TASKS = ("digits", "mnist100", "mnist600", "mnist10")
+DEFAULT_TASKS = ("digits", "mnist100", "mnist600", "mnist10", "mnist6000", "resnet_proxy")
 
 
 def mnist_data_dir() -> str:
@@ -113,7 +135,7 @@ class Situation:
             raise ValueError(f"pathology={self.pathology!r} is not one of {sorted(PATHOLOGIES)}")
         spec, path = TASKS[self.task], PATHOLOGIES[self.pathology]
         values = {**spec["config"], "epochs": spec["epochs"], "seed": self.seed, **path.get("config", {})}
-        if values["task"] == "mnist":
+        if values["task"] in ("mnist", "mnist32"):
             values["data_dir"] = mnist_data_dir()
         cfg = TrainConfig(**values)
         cfg.lr = cfg.lr * path.get("lr_factor", 1.0)
@@ -131,7 +153,9 @@ def split_of(situation: Situation) -> str:
 def default_situations(tasks: Iterable[str] | None = None) -> list[Situation]:
     """The shipped bank's design (v2). digits: 6 seeds x 7 pathologies x boundaries 3 and 7 (84 situations);
     mnist100: 2 seeds x 5 pathologies (none, lr x30, lr / 100, NaN spike, rare class) x boundary 3 (10);
-    mnist600: 1 seed x the same 5 (5); mnist10: 2 seeds x 4 (no rare class: one image per class already) (8)."""
+    mnist600: 1 seed x the same 5 (5); mnist10: 2 seeds x 4 (no rare class: one image per class already) (8);
+    mnist6000: 1 seed x the same 5 (5); resnet_proxy: 1 seed x none, lr x30, NaN spike at boundary 2 (3).
+    Every task but digits is in the test split only."""
     wanted = list(tasks) if tasks is not None else list(DEFAULT_TASKS)
     out = []
     for task in wanted:
@@ -139,8 +163,10 @@ def default_situations(tasks: Iterable[str] | None = None) -> list[Situation]:
             raise ValueError(f"--tasks {task!r} is not one of {sorted(TASKS)}")
         if task == "digits":
             seeds, paths, epochs = range(6), list(PATHOLOGIES), (3, 7)
+        elif task == "resnet_proxy":
+            seeds, paths, epochs = range(1), ["none", "lr_x30", "nan_spike"], (2,)
         else:
-            seeds = range(1) if task == "mnist600" else range(2)
+            seeds = range(1) if task in ("mnist600", "mnist6000") else range(2)
             paths, epochs = ["none", "lr_x30", "lr_div100", "nan_spike", "rare_class"], (3,)
             if task == "mnist10":  # one image per class: no class to thin
                 paths = [p for p in paths if p != "rare_class"]

@@ -91,10 +91,17 @@ TASKS: dict[str, dict] = {
         },  # fmt: skip
         "epochs": 4,
     },
+    # a regression in a user's own loop, steered through LoopTrainer (what Steering wraps): the diabetes MLP
+    # of examples/regression_diabetes.py, monitor val_mse (lower is better); evals/loop_tasks.py
+    "diabetes": {
+        "config": {"task": "external", "lr": 3e-3, "dropout": 0.1, "batch_size": 32},
+        "epochs": 30,
+        "loop": "diabetes",
+    },
 }
 
 
-DEFAULT_TASKS = ("digits", "mnist100", "mnist600", "mnist10", "mnist6000", "resnet_proxy")
+DEFAULT_TASKS = ("digits", "mnist100", "mnist600", "mnist10", "mnist6000", "resnet_proxy", "diabetes")
 
 
 def mnist_data_dir() -> str:
@@ -154,7 +161,8 @@ def default_situations(tasks: Iterable[str] | None = None) -> list[Situation]:
     """The shipped bank's design (v2). digits: 6 seeds x 7 pathologies x boundaries 3 and 7 (84 situations);
     mnist100: 2 seeds x 5 pathologies (none, lr x30, lr / 100, NaN spike, rare class) x boundary 3 (10);
     mnist600: 1 seed x the same 5 (5); mnist10: 2 seeds x 4 (no rare class: one image per class already) (8);
-    mnist6000: 1 seed x the same 5 (5); resnet_proxy: 1 seed x none, lr x30, NaN spike at boundary 2 (3).
+    mnist6000: 1 seed x the same 5 (5); resnet_proxy: 1 seed x none, lr x30, NaN spike at boundary 2 (3);
+    diabetes: 2 seeds x none, lr x30, lr / 100, dropout 0.8, NaN spike x boundaries 5 and 15 of 30 (20).
     Every task but digits is in the test split only."""
     wanted = list(tasks) if tasks is not None else list(DEFAULT_TASKS)
     out = []
@@ -165,6 +173,12 @@ def default_situations(tasks: Iterable[str] | None = None) -> list[Situation]:
             seeds, paths, epochs = range(6), list(PATHOLOGIES), (3, 7)
         elif task == "resnet_proxy":
             seeds, paths, epochs = range(1), ["none", "lr_x30", "nan_spike"], (2,)
+        elif task == "diabetes":
+            seeds, paths, epochs = (
+                range(2),
+                ["none", "lr_x30", "lr_div100", "dropout_0.8", "nan_spike"],
+                (5, 15),
+            )
         else:
             seeds = range(1) if task in ("mnist600", "mnist6000") else range(2)
             paths, epochs = ["none", "lr_x30", "lr_div100", "nan_spike", "rare_class"], (3,)
@@ -177,11 +191,18 @@ def default_situations(tasks: Iterable[str] | None = None) -> list[Situation]:
 
 def replay(situation: Situation) -> Trainer:
     """Train the situation's run from scratch, no controller, to its boundary; the trainer is paused there with
-    its retention state (pre-decision, last good) as a real run would have it."""
+    its retention state (pre-decision, last good) as a real run would have it. A task with a ``loop`` runs a
+    user's loop under ``LoopTrainer`` (evals/loop_tasks.py), every other one our ``Trainer``."""
     cfg = situation.config()
     if not 1 <= situation.epoch < cfg.epochs:
         raise ValueError(f"epoch={situation.epoch} is out of range [1, {cfg.epochs - 1}] for {situation.id}")
-    trainer = Trainer.from_config(cfg)
+    loop = TASKS[situation.task].get("loop")
+    if loop is not None:
+        from .loop_tasks import LOOP_TASKS
+
+        trainer = LOOP_TASKS[loop](cfg)
+    else:
+        trainer = Trainer.from_config(cfg)
     spike = PATHOLOGIES[situation.pathology].get("spike")
     for e in range(1, situation.epoch + 1):
         if spike and e == situation.epoch:  # plant an inf in the first weight: the epoch's loss is NaN

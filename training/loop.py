@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .checkpoints import TrainerRng
 from .config import TrainConfig
 from .modulated import ModulatedStep
 from .reports import STANDARD_METRICS, EpochReport
@@ -56,7 +57,11 @@ class LoopTrainer(BaseTrainer):
         checkpoint_dir: str | Path | None = None,
         keep_checkpoints: int = 3,
         seed: int = 0,
+        rng: TrainerRng | None = None,
     ):
+        """``rng``: the loop's own random state, when the loop draws its batch order from ``rng.data`` and runs
+        its epochs under ``rng.active()`` (dropout); checkpoints then carry it, so a restored state continues
+        exactly and a branch can re-seed it (the outcome bank's data orders). None: the loop owns its RNG."""
         if mode not in ("min", "max"):
             raise ValueError(f"mode={mode!r}: use 'min' (lower {monitor} is better) or 'max'")
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -79,6 +84,7 @@ class LoopTrainer(BaseTrainer):
             steps_per_epoch=steps_per_epoch or 0,  # 0: learn it from the first epoch
             monitor=monitor,
             mode=mode,
+            rng=rng,
         )
         self.data = None  # the user's loop owns its data
         self.num_classes = None

@@ -255,3 +255,22 @@ def test_default_local_controller_rolls_back_after_a_nan_and_keeps_a_sound_run()
     assert [s.chosen for s in local.results] == ["rollback", "keep"]
     assert all(s.valid for s in local.results)
     assert local.results[0].regret == 0.0
+
+
+def test_a_users_loop_is_banked_like_our_trainer(tmp_path):
+    """diabetes: the regression loop under LoopTrainer (what Steering wraps), monitor val_mse, lower is better.
+    Its RNG rides in the checkpoints, so data orders differ, replays repeat, and rollback undoes a NaN."""
+    spike = Situation("diabetes", 0, "nan_spike", 28)  # 2 epochs left: horizons 1 and the end
+    assert split_of(spike) == "test" and "diabetes" in bank_mod.DEFAULT_TASKS
+    path = tmp_path / "bank.jsonl"
+    assert build_bank([spike, Situation("diabetes", 1, "none", 28)], path, resume=True) == 2
+    nan_entry, sound = load_bank(path)
+    assert (nan_entry.monitor, nan_entry.mode, nan_entry.horizon) == ("val_mse", "min", 2)
+    assert "val_mse" in nan_entry.rendered_report and "lower is better" in nan_entry.rendered_report
+    rollback = [c["name"] for c in nan_entry.candidates if c["tool_calls"][0]["name"] == "rollback"]
+    assert rollback and max(nan_entry.candidate_names(), key=nan_entry.value) == rollback[0]
+    assert nan_entry.value(rollback[0]) > -1.0  # finite and below the target's variance: the NaN was undone
+    keep = sound.numbers("keep")
+    assert len(set(keep)) == 3  # three data orders, three different outcomes
+    again = replay(Situation("diabetes", 1, "none", 28))
+    assert again.history[-1].metrics["val_mse"] == pytest.approx(sound.report["metrics"]["val_mse"], abs=0)

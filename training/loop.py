@@ -18,7 +18,8 @@ What it does to the user's objects:
       ``steps_per_epoch``). The post hook reads the gradient, so loops that compute it inside
       ``optimizer.step(closure)`` (Lightning) are measured correctly;
     * checkpoints hold model, optimizer, scheduler, knobs and history (no data-loader or RNG state: the
-      user's loop owns those), so rollbacks restore weights and optimizer state exactly.
+      user's loop owns those, unless it draws from a ``TrainerRng`` passed as ``rng=``, which checkpoints then
+      carry), so rollbacks restore weights and optimizer state exactly.
 
 Knobs, staged deltas, events, checkpoints and retention are ``BaseTrainer``'s, shared with our ``Trainer``;
 the modulated update is ``training.modulated.ModulatedStep``, the same one ``Trainer`` uses.

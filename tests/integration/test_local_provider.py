@@ -414,9 +414,9 @@ def test_the_default_adapters_reproduce_arm_names_it_explicitly():
     assert model.resolved_adapter_path() == SHIPPED_ADAPTERS / "smollm2-bank-v2" / "adapter.gguf"
 
 
-def _fake_runtime(monkeypatch, tmp_path: Path, derived: bytes | None):
-    """The built-in model's files faked: a shipped file in tmp_path/pkg and a derive step writing ``derived``
-    (None: the gguf package is missing)."""
+def _fake_runtime(monkeypatch, tmp_path: Path, derived: bytes | Exception):
+    """The built-in model's files faked: a shipped file in tmp_path/pkg and a derive step that writes
+    ``derived`` or raises it. Returns (shipped file, copy path, list of derive calls)."""
     import hashlib
 
     from mimic_learn.agents import local_runtime
@@ -424,10 +424,12 @@ def _fake_runtime(monkeypatch, tmp_path: Path, derived: bytes | None):
     shipped = tmp_path / "pkg" / local_runtime.SMOLLM2_FILE
     shipped.parent.mkdir()
     shipped.write_bytes(b"shipped")
+    calls = []
 
     def derive(source, target):
-        if derived is None:
-            raise ImportError("No module named 'gguf'")
+        calls.append(target)
+        if isinstance(derived, Exception):
+            raise derived
         target.write_bytes(derived)
 
     monkeypatch.setattr(local_runtime, "find_smollm2_gguf", lambda: shipped)
@@ -435,32 +437,54 @@ def _fake_runtime(monkeypatch, tmp_path: Path, derived: bytes | None):
     monkeypatch.setattr(local_runtime, "SMOLLM2_RUNTIME_SHA256", hashlib.sha256(b"q4_0 copy").hexdigest())
     monkeypatch.setattr(local_runtime, "_VERIFIED", {})
     monkeypatch.setenv("MIMIC_MODELS_DIR", str(tmp_path / "models"))
-    return shipped, tmp_path / "models" / local_runtime.SMOLLM2_RUNTIME_FILE
+    return shipped, tmp_path / "models" / local_runtime.SMOLLM2_RUNTIME_FILE, calls
+
+
+def _new_process(monkeypatch):
+    from mimic_learn.agents import local_runtime
+
+    monkeypatch.setattr(local_runtime, "_VERIFIED", {})
 
 
 def test_the_built_in_model_runs_from_its_q4_0_copy_derived_once(tmp_path: Path, monkeypatch, capsys):
-    shipped, copy = _fake_runtime(monkeypatch, tmp_path, b"q4_0 copy")
+    shipped, copy, calls = _fake_runtime(monkeypatch, tmp_path, b"q4_0 copy")
     model = LocalChatModel()
     assert model.resolved_model_path() == copy and copy.read_bytes() == b"q4_0 copy"
     assert "deriving SmolLM2-135M-Instruct.Q4_0.gguf" in capsys.readouterr().err
     assert model.describe() == "SmolLM2-135M-Instruct.Q4_0.gguf + adapter smollm2-bank-v2"
     assert LocalChatModel(adapter_path="none").describe() == "SmolLM2-135M-Instruct.Q4_0.gguf, no adapter"
+    _new_process(monkeypatch)
+    assert LocalChatModel().resolved_model_path() == copy and len(calls) == 1  # found, checked, not derived
 
 
+@pytest.mark.parametrize(
+    "failure, says",
+    [
+        (ImportError("No module named 'gguf'"), "No module named 'gguf'"),
+        (AttributeError("contents"), "AttributeError"),
+    ],
+)
 def test_without_its_q4_0_copy_the_built_in_model_runs_as_shipped_and_says_why(
+    tmp_path: Path, monkeypatch, caplog, failure, says
+):
+    shipped, copy, calls = _fake_runtime(monkeypatch, tmp_path, failure)
+    with caplog.at_level("WARNING", logger="mimic_learn.agents.local_runtime"):
+        assert LocalChatModel().resolved_model_path() == shipped
+    assert says in caplog.text and "pip install gguf" in caplog.text
+    assert LocalChatModel().describe() == "SmolLM2-135M-Instruct.Q4_1.gguf + adapter smollm2-bank-v2"
+    assert not list(copy.parent.glob("*.partial"))
+
+
+def test_a_q4_0_copy_that_does_not_match_its_digest_is_deleted_and_not_derived_again(
     tmp_path: Path, monkeypatch, caplog
 ):
-    shipped, copy = _fake_runtime(monkeypatch, tmp_path, None)
+    shipped, copy, calls = _fake_runtime(monkeypatch, tmp_path, b"other bytes")
     with caplog.at_level("WARNING", logger="mimic_learn.agents.local_runtime"):
         assert LocalChatModel().resolved_model_path() == shipped
-    assert "No module named 'gguf'" in caplog.text and "pip install gguf" in caplog.text
-    assert LocalChatModel().describe() == "SmolLM2-135M-Instruct.Q4_1.gguf + adapter smollm2-bank-v2"
-
-
-def test_a_q4_0_copy_that_does_not_match_its_digest_is_deleted_not_used(tmp_path: Path, monkeypatch, caplog):
-    shipped, copy = _fake_runtime(monkeypatch, tmp_path, b"q4_0 copy")
-    copy.parent.mkdir()
-    copy.write_bytes(b"truncated")
-    with caplog.at_level("WARNING", logger="mimic_learn.agents.local_runtime"):
-        assert LocalChatModel().resolved_model_path() == shipped
-    assert not copy.exists() and "expected" in caplog.text
+    assert not copy.exists() and "expected" in caplog.text and len(calls) == 1
+    _new_process(monkeypatch)
+    assert LocalChatModel().resolved_model_path() == shipped and len(calls) == 1  # the mismatch is remembered
+    copy.with_name(copy.name + ".mismatch").unlink()  # what the warning says to do to retry
+    _new_process(monkeypatch)
+    LocalChatModel().resolved_model_path()
+    assert len(calls) == 2

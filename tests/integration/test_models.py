@@ -134,3 +134,17 @@ def test_the_built_in_models_q4_0_copy_is_derived_byte_for_byte(tmp_path, monkey
     path = models.install("smollm2-135m-q4_0", log=lambda m: None)
     assert path == tmp_path / SMOLLM2_RUNTIME_FILE and models.is_installed("smollm2-135m-q4_0")
     assert list(tmp_path.iterdir()) == [path]  # no partial file left
+
+
+def test_deriving_without_the_gguf_package_says_what_to_install(tmp_path, monkeypatch):
+    from mimic_learn.agents import local_runtime
+
+    def no_gguf(source, target):
+        raise ImportError("No module named 'gguf'")
+
+    monkeypatch.setenv("MIMIC_MODELS_DIR", str(tmp_path))
+    monkeypatch.setattr(local_runtime, "find_smollm2_gguf", lambda: tmp_path / "shipped.gguf")
+    monkeypatch.setattr(local_runtime, "derive_q4_0", no_gguf)
+    with pytest.raises(models.ModelInstallError, match="pip install gguf"):
+        models.install("smollm2-135m-q4_0", log=lambda m: None)
+    assert list(tmp_path.iterdir()) == []

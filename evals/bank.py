@@ -39,69 +39,17 @@ from ..training.fork import branch_numbers, effect, run_branch
 from ..training.outcomes import BranchOutcome, OutcomeRecord
 from ..training.reports import metric_value
 from ..training.trainer import Trainer
+from .bank_tasks import DEFAULT_TASKS, PATHOLOGIES, TASKS  # the design (re-exported here)
 
-BANK_VERSION = 2  # 2: lr x10 among the candidates, the rare-class pathology, MNIST-600 and MNIST-10
+# 2: lr x10 among the candidates, the rare-class pathology, MNIST-600 and MNIST-10; later extended with
+# test-only tasks (MNIST-6000, the ResNet proxy, the diabetes loop) under the same version: train/dev unchanged
+BANK_VERSION = 2
 DEFAULT_BANK = Path(__file__).parent / "data" / "bank_v2.jsonl.gz"  # gzip: a fraction of the plain JSONL
 # v1 (digits at lr 1e-3, no lr x10 candidate): kept because the shipped adapter smollm2-bank-v1 was trained on
 # its train split; score on it with --bank-file
 BANK_V1 = Path(__file__).parent / "data" / "bank_v1.jsonl.gz"
 HORIZONS = (1, 5)  # plus "end": the run's last epoch
 N_ORDERS = 3
-
-# Induced pathologies: config overrides for the whole run, and knob settings for single epochs (``events``:
-# {epoch: {knob: value}} applied before that epoch and undone after it).
-PATHOLOGIES: dict[str, dict] = {
-    "none": {},
-    "lr_x30": {"lr_factor": 30.0},  # divergence / oscillation
-    "lr_div100": {"lr_factor": 0.01},  # stall
-    "dropout_0.8": {"config": {"dropout": 0.8}},
-    "tiny_data": {"config": {"regime": 60}},  # overfitting on 60 images
-    "nan_spike": {"spike": True},  # an inf planted in a weight before the boundary's epoch: NaN loss
-    # class 3 keeps 5% of its training images; judged by macro F1, where the rare class counts as much as any
-    "rare_class": {"config": {"rare_class": "3:0.05", "monitor": "macro_f1"}},
-}
-
-# Tasks: a TrainConfig template and the run length. MNIST reads $MIMIC_MNIST_DIR or <repo>/../shared/data.
-TASKS: dict[str, dict] = {
-    # digits at lr 0.01, where 12 epochs of Adam level off (val acc ~0.96; v1's lr 1e-3 was still climbing, so
-    # lr x10 was the best action in every healthy situation and a constant "raise the lr" policy came near rules)
-    "digits": {"config": {"task": "digits", "lr": 0.01}, "epochs": 12},
-    "mnist100": {"config": {"task": "mnist", "regime": 100, "val_size": 500}, "epochs": 8},
-    "mnist600": {"config": {"task": "mnist", "regime": 600, "val_size": 500}, "epochs": 8},
-    "mnist10": {"config": {"task": "mnist", "regime": 10, "val_size": 500}, "epochs": 8},
-    # 6000 images: 6 epochs, not 8, so that every candidate's rollout to the end (3 epochs x 3 orders) stays
-    # within minutes per situation on one CPU thread (about 2.7 s an epoch)
-    "mnist6000": {"config": {"task": "mnist", "regime": 6000, "val_size": 500}, "epochs": 6},
-    # the blog proxy at small size: ResNet-18 (CIFAR stem) on MNIST padded to 32x32, SGD with momentum and a
-    # StepLR that divides the lr by 10 after epoch 2, as the proxy does after epoch 5 of 10 (about 8 s an epoch)
-    "resnet_proxy": {
-        "config": {
-            "task": "mnist32",
-            "regime": 128,
-            "val_size": 256,
-            "model": "resnet18_cifar",
-            "optimizer": "sgd",
-            "lr": 0.1,
-            "momentum": 0.9,
-            "weight_decay": 1e-3,
-            "schedule": "step",
-            "step_size": 2,
-            "gamma": 0.1,
-            "batch_size": 32,
-        },  # fmt: skip
-        "epochs": 4,
-    },
-    # a regression in a user's own loop, steered through LoopTrainer (what Steering wraps): the diabetes MLP
-    # of examples/regression_diabetes.py, monitor val_mse (lower is better); evals/loop_tasks.py
-    "diabetes": {
-        "config": {"task": "external", "lr": 3e-3, "dropout": 0.1, "batch_size": 32},
-        "epochs": 30,
-        "loop": "diabetes",
-    },
-}
-
-
-DEFAULT_TASKS = ("digits", "mnist100", "mnist600", "mnist10", "mnist6000", "resnet_proxy", "diabetes")
 
 
 def mnist_data_dir() -> str:

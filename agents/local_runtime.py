@@ -95,6 +95,11 @@ def derive_q4_0(source: Path, target: Path) -> None:
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(
+            partial, 0o666 & ~umask
+        )  # mkstemp made it private; the copy is for everyone who shares the folder
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)

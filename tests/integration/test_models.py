@@ -124,6 +124,37 @@ def test_derived_model_is_written_verified_and_a_mismatch_leaves_nothing(tmp_pat
     assert not (tmp_path / "bad.gguf").exists()
 
 
+def test_install_waits_for_a_derivation_in_progress_and_does_not_derive_again(tmp_path, monkeypatch):
+    """`models install` and the runtime's first use share one lock: an install started while another process
+    derives the file waits, finds the file, and leaves it as it is; a killed derivation's partial is removed."""
+    import threading
+
+    from mimic_learn.agents.local_runtime import derive_lock
+
+    monkeypatch.setenv("MIMIC_MODELS_DIR", str(tmp_path))
+    data = b"GGUF derived"
+    calls = []
+    spec = models.ModelSpec(
+        name="tiny", file="tiny.gguf", bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
+        description="test", derive=lambda target: calls.append(target) or target.write_bytes(data),
+    )  # fmt: skip
+    monkeypatch.setattr(models, "KNOWN", {**models.KNOWN, "tiny": spec})
+    target = tmp_path / "tiny.gguf"
+    stale = tmp_path / "tiny.gguf.k1ll3d.partial"
+    stale.write_bytes(b"half")
+    lines = []
+    with derive_lock(target):  # "another process" holds the lock while it derives
+        assert not stale.exists()  # the holder clears what a killed derivation left
+        waiter = threading.Thread(target=lambda: lines.append(models.install("tiny", log=lines.append)))
+        waiter.start()
+        waiter.join(0.5)
+        assert waiter.is_alive() and not target.exists()  # install is waiting, not deriving
+        target.write_bytes(data)  # the holder's derivation finishes
+    waiter.join(10)
+    assert not waiter.is_alive() and calls == [] and lines[-1] == target
+    assert "by another process" in lines[0]
+
+
 @pytest.mark.slow
 def test_the_built_in_models_q4_0_copy_is_derived_byte_for_byte(tmp_path, monkeypatch):
     """The copy --controller local runs from: derived from the shipped Q4_1 file, to the pinned digest."""
@@ -133,7 +164,7 @@ def test_the_built_in_models_q4_0_copy_is_derived_byte_for_byte(tmp_path, monkey
     monkeypatch.setenv("MIMIC_MODELS_DIR", str(tmp_path))
     path = models.install("smollm2-135m-q4_0", log=lambda m: None)
     assert path == tmp_path / SMOLLM2_RUNTIME_FILE and models.is_installed("smollm2-135m-q4_0")
-    assert list(tmp_path.iterdir()) == [path]  # no partial file left
+    assert [p.name for p in tmp_path.iterdir() if p.name != ".derive.lock"] == [path.name]  # no partial left
 
 
 def test_deriving_without_the_gguf_package_says_what_to_install(tmp_path, monkeypatch):
@@ -147,4 +178,4 @@ def test_deriving_without_the_gguf_package_says_what_to_install(tmp_path, monkey
     monkeypatch.setattr(local_runtime, "derive_q4_0", no_gguf)
     with pytest.raises(models.ModelInstallError, match="pip install gguf"):
         models.install("smollm2-135m-q4_0", log=lambda m: None)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [".derive.lock"]  # no model file, no partial

@@ -192,7 +192,7 @@ def reproduce(
         return
     p = ctx.params
     if dry_run:
-        _print_plan(kind, regime_list, seed_list, arm_list, start_list, p)
+        _print_plan(kind, regime_list, seed_list, arm_list, start_list, p, report)
         return
     cells = dict(regimes=regime_list, seeds=seed_list, arms=arm_list, starts=start_list, out=report)
     path = _run_reproduce(kind, cells, p, command, bar, run_cells, server)
@@ -264,15 +264,20 @@ def _provider(p: dict):
     )
 
 
-def _print_plan(kind: str, regimes: list[str], seeds: list[int], arms, starts: list[str], p: dict) -> None:
-    """--dry-run: the cells, the controller decisions and the estimated tokens and cost."""
+def _print_plan(
+    kind: str, regimes: list[str], seeds: list[int], arms, starts: list[str], p: dict, report: Path
+) -> None:
+    """--dry-run: the cells, the controller decisions and the estimated tokens and cost; the time estimate is
+    calibrated on the report's per-cell file when it has finished cells of the same work."""
     from ..agents.providers import default_controller
-    from ..experiments import describe_plan, plan_reproduce
+    from ..experiments import cells_csv_path, describe_plan, plan_reproduce
 
+    same_work = p["model"] is None and p["val_size"] is None and not p["fixed_subset"]
     try:
         plan = plan_reproduce(
             kind, regimes, seeds, arms, p["controller"] or default_controller(), p["epochs"], _provider(p),
             starts=starts, tuned_file=p["tuned_file"], task=p["task"],
+            cells_csv=cells_csv_path(report) if same_work else None,
         )  # fmt: skip
     except ValueError as exc:
         fail(str(exc))

@@ -37,7 +37,8 @@ _PUBLIC = {
     "missing_cells read_cells_csv run_cell write_cells_csv",
     "report": "arm_row_cells missing_section pbt_compute_note plot_curves recovery_lines subset_policy "
     "write_report",
-    "plan": "EPOCH_SECONDS NO_TOKEN_CONTROLLERS TOKENS_PER_DECISION PlanRow ReproducePlan describe_plan "
+    "plan": "EPOCH_SECONDS NO_TOKEN_CONTROLLERS TIMING_ARMS TOKENS_PER_DECISION EpochTiming PlanRow ReproducePlan "
+    "describe_plan measured_epoch_seconds "
     "oracle_candidates oracle_horizon plan_reproduce",
     "server": "absolute_tracking_uri free_port tracking_server",
     "ray_cluster": "RAY_MISSING TrialResources start_ray",

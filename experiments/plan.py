@@ -41,6 +41,57 @@ EPOCH_SECONDS = {
     ("blog", "2000"): 14.4,
 }
 
+# Arms whose cells are one training run with no controller: their wall time per epoch is what training alone
+# costs, so the dry run calibrates its estimate on them (measured_epoch_seconds).
+TIMING_ARMS = ("baseline", "reduce_on_plateau", "cosine", "tuned_static", "steplr")
+MIN_TIMING_CELLS = 3
+
+
+@dataclass(frozen=True)
+class EpochTiming:
+    """Seconds per epoch the dry run assumes for one experiment and regime, and where that number came from."""
+
+    seconds: float
+    source: str  # "cells" (median of finished cells in a per-cell file) or "EPOCH_SECONDS"
+    cells: int = 0  # how many cells the median is over
+
+
+def measured_epoch_seconds(cells_csv: Path | None, kind: str) -> dict[str, EpochTiming]:
+    """Regime -> the median wall seconds per epoch of the finished no-controller cells (``TIMING_ARMS``, any
+    start) of ``kind`` in the per-cell file ``cells_csv``, where it has at least ``MIN_TIMING_CELLS`` of them:
+    what a cell really took there, MLflow logging and the machine's other load included. {} without a file."""
+    import csv
+    import statistics
+
+    if cells_csv is None or not cells_csv.is_file():
+        return {}
+    per_regime: dict[str, list[float]] = {}
+    with cells_csv.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row.get("experiment") != kind or row.get("status") != "finished":
+                continue
+            if row.get("arm", "").split("@")[0] not in TIMING_ARMS:
+                continue
+            try:
+                wall, epochs = float(row["wall_s"]), int(row["epochs"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            if wall > 0 and epochs > 0:
+                per_regime.setdefault(row["regime"], []).append(wall / epochs)
+    return {
+        regime: EpochTiming(statistics.median(values), "cells", len(values))
+        for regime, values in per_regime.items()
+        if len(values) >= MIN_TIMING_CELLS
+    }
+
+
+def epoch_timing(kind: str, regime: str, measured: dict[str, EpochTiming]) -> EpochTiming | None:
+    """The measured cells' seconds per epoch where there are enough, else the constant (EPOCH_SECONDS)."""
+    if regime in measured:
+        return measured[regime]
+    constant = EPOCH_SECONDS.get((kind, regime))
+    return EpochTiming(constant, "EPOCH_SECONDS") if constant is not None else None
+
 
 def oracle_candidates(tools: tuple[str, ...] | None) -> int:
     """How many candidate actions the oracle rolls out per decision with these tools bound (an upper bound:
@@ -80,7 +131,7 @@ class PlanRow:
     shadow_epochs: int  # per cell: the oracle's rollouts
     population: int  # PBT members per cell (0: one run)
     epoch_equivalents: int  # all cells: (epochs + shadow) x max(1, population)
-    seconds: float | None  # estimated, EPOCH_SECONDS x epoch_equivalents; None when not measured
+    seconds: float | None  # estimated, seconds per epoch (epoch_timing) x epoch_equivalents; None: unknown
     # tuned_static: its Optuna tuning, once per regime (run by tune-static, not by reproduce): trials, trial
     # epochs (trials x tuning seeds x epochs) and whether the tuned file already has it ("done") or "to run"
     trials: int = 0
@@ -100,6 +151,8 @@ class ReproducePlan:
     price: str | None
     per_arm: dict[str, int]  # decisions per arm
     rows: list[PlanRow] = field(default_factory=list)
+    timings: dict[str, EpochTiming] = field(default_factory=dict)  # regime -> seconds per epoch assumed
+    cells_csv: Path | None = None  # the per-cell file the measured timings came from
 
 
 def cell_epochs(kind: str, regime: str, epochs: int | None) -> int:
@@ -107,7 +160,15 @@ def cell_epochs(kind: str, regime: str, epochs: int | None) -> int:
     return epochs or (PAPER_EPOCHS[regime] if kind == "paper" else 20)
 
 
-def plan_row(kind: str, arm: Arm, chosen: str, regime: str, n_seeds: int, epochs: int | None) -> PlanRow:
+def plan_row(
+    kind: str,
+    arm: Arm,
+    chosen: str,
+    regime: str,
+    n_seeds: int,
+    epochs: int | None,
+    measured: dict[str, EpochTiming] | None = None,
+) -> PlanRow:
     """One arm in one regime: its decisions, the oracle's shadow epochs, PBT members, compute and time."""
     horizon = oracle_horizon(chosen, regime)
     t = cell_epochs(kind, regime, epochs)
@@ -121,14 +182,20 @@ def plan_row(kind: str, arm: Arm, chosen: str, regime: str, n_seeds: int, epochs
     else:
         shadow = candidates * sum(min(horizon, t - e) for e in boundaries)
     equivalents = (t + shadow) * max(1, arm.population) * n_seeds
-    per_epoch = EPOCH_SECONDS.get((kind, regime))
+    timing = epoch_timing(kind, regime, measured or {})
     return PlanRow(
         arm.name, regime, n_seeds, t, decisions, candidates, shadow, arm.population, equivalents,
-        per_epoch * equivalents if per_epoch is not None else None,
+        timing.seconds * equivalents if timing is not None else None,
     )  # fmt: skip
 
 
-def tuning_cost(row: PlanRow, kind: str, tuned_file: Path | None, task: str) -> PlanRow:
+def tuning_cost(
+    row: PlanRow,
+    kind: str,
+    tuned_file: Path | None,
+    task: str,
+    measured: dict[str, EpochTiming] | None = None,
+) -> PlanRow:
     """``row`` of a tuned_static arm with its tuning's trials and trial epochs: the tuned file's (done) when it
     has the regime for the row's task and epochs (what ``reproduce`` will accept), else the default tuning
     (DEFAULT_TUNING_TRIALS x 2 seeds, to run)."""
@@ -139,8 +206,8 @@ def tuning_cost(row: PlanRow, kind: str, tuned_file: Path | None, task: str) -> 
     else:
         row.trials, row.tuning_status = DEFAULT_TUNING_TRIALS, "to run"
         row.tuning_epochs = DEFAULT_TUNING_TRIALS * len(DEFAULT_TUNING_SEEDS) * row.epochs
-        per_epoch = EPOCH_SECONDS.get((kind, row.regime))
-        row.tuning_seconds = per_epoch * row.tuning_epochs if per_epoch is not None else None
+        timing = epoch_timing(kind, row.regime, measured or {})
+        row.tuning_seconds = timing.seconds * row.tuning_epochs if timing is not None else None
     return row
 
 
@@ -156,10 +223,13 @@ def plan_reproduce(
     starts: list[str] | None = None,
     tuned_file: Path | None = None,
     task: str | None = None,
+    cells_csv: Path | None = None,
 ) -> ReproducePlan:
     """What ``reproduce`` would run, before anything runs: cells, decisions, oracle rollouts, PBT members,
     estimated time, tokens and cost. Counts every cell, including those the store already holds (``reproduce``
-    skips those unless --force). ``task``: the --task override (default: the experiment's own task)."""
+    skips those unless --force). ``task``: the --task override (default: the experiment's own task).
+    ``cells_csv``: a per-cell file whose finished no-controller cells calibrate the time estimate
+    (measured_epoch_seconds); regimes without enough of them use EPOCH_SECONDS."""
     from ..agents.pricing import price_for
 
     arms = at_start(resolve_arms(kind, arm_names), starts or ["published"])
@@ -169,15 +239,17 @@ def plan_reproduce(
             raise ValueError(
                 f"regimes {bad}: no default epochs; choose from {', '.join(PAPER_EPOCHS)} or pass --epochs"
             )
+    # A per-cell file's times are for the experiment's default task and epochs; an override trains other work.
+    measured = measured_epoch_seconds(cells_csv, kind) if task is None and epochs is None else {}
     per_arm: dict[str, int] = {}
     rows: list[PlanRow] = []
     llm = 0
     for arm in arms:
         chosen = chosen_controller(arm, controller)
-        arm_rows = [plan_row(kind, arm, chosen, regime, len(seeds), epochs) for regime in regimes]
+        arm_rows = [plan_row(kind, arm, chosen, regime, len(seeds), epochs, measured) for regime in regimes]
         if is_tuned_arm(arm):
             task_name = task_for(kind, task)
-            arm_rows = [tuning_cost(r, kind, tuned_file, task_name) for r in arm_rows]
+            arm_rows = [tuning_cost(r, kind, tuned_file, task_name, measured) for r in arm_rows]
         rows += arm_rows
         if arm.controller is None:
             continue
@@ -197,6 +269,8 @@ def plan_reproduce(
         price=price.describe() if price else None,
         per_arm=per_arm,
         rows=rows,
+        timings={r: t for r in regimes if (t := epoch_timing(kind, r, measured)) is not None},
+        cells_csv=cells_csv if measured else None,
     )
 
 
@@ -234,16 +308,38 @@ def describe_plan(plan: ReproducePlan) -> str:
         known = [r.seconds for r in plan.rows if r.seconds is not None]
         unknown = sorted({r.regime for r in plan.rows if r.seconds is None})
         lines.append(
-            f"estimated time on this machine: {sum(known) / 3600:.1f} h of training in one process "
+            f"estimated time: {sum(known) / 3600:.1f} h of training in one process "
             "(divide by parallel trials with --executor ray)"
             + (f"; regimes {', '.join(unknown)}: no measured epoch time" if unknown else "")
-            + ". Seconds per epoch assumed (experiments.EPOCH_SECONDS; paper: measured here 2026-12-02, 1 thread, "
-            "full extrapolated; blog 2000: the committed proxy report): "
-            + ", ".join(f"{k[0]} {k[1]} {v:g} s" for k, v in EPOCH_SECONDS.items())
             + "; controller latency not included."
         )
+        lines += timing_lines(plan)
         lines += tuning_lines(plan.rows)
     return "\n".join(lines)
+
+
+def timing_lines(plan: ReproducePlan) -> list[str]:
+    """Where each regime's seconds per epoch came from: measured cells, or the EPOCH_SECONDS constant."""
+    measured = {r: t for r, t in plan.timings.items() if t.source == "cells"}
+    constant = {r: t for r, t in plan.timings.items() if t.source != "cells"}
+    lines = []
+    if measured:
+        lines.append(
+            f"Seconds per epoch from {plan.cells_csv} (median wall time per epoch of its finished cells of "
+            f"{', '.join(TIMING_ARMS)}: what a cell took where those ran, MLflow logging and that machine's "
+            "other load included; its 'ran on' column says where): "
+            + ", ".join(f"{r} {t.seconds:.2f} s ({t.cells} cells)" for r, t in measured.items())
+            + "."
+        )
+    if constant:
+        lines.append(
+            "Seconds per epoch from experiments.EPOCH_SECONDS (one epoch timed alone, 1 thread, on the "
+            "development machine 2026-12-02; full extrapolated; blog 2000: the committed proxy report; no "
+            "MLflow logging, so cells take longer): "
+            + ", ".join(f"{r} {t.seconds:g} s" for r, t in constant.items())
+            + "."
+        )
+    return lines
 
 
 def tuning_lines(rows: list[PlanRow]) -> list[str]:

@@ -306,6 +306,37 @@ def test_dry_run_counts_oracle_rollouts_and_pbt_members_with_a_time_estimate():
     assert unknown.rows[0].seconds is None and "no measured epoch time" in describe_plan(unknown)
 
 
+def test_dry_run_time_is_calibrated_on_the_finished_training_only_cells_of_the_per_cell_file(tmp_path):
+    """The estimate is what cells really took (median per epoch of no-controller cells); a regime with too few
+    of them, and a run of other work (--epochs), fall back to EPOCH_SECONDS, and the printout says which."""
+    import csv
+
+    from mimic_learn.experiments import EPOCH_SECONDS, describe_plan, plan_reproduce
+
+    cells = tmp_path / "paper_cells.csv"
+    rows = [  # regime 600: per-epoch 2, 3 and 4 s (median 3); the controller's slow cell and a not-run row
+        ("600", "baseline", "finished", "60", "30"), ("600", "cosine", "finished", "90", "30"),
+        ("600", "baseline@lr_x30", "finished", "120", "30"), ("600", "llm_adapter", "finished", "9000", "30"),
+        ("600", "baseline", "not run", "", ""),
+        ("100", "baseline", "finished", "300", "30"), ("100", "baseline", "finished", "300", "30"),
+    ]  # fmt: skip
+    with cells.open("w", newline="") as handle:
+        out = csv.writer(handle)
+        out.writerow(["experiment", "regime", "arm", "seed", "status", "wall_s", "epochs"])
+        out.writerows(["paper", r, a, i, st, w, e] for i, (r, a, st, w, e) in enumerate(rows))
+    plan = plan_reproduce(
+        "paper", ["600", "100"], [0, 1], ["baseline", "oracle_1"], "rules", None, cells_csv=cells
+    )
+    got = {(r.arm, r.regime): r.seconds for r in plan.rows}
+    assert got[("baseline", "600")] == pytest.approx(3.0 * 60)
+    assert got[("oracle_1", "600")] == pytest.approx(3.0 * (30 + 7 * 29) * 2)
+    assert got[("baseline", "100")] == pytest.approx(EPOCH_SECONDS[("paper", "100")] * 60)  # 2 cells: too few
+    text = describe_plan(plan)
+    assert "600 3.00 s (3 cells)" in text and f"100 {EPOCH_SECONDS[('paper', '100')]:g} s" in text
+    other = plan_reproduce("paper", ["600"], [0], ["baseline"], "rules", 10, cells_csv=cells)
+    assert other.rows[0].seconds == pytest.approx(EPOCH_SECONDS[("paper", "600")] * 10)
+
+
 def test_cosine_schedule_decays_to_zero_at_the_last_epoch():
     from mimic_learn.training import TrainConfig, Trainer
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..agents.providers import ProviderOptions
+from ..tools.candidates import LR_FACTORS
 from .arms import Arm, at_start, chosen_controller, resolve_arms, task_for
 from .published import PAPER_EPOCHS
 from .tuned import DEFAULT_TUNING_SEEDS, default_tuned_path, is_tuned_arm, read_tuned
@@ -99,7 +100,8 @@ def oracle_candidates(tools: tuple[str, ...] | None) -> int:
     bound = set(tools) if tools is not None else {
         "set_lr", "set_dropout", "set_weight_decay", "set_alpha", "propose_weight_delta", "rollback",
     }  # fmt: skip
-    count = 1 + 3 * ("set_lr" in bound) + 2 * ("set_dropout" in bound) + 2 * ("set_weight_decay" in bound)
+    count = 1 + len(LR_FACTORS) * ("set_lr" in bound) + 2 * ("set_dropout" in bound)
+    count += 2 * ("set_weight_decay" in bound)
     count += {"set_alpha", "propose_weight_delta"} <= bound
     return count + ("rollback" in bound)
 

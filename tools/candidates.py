@@ -41,12 +41,16 @@ class Candidate:
         return self.name == "keep"
 
 
+# The lr candidates (x10: a stall at lr/100 needs more than x3); the dry run counts candidates from this table.
+LR_FACTORS = ((0.1, "lr_x0.1"), (0.3, "lr_x0.3"), (3.0, "lr_x3"), (10.0, "lr_x10"))
+
+
 def _proposals(controls: TrainerControls, bound: set[str]) -> list[Candidate]:
     t = controls.trainer
     lr, dropout, wd, alpha = t.lr, t.dropout, t.weight_decay, t.alpha
     out = [Candidate("keep", [_call("keep_current", {})] if "keep_current" in bound else [])]
     if "set_lr" in bound:
-        for factor, name in ((0.1, "lr_x0.1"), (0.3, "lr_x0.3"), (3.0, "lr_x3"), (10.0, "lr_x10")):
+        for factor, name in LR_FACTORS:
             out.append(Candidate(name, [_call("set_lr", {"lr": lr * factor})]))
     if "set_dropout" in bound and dropout is not None:
         out.append(Candidate("dropout_+0.1", [_call("set_dropout", {"dropout": round(dropout + 0.1, 4)})]))

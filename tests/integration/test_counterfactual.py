@@ -131,6 +131,20 @@ def test_candidates_follow_the_bound_tools_and_skip_noops():
     assert {"wd_x10", "dropout_+0.1", "dropout_-0.1", "alpha0.2_grad_delta"} <= set(every)
 
 
+def test_the_dry_runs_candidate_count_is_the_oracles_where_no_knob_is_at_a_bound():
+    """--dry-run prices the oracle by candidates per decision; it must count what the oracle rolls out."""
+    from mimic_learn.experiments import oracle_candidates
+    from mimic_learn.experiments.arms import PAPER_TOOLS
+
+    trainer = Trainer.from_config(TrainConfig(task="digits", epochs=2, dropout=0.2))
+    trainer.run_epoch()
+    controls = TrainerControls(trainer)
+    for tools in (PAPER_TOOLS, ("set_lr", "keep_current")):  # the paper's arms, the blog's
+        assert oracle_candidates(tools) == len(candidate_actions(controls, list(tools))), tools
+    # every tool: an upper bound (here weight decay is 0, so no wd_to_0, and there is nothing to roll back)
+    assert oracle_candidates(None) == len(candidate_actions(controls)) + 2
+
+
 def test_oracle_controller_strings():
     assert (
         parse_oracle("oracle") is None

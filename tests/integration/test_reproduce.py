@@ -292,14 +292,14 @@ def test_dry_run_counts_oracle_rollouts_and_pbt_members_with_a_time_estimate():
         "paper", ["600"], [0, 1], ["baseline", "oracle_end", "oracle_1", "pbt"], "local", None
     )
     rows = {r.arm: r for r in plan.rows}
-    # 7 candidates with the paper's tools: keep, lr x3, dropout +-0.1, alpha + weight delta
-    assert rows["oracle_end"].candidates == 7 and rows["oracle_end"].shadow_epochs == 7 * sum(range(1, 30))
-    assert rows["oracle_1"].shadow_epochs == 7 * 29 and rows["oracle_1"].epoch_equivalents == (30 + 203) * 2
+    # 8 candidates with the paper's tools: keep, lr x0.1/x0.3/x3/x10, dropout +-0.1, alpha + weight delta
+    assert rows["oracle_end"].candidates == 8 and rows["oracle_end"].shadow_epochs == 8 * sum(range(1, 30))
+    assert rows["oracle_1"].shadow_epochs == 8 * 29 and rows["oracle_1"].epoch_equivalents == (30 + 232) * 2
     assert rows["pbt"].epoch_equivalents == 30 * 4 * 2 and rows["baseline"].epoch_equivalents == 60
     assert rows["baseline"].seconds == pytest.approx(60 * EPOCH_SECONDS[("paper", "600")])
     assert plan.llm_decisions == 0  # oracles spend no tokens
     blog = plan_reproduce("blog", ["2000"], [0], ["oracle_1"], "local", 10)
-    assert blog.rows[0].candidates == 4 and blog.rows[0].shadow_epochs == 4 * 9
+    assert blog.rows[0].candidates == 5 and blog.rows[0].shadow_epochs == 5 * 9
     text = describe_plan(plan)
     assert "oracle_end" in text and "est. time" in text and "EPOCH_SECONDS" in text
     unknown = plan_reproduce("blog", ["full"], [0], ["steplr"], "local", None)
@@ -329,7 +329,7 @@ def test_dry_run_time_is_calibrated_on_the_finished_training_only_cells_of_the_p
     )
     got = {(r.arm, r.regime): r.seconds for r in plan.rows}
     assert got[("baseline", "600")] == pytest.approx(3.0 * 60)
-    assert got[("oracle_1", "600")] == pytest.approx(3.0 * (30 + 7 * 29) * 2)
+    assert got[("oracle_1", "600")] == pytest.approx(3.0 * (30 + 8 * 29) * 2)
     assert got[("baseline", "100")] == pytest.approx(EPOCH_SECONDS[("paper", "100")] * 60)  # 2 cells: too few
     text = describe_plan(plan)
     assert "600 3.00 s (3 cells)" in text and f"100 {EPOCH_SECONDS[('paper', '100')]:g} s" in text
